@@ -1,0 +1,49 @@
+# The two commands a newcomer needs:
+#   make demo   runs the main job end to end on the embedded default
+#   make test   runs the whole test suite (what .ci/run calls)
+# Both set everything up first: a .venv with the project, the Kafka broker jars, and kcat.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test setup tools lint bench broker-start broker-stop clean
+
+demo: setup
+	$(BIN)/stream demo
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+lint: setup
+	$(BIN)/ruff check .
+
+setup: tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# kcat is the independent Kafka client the tests cross-check with; the jars are the local broker.
+tools: $(VENV)/.installed
+	@command -v kcat >/dev/null 2>&1 || { \
+	  echo "installing kcat (Debian package) ..."; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kcat >/dev/null; }
+	@$(BIN)/python -m connectors.local_broker fetch
+
+broker-start: setup
+	$(BIN)/python -m connectors.local_broker start
+
+broker-stop:
+	$(BIN)/python -m connectors.local_broker stop
+
+clean:
+	rm -rf $(VENV) .kafka-local .pytest_cache .ruff_cache

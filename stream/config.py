@@ -1,0 +1,163 @@
+"""Configuration: pydantic models loaded from YAML, overridden by environment variables.
+
+Every key is documented in the README. Environment variables override the file: the name is
+``STREAM__`` then the path in upper case joined by ``__`` (for example
+``STREAM__KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:9092``); values for lists and mappings are JSON.
+
+>>> config = Config.model_validate({"model": {"task": "regression",
+...                                           "pipeline": ["linear_model.LinearRegression"]}})
+>>> config.metrics.resolved_names("regression")
+['MAE']
+>>> config.drift.policy
+'best'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+Task = Literal["binary", "multiclass", "regression", "anomaly"]
+PolicyName = Literal["none", "snapshot", "reset", "rollback", "best"]
+Guarantee = Literal["exactly_once", "at_least_once"]
+
+# A pipeline step: "preprocessing.StandardScaler" or {"linear_model.LogisticRegression": {"l2": 0.1}}
+StepSpec = str | dict[str, dict[str, Any]]
+
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "binary": ["Accuracy"],
+    "multiclass": ["Accuracy"],
+    "regression": ["MAE"],
+    "anomaly": ["ROCAUC"],
+}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names each bad key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    task: Task = "binary"
+    pipeline: list[StepSpec] = Field(
+        default_factory=lambda: ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
+    )
+    factory: str | None = Field(
+        default=None, description="'module:function' returning a River estimator; replaces pipeline"
+    )
+
+    @model_validator(mode="after")
+    def _pipeline_or_factory(self) -> ModelConfig:
+        if self.factory is None and not self.pipeline:
+            raise ValueError("give a non-empty 'pipeline' or a 'factory'")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory must look like 'module:function', got {self.factory!r}")
+        return self
+
+
+class MetricsConfig(_Section):
+    names: list[str] = Field(default_factory=list, description="River metric classes; default per task")
+    rolling_window: int = Field(default=1000, ge=1)
+    history_every: int = Field(default=500, ge=1, description="record the rolling metric every N labels")
+
+    def resolved_names(self, task: Task) -> list[str]:
+        return self.names or DEFAULT_METRICS[task]
+
+
+class DriftConfig(_Section):
+    detector: StepSpec = "drift.ADWIN"
+    policy: PolicyName = "best"
+    candidates: int = Field(default=5, ge=0, description="how many recent snapshots compete")
+    buffer_size: int = Field(default=200, ge=10, description="labelled events the candidates are scored on")
+    challenger: bool = True
+
+
+class SnapshotConfig(_Section):
+    directory: Path = Path("snapshots")
+    keep_last: int = Field(default=10, ge=1, description="per rotating reason (periodic, warning, ...)")
+    every_events: int = Field(default=0, ge=0, description="periodic snapshot every N events; 0 = off")
+    hmac_key: SecretStr | None = None
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    input_topic: str = "events"
+    predictions_topic: str = "predictions"
+    dead_letter_topic: str = "events.dead-letter"
+    group_id: str = "stream"
+    client_options: dict[str, Any] = Field(
+        default_factory=dict, description="passed to kafka-python clients (security_protocol, sasl_*, ssl_*)"
+    )
+
+
+class ServiceConfig(_Section):
+    guarantee: Guarantee = "exactly_once"
+    checkpoint_every_events: int = Field(default=1000, ge=1)
+    checkpoint_every_seconds: float = Field(default=5.0, gt=0)
+    status_every_seconds: float = Field(default=10.0, gt=0)
+    max_event_bytes: int = Field(default=1_000_000, ge=1)
+
+
+class Config(BaseSettings):
+    """The whole configuration; every section has defaults, so ``{}`` is a valid config."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM__", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    service: ServiceConfig = Field(default_factory=ServiceConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it overrides what the YAML file (passed as init values) says.
+        return env_settings, init_settings
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML file (or nothing: all defaults), apply ``STREAM__*`` variables and overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        section = data
+        *parents, leaf = dotted.split(".")
+        for name in parents:
+            section = section.setdefault(name, {})
+        section[leaf] = value
+    try:
+        return Config(**data)
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise ConfigError(f"invalid configuration ({source}):\n{problems}") from None

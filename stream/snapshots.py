@@ -1,0 +1,260 @@
+"""The snapshot store: a directory of pickled learner states, each with a JSON manifest.
+
+Layout: ``<directory>/<id>/state.pkl`` and ``<directory>/<id>/manifest.json``. A snapshot is
+written into a temporary folder, fsynced and renamed into place, so a reader sees it whole or
+not at all. Loading checks, before anything is unpickled: the payload's SHA-256 against the
+manifest, the HMAC signature when a key is configured, and the River and Python versions.
+
+>>> import tempfile
+>>> store = SnapshotStore(tempfile.mkdtemp())
+>>> manifest = store.save({"weights": [1, 2]}, reason="manual", events_seen=10)
+>>> manifest.id, manifest.reason
+('00000001-manual', 'manual')
+>>> store.load(manifest.id)
+{'weights': [1, 2]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import pickle
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import river
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from stream.config import SnapshotConfig
+
+Reason = Literal["periodic", "warning", "drift", "manual", "rollback", "shutdown", "checkpoint"]
+# Reasons whose snapshots rotate (the last ``keep_last`` of each are kept); the others stay
+# until deleted: drift snapshots are the memory of past concepts that rollbacks return to.
+ROTATING_REASONS: frozenset[str] = frozenset({"periodic", "warning", "rollback", "shutdown", "checkpoint"})
+logger = logging.getLogger(__name__)
+
+PAYLOAD = "state.pkl"
+MANIFEST = "manifest.json"
+
+
+class SnapshotError(RuntimeError):
+    """A snapshot that is missing, damaged, tampered with or from another River version."""
+
+
+def python_version() -> str:
+    return ".".join(platform.python_version_tuple()[:2])
+
+
+class SnapshotManifest(BaseModel):
+    """Everything known about one snapshot, stored as JSON beside its payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    sequence: int = Field(ge=1)
+    parent: str | None = None
+    created_at: datetime
+    reason: Reason
+    river_version: str
+    python_version: str
+    events_seen: int = 0
+    labelled_seen: int = 0
+    model_version: int = 1
+    offsets: dict[str, int] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    sha256: str
+    size_bytes: int
+    hmac_sha256: str | None = None
+    pinned: bool = False
+    note: str | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+class SnapshotStore:
+    """Save, list, get, load, pin and delete snapshots in one directory."""
+
+    def __init__(self, directory: Path | str, keep_last: int = 10, hmac_key: str | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep_last = keep_last
+        self._hmac_key = hmac_key.encode() if hmac_key else None
+
+    @classmethod
+    def from_config(cls, config: SnapshotConfig) -> SnapshotStore:
+        key = config.hmac_key.get_secret_value() if config.hmac_key else None
+        return cls(config.directory, config.keep_last, key)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def next_sequence(self) -> int:
+        return max((manifest.sequence for manifest in self.list()), default=0) + 1
+
+    def save(
+        self,
+        state: Any,
+        reason: Reason,
+        sequence: int | None = None,
+        **fields: Any,
+    ) -> SnapshotManifest:
+        """Pickle ``state`` and write it with its manifest, atomically; then apply retention.
+
+        With an explicit ``sequence`` the id is deterministic: saving the same sequence again
+        (a recovery re-learning the same events) keeps the existing snapshot when its payload
+        is identical and replaces it otherwise.
+        """
+        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        sequence = sequence or self.next_sequence()
+        snapshot_id = f"{sequence:08d}-{reason}"
+        manifest = SnapshotManifest(
+            id=snapshot_id,
+            sequence=sequence,
+            created_at=datetime.now(UTC),
+            reason=reason,
+            river_version=river.__version__,
+            python_version=python_version(),
+            sha256=hashlib.sha256(payload).hexdigest(),
+            size_bytes=len(payload),
+            hmac_sha256=self._sign(payload),
+            **fields,
+        )
+        final = self.directory / snapshot_id
+        if final.exists():
+            try:
+                if self.get(snapshot_id).sha256 == manifest.sha256:
+                    return self.get(snapshot_id)
+            except SnapshotError:
+                pass
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{snapshot_id}-", dir=self.directory))
+        _write_durably(staging / PAYLOAD, payload)
+        _write_durably(staging / MANIFEST, manifest.model_dump_json(indent=2).encode())
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        _fsync_dir(self.directory)
+        self._apply_retention(reason)
+        return manifest
+
+    def _sign(self, payload: bytes) -> str | None:
+        if self._hmac_key is None:
+            return None
+        return hmac.new(self._hmac_key, payload, hashlib.sha256).hexdigest()
+
+    def _rewrite_manifest(self, manifest: SnapshotManifest) -> None:
+        path = self.directory / manifest.id / MANIFEST
+        temporary = path.with_suffix(".tmp")
+        _write_durably(temporary, manifest.model_dump_json(indent=2).encode())
+        os.replace(temporary, path)
+
+    def pin(self, snapshot_id: str, pinned: bool = True) -> SnapshotManifest:
+        """A pinned snapshot is never removed by retention."""
+        manifest = self.get(snapshot_id).model_copy(update={"pinned": pinned})
+        self._rewrite_manifest(manifest)
+        return manifest
+
+    def delete(self, snapshot_id: str) -> None:
+        path = self.directory / snapshot_id
+        if not (path / MANIFEST).exists():
+            raise SnapshotError(f"no snapshot {snapshot_id!r} in {self.directory}")
+        shutil.rmtree(path)
+
+    def _apply_retention(self, reason: str) -> None:
+        if reason not in ROTATING_REASONS:
+            return
+        rotating = [m for m in self.list(reason=reason) if not m.pinned]
+        for manifest in rotating[: max(0, len(rotating) - self.keep_last)]:
+            shutil.rmtree(self.directory / manifest.id, ignore_errors=True)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def list(self, reason: str | None = None, pinned: bool | None = None) -> list[SnapshotManifest]:
+        """Manifests, oldest first; unreadable entries are left out (``get`` names the problem)."""
+        manifests = []
+        for path in sorted(self.directory.glob(f"*/{MANIFEST}")):
+            if path.parent.name.startswith(".tmp-"):
+                continue
+            try:
+                manifest = SnapshotManifest.model_validate_json(path.read_bytes())
+            except (OSError, ValidationError):
+                continue
+            if (reason is None or manifest.reason == reason) and (
+                pinned is None or manifest.pinned == pinned
+            ):
+                manifests.append(manifest)
+        return manifests
+
+    def get(self, snapshot_id: str) -> SnapshotManifest:
+        path = self.directory / snapshot_id / MANIFEST
+        if "/" in snapshot_id or snapshot_id.startswith(".") or not path.exists():
+            raise SnapshotError(f"no snapshot {snapshot_id!r} in {self.directory}")
+        try:
+            return SnapshotManifest.model_validate_json(path.read_bytes())
+        except ValidationError as error:
+            raise SnapshotError(f"snapshot {snapshot_id!r} has an invalid manifest: {error}") from None
+
+    def verify(self, snapshot_id: str) -> tuple[SnapshotManifest, bytes]:
+        """The manifest and payload bytes, after every check that can be made without unpickling."""
+        manifest = self.get(snapshot_id)
+        if manifest.river_version != river.__version__:
+            raise SnapshotError(
+                f"snapshot {snapshot_id} was written by River {manifest.river_version}; this is "
+                f"River {river.__version__}, and River pickles do not load across versions"
+            )
+        if manifest.python_version != python_version():
+            raise SnapshotError(
+                f"snapshot {snapshot_id} was written by Python {manifest.python_version}; "
+                f"this is Python {python_version()}"
+            )
+        try:
+            payload = (self.directory / snapshot_id / PAYLOAD).read_bytes()
+        except FileNotFoundError:
+            raise SnapshotError(f"snapshot {snapshot_id} has no payload file") from None
+        if hashlib.sha256(payload).hexdigest() != manifest.sha256:
+            raise SnapshotError(
+                f"snapshot {snapshot_id} is corrupted or was modified: its SHA-256 does not match "
+                "the manifest; it will not be loaded"
+            )
+        if self._hmac_key is not None:
+            if manifest.hmac_sha256 is None:
+                raise SnapshotError(f"snapshot {snapshot_id} is not signed and a signing key is set")
+            if not hmac.compare_digest(manifest.hmac_sha256, self._sign(payload) or ""):
+                raise SnapshotError(f"snapshot {snapshot_id} has a wrong HMAC signature")
+        return manifest, payload
+
+    def load(self, snapshot_id: str) -> Any:
+        """Unpickle a snapshot's state, only after :meth:`verify` passed."""
+        _, payload = self.verify(snapshot_id)
+        return pickle.loads(payload)
+
+    def latest_valid(
+        self, accept: Callable[[SnapshotManifest], bool] = lambda manifest: True
+    ) -> tuple[SnapshotManifest, Any] | None:
+        """The newest snapshot that ``accept`` admits and that verifies, loaded; None if none."""
+        for manifest in reversed(self.list()):
+            if not accept(manifest):
+                continue
+            try:
+                return manifest, self.load(manifest.id)
+            except SnapshotError as error:
+                logger.warning("skipping snapshot %s: %s", manifest.id, error)
+        return None

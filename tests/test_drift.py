@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+
+from stream.config import Config, DriftConfig
+from stream.datasets import as_event, recurring_concepts
+from stream.drift import DECIDE, DRIFT, NO_SIGNAL, DriftMonitor
+from stream.events import validate_event
+from stream.models import ModelError
+from stream.prequential import Engine
+from stream.snapshots import SnapshotStore
+
+SEGMENT = 5000
+
+
+def _run(policy: str, segment: int = SEGMENT, concepts=(0, 2, 0), **drift) -> tuple[Engine, list[bool]]:
+    config = Config.model_validate(
+        {"model": {"pipeline": ["tree.HoeffdingTreeClassifier"]}, "drift": {"policy": policy, **drift}}
+    )
+    engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="drift-")))
+    correct = []
+    for record in recurring_concepts(segment, concepts):
+        prediction = engine.process(validate_event(as_event(record), "binary"))
+        correct.append(prediction["y_pred"] == record["y"])
+    return engine, correct
+
+
+def test_policy_best_rolls_back_to_concept_a_when_it_returns_and_beats_no_policy():
+    """Agrawal function 0 -> 2 -> 0, abrupt: the concept-A model is worth returning to."""
+    returned_at = 2 * SEGMENT
+    baseline, baseline_correct = _run("none")
+    engine, correct = _run("best")
+    baseline_accuracy = sum(baseline_correct[returned_at : returned_at + 1000]) / 1000
+    accuracy = sum(correct[returned_at : returned_at + 1000]) / 1000
+
+    rollbacks_after_return = [
+        d for d in engine.state.decisions if d["event"] > returned_at and d["action"] == "rollback"
+    ]
+    assert rollbacks_after_return, engine.state.decisions
+    snapshot_id = rollbacks_after_return[0]["winner"].removeprefix("snapshot:")
+    restored_from = engine.store.get(snapshot_id)
+    assert restored_from.events_seen <= SEGMENT + 500  # a model of concept A
+    assert accuracy >= baseline_accuracy + 0.25, (accuracy, baseline_accuracy)
+    assert baseline.state.drifts >= 1 and baseline.state.snapshots == 0
+
+
+def test_every_decision_records_each_candidate_score():
+    engine, _ = _run("best", segment=2000)
+    assert engine.state.decisions
+    for decision in engine.state.decisions:
+        assert "current" in decision["candidates"] and "fresh" in decision["candidates"]
+        assert decision["winner"] in decision["candidates"]
+        assert decision["candidates"][decision["winner"]] == min(decision["candidates"].values())
+        assert decision["buffer_size"] == 200
+    assert engine.summary()["decisions"] == engine.state.decisions
+
+
+def test_policy_reset_switches_to_a_fresh_model_after_a_drift():
+    engine, _ = _run("reset", segment=2000)
+    assert engine.state.resets == len(engine.state.decisions) >= 1
+    assert {d["winner"] for d in engine.state.decisions} == {"fresh"}
+    assert engine.state.model_version == 1 + engine.state.resets
+
+
+def test_policy_rollback_only_considers_snapshots():
+    engine, _ = _run("rollback", segment=2000)
+    decided = [d for d in engine.state.decisions if d["candidates"]]
+    assert decided
+    assert all(name.startswith("snapshot:") for d in decided for name in d["candidates"])
+    assert engine.state.rollbacks == len(decided)
+
+
+def test_policy_snapshot_snapshots_drifts_without_switching():
+    engine, _ = _run("snapshot", segment=2000)
+    assert engine.state.drifts >= 1
+    assert len(engine.store.list(reason="drift")) == engine.state.drifts
+    assert engine.state.model_version == 1 and engine.state.decisions == []
+
+
+def test_a_warning_takes_a_snapshot_and_starts_a_challenger():
+    engine, _ = _run("best", segment=3000, detector="drift.binary.DDM")
+    assert engine.state.warnings >= 1
+    kept = min(engine.state.warnings, engine.config.snapshots.keep_last)  # warnings rotate
+    assert len(engine.store.list(reason="warning")) == kept
+    assert any("challenger" in d["candidates"] for d in engine.state.decisions)
+
+
+def test_the_decision_waits_for_a_full_buffer_of_post_drift_events():
+    monitor = DriftMonitor(
+        DriftConfig(detector={"drift.PageHinkley": {"min_instances": 5}}, buffer_size=10), "binary"
+    )
+    signals = [monitor.update({"a": 1}, True, 0.0) for _ in range(50)]
+    signals += [monitor.update({"a": 1}, True, 1.0) for _ in range(200)]
+    first_drift = signals.index(DRIFT)
+    assert signals[first_drift + 1 : first_drift + 10] == [NO_SIGNAL] * 9
+    assert signals[first_drift + 10] == DECIDE
+    assert len(monitor.buffer) == 10
+
+
+def test_a_binary_detector_is_refused_for_regression():
+    with pytest.raises(ModelError, match="0/1 input"):
+        DriftMonitor(DriftConfig(detector="drift.binary.DDM"), "regression")
+    with pytest.raises(ModelError, match="class from river.drift"):
+        DriftMonitor(DriftConfig(detector="linear_model.LinearRegression"), "binary")
