@@ -7,7 +7,7 @@ always give byte-identical predictions.
 
 >>> import tempfile
 >>> from stream.config import Config
->>> from stream.events import Event
+>>> from stream.events import Event, InvalidEvent
 >>> from stream.snapshots import SnapshotStore
 >>> engine = Engine(Config(), SnapshotStore(tempfile.mkdtemp()))
 >>> engine.process(Event(x={"a": 1.0}, y=True, id="e-1"))
@@ -29,7 +29,7 @@ from typing import Any
 
 from stream.config import Config
 from stream.drift import DECIDE, DRIFT, WARNING, DriftMonitor, loss_of
-from stream.events import Event
+from stream.events import Event, InvalidEvent
 from stream.metrics import MetricTracker
 from stream.models import build_model, predict_one_is_argmax
 from stream.snapshots import Reason, SnapshotError, SnapshotManifest, SnapshotStore
@@ -95,11 +95,26 @@ class Engine:
     # -- the loop --------------------------------------------------------------------------
 
     def process(self, event: Event, emit: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
-        """Predict, hand the prediction to ``emit``, then learn from the label if there is one."""
-        prediction = self.predict(event)
+        """Predict, hand the prediction to ``emit``, then learn from the label if there is one.
+
+        An event the model cannot use (say, a string feature for a linear model) raises
+        :class:`InvalidEvent` with the model's reason, for the caller to dead-letter. Models are
+        deterministic, so a recovery that replays the same event fails the same way.
+        """
+        try:
+            prediction = self.predict(event)
+        except Exception as error:
+            raise InvalidEvent(
+                f"the model cannot predict this event: {type(error).__name__}: {error}"
+            ) from error
         if emit is not None:
             emit(prediction)
-        self.learn(event, prediction)
+        try:
+            self.learn(event, prediction)
+        except Exception as error:
+            raise InvalidEvent(
+                f"the model cannot learn this event: {type(error).__name__}: {error}"
+            ) from error
         return prediction
 
     def predict(self, event: Event) -> dict[str, Any]:
@@ -128,20 +143,22 @@ class Engine:
     def learn(self, event: Event, prediction: dict[str, Any]) -> None:
         """Learn from ``event`` (whose prediction was made first), then apply the drift policy."""
         state = self.state
-        state.events += 1
         y = event.y
+        # The model learns first: if it refuses the event, no counter or metric has moved.
         if self.task == "anomaly":
-            if y is not None:
-                state.labelled += 1
-                state.metrics.update(y, None, prediction["score"])
             state.model.learn_one(event.x)
         elif y is not None:
-            state.labelled += 1
-            y_pred = prediction["y_pred"]
-            state.metrics.update(y, y_pred, prediction.get("y_proba"))
             state.model.learn_one(event.x, y)
-            if state.monitor is not None:
-                self._watch_drift(event.x, y, loss_of(self.task, y, y_pred))
+        state.events += 1
+        if y is not None:
+            state.labelled += 1
+            if self.task == "anomaly":
+                state.metrics.update(y, None, prediction["score"])
+            else:
+                y_pred = prediction["y_pred"]
+                state.metrics.update(y, y_pred, prediction.get("y_proba"))
+                if state.monitor is not None:
+                    self._watch_drift(event.x, y, loss_of(self.task, y, y_pred))
         if y is not None and state.labelled % self.config.metrics.history_every == 0:
             name, value = state.metrics.primary_rolling
             state.history.append({"event": state.events, name: value})

@@ -45,6 +45,9 @@ def run_replay(
     for position, raw in records:
         try:
             event = decode_event(raw, task) if isinstance(raw, bytes) else validate_event(raw, task)
+            if event.id is None:
+                event.id = str(position)
+            prediction = engine.process(event)
         except InvalidEvent as error:
             engine.record_error()
             if engine.state.errors <= 10:
@@ -52,9 +55,6 @@ def run_replay(
             if dead_letters is not None:
                 dead_letters.write(to_json(dead_letter(str(error), str(position), raw)) + "\n")
             continue
-        if event.id is None:
-            event.id = str(position)
-        prediction = engine.process(event)
         if predictions is not None:
             predictions.write(to_json(prediction) + "\n")
         if on_progress is not None:

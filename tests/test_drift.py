@@ -102,5 +102,5 @@ def test_the_decision_waits_for_a_full_buffer_of_post_drift_events():
 def test_a_binary_detector_is_refused_for_regression():
     with pytest.raises(ModelError, match="0/1 input"):
         DriftMonitor(DriftConfig(detector="drift.binary.DDM"), "regression")
-    with pytest.raises(ModelError, match="class from river.drift"):
+    with pytest.raises(ModelError, match=r"class from river\.drift"):
         DriftMonitor(DriftConfig(detector="linear_model.LinearRegression"), "binary")

@@ -186,3 +186,19 @@ def test_manual_rollback_restores_the_snapshot_model_and_bumps_the_version(tmp_p
     assert prediction["y_pred"] is True and prediction["model_version"] == 2
     assert engine.state.rollbacks == 1
     assert engine.store.list(reason="rollback")[0].note == f"manual rollback to {saved.id}"
+
+
+def test_an_event_the_model_cannot_use_is_rejected_with_the_model_reason(tmp_path):
+    config = _config(
+        "binary", ["preprocessing.StandardScaler", "linear_model.LogisticRegression"], "Accuracy"
+    )
+    engine = Engine(config, SnapshotStore(tmp_path))
+    dead = io.StringIO()
+    records = [
+        (1, b'{"x": {"a": 1.0}, "y": true}'),
+        (2, b'{"x": {"a": "red"}, "y": true}'),
+        (3, b'{"x": {"a": 2.0}, "y": false}'),
+    ]
+    summary = run_replay(records, engine, None, dead)
+    assert summary["errors"] == 1 and summary["labelled"] == 2
+    assert "the model cannot learn this event: TypeError" in dead.getvalue()
