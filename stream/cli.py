@@ -114,18 +114,42 @@ def _print_summary(result: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _store(config_path: Path | None, directory: Path | None) -> SnapshotStore:
+def _store(config_path: Path | None, directory: Path | None, scope: str | None) -> SnapshotStore:
+    """The store at ``--dir`` (or the config's), or its ``--scope`` (a service's ``topic-partition``)."""
     config = _load(config_path, **{"snapshots.directory": directory})
-    return SnapshotStore.from_config(config.snapshots)
+    root = Path(config.snapshots.directory)
+    if scope is None and root.is_dir() and not any(root.glob("*/manifest.json")):
+        scopes = sorted(
+            path.name for path in root.iterdir() if path.is_dir() and any(path.glob("*/manifest.json"))
+        )
+        if len(scopes) == 1:
+            scope = scopes[0]
+        elif scopes:
+            raise _fail(
+                f"{root} holds several partitions' snapshots; pick one with --scope: {', '.join(scopes)}"
+            )
+    if scope is not None:
+        if "/" in scope or scope.startswith("."):
+            raise _fail(f"invalid scope {scope!r}")
+        root = root / scope
+    return SnapshotStore(
+        root,
+        config.snapshots.keep_last,
+        config.snapshots.hmac_key.get_secret_value() if config.snapshots.hmac_key else None,
+    )
 
 
 DirectoryOption = Annotated[Path | None, typer.Option("--dir", help="Snapshot directory (overrides config).")]
+ScopeOption = Annotated[
+    str | None, typer.Option(help="A service's partition, e.g. events-0 (the only one is picked by default).")
+]
 
 
 @snapshots_app.command("list")
 def snapshots_list(
     config_path: ConfigOption = None,
     directory: DirectoryOption = None,
+    scope: ScopeOption = None,
     reason: Annotated[str | None, typer.Option(help="Only this reason (drift, warning, ...).")] = None,
     pinned: Annotated[bool | None, typer.Option("--pinned/--unpinned", help="Only (un)pinned.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -134,7 +158,7 @@ def snapshots_list(
 
     Example: stream snapshots list --reason drift
     """
-    manifests = _store(config_path, directory).list(reason=reason, pinned=pinned)
+    manifests = _store(config_path, directory, scope).list(reason=reason, pinned=pinned)
     if as_json:
         print(json.dumps([manifest.model_dump(mode="json") for manifest in manifests], indent=2))
         return
@@ -158,13 +182,14 @@ def snapshots_show(
     snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
     config_path: ConfigOption = None,
     directory: DirectoryOption = None,
+    scope: ScopeOption = None,
     verify: Annotated[bool, typer.Option(help="Also check the payload's hash (no unpickling).")] = True,
 ) -> None:
     """Print a snapshot's manifest (JSON), after verifying its payload.
 
     Example: stream snapshots show 00000003-drift
     """
-    store = _store(config_path, directory)
+    store = _store(config_path, directory, scope)
     try:
         manifest = store.verify(snapshot_id)[0] if verify else store.get(snapshot_id)
     except SnapshotError as error:
@@ -177,6 +202,7 @@ def snapshots_pin(
     snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
     config_path: ConfigOption = None,
     directory: DirectoryOption = None,
+    scope: ScopeOption = None,
     unpin: Annotated[bool, typer.Option("--unpin", help="Remove the pin instead.")] = False,
 ) -> None:
     """Pin a snapshot so retention never removes it (or --unpin).
@@ -184,7 +210,7 @@ def snapshots_pin(
     Example: stream snapshots pin 00000003-drift
     """
     try:
-        manifest = _store(config_path, directory).pin(snapshot_id, pinned=not unpin)
+        manifest = _store(config_path, directory, scope).pin(snapshot_id, pinned=not unpin)
     except SnapshotError as error:
         raise _fail(str(error)) from None
     print(f"{manifest.id}: pinned={manifest.pinned}")
@@ -195,13 +221,14 @@ def snapshots_delete(
     snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
     config_path: ConfigOption = None,
     directory: DirectoryOption = None,
+    scope: ScopeOption = None,
 ) -> None:
     """Delete a snapshot.
 
     Example: stream snapshots delete 00000002-warning
     """
     try:
-        _store(config_path, directory).delete(snapshot_id)
+        _store(config_path, directory, scope).delete(snapshot_id)
     except SnapshotError as error:
         raise _fail(str(error)) from None
     print(f"deleted {snapshot_id}")
@@ -215,3 +242,132 @@ def show_config(config_path: ConfigOption = None) -> None:
     """
     config = _load(config_path)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@snapshots_app.command("rollback")
+def snapshots_rollback(
+    snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
+    config_path: ConfigOption = None,
+    directory: DirectoryOption = None,
+    scope: ScopeOption = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the running service to apply it.")] = 30.0,
+) -> None:
+    """Roll a running service's model back to a snapshot (applied between batches, then committed).
+
+    If no service is running, the request waits and is applied when it starts.
+    Example: stream snapshots rollback 00000003-drift --scope events-0
+    """
+    import time
+    import uuid
+
+    store = _store(config_path, directory, scope)
+    try:
+        store.verify(snapshot_id)
+    except SnapshotError as error:
+        raise _fail(str(error)) from None
+    requests = store.directory / "requests"
+    requests.mkdir(exist_ok=True)
+    name = f"{time.time_ns()}-{uuid.uuid4().hex[:6]}"
+    temporary = requests / f"{name}.tmp"
+    temporary.write_text(json.dumps({"action": "rollback", "snapshot_id": snapshot_id}))
+    temporary.rename(requests / f"{name}.json")
+    done = requests / f"{name}.done"
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and not done.exists():
+        time.sleep(0.2)
+    if not done.exists():
+        print(f"queued: no running service applied it within {wait:.0f}s; it will be applied when one starts")
+        return
+    result = json.loads(done.read_text())
+    done.unlink()
+    if not result["ok"]:
+        raise _fail(result["error"])
+    print(f"rolled back to {snapshot_id}: model v{result['model_version']}, snapshot {result['snapshot']}")
+
+
+@app.command()
+def serve(
+    config_path: ConfigOption = None,
+    instance_id: Annotated[
+        str | None, typer.Option(help="Stable id of this instance (default: config, then host name).")
+    ] = None,
+    bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka address (overrides config).")] = None,
+) -> None:
+    """Run the service: consume events, predict, publish predictions, learn, checkpoint.
+
+    Stops cleanly on SIGTERM or Ctrl-C (shutdown snapshot, final commit).
+    Example: stream serve -c config.yaml --instance-id worker-1
+    """
+    from connectors.kafka import KafkaPythonConnector
+    from stream.service import Service
+
+    config = _load(config_path, **{"kafka.bootstrap_servers": bootstrap_servers})
+    connector = KafkaPythonConnector(config.kafka.bootstrap_servers, config.kafka.client_options)
+    try:
+        service = Service(config, connector, instance_id)
+        service.install_signal_handlers()
+        raise typer.Exit(service.run())
+    except ModelError as error:
+        raise _fail(str(error), 2) from None
+
+
+@app.command()
+def publish(
+    input_path: Annotated[
+        Path, typer.Argument(metavar="FILE", help="JSONL or CSV file of events; - for stdin.")
+    ],
+    topic: Annotated[
+        str | None, typer.Option(help="Topic to publish to (default: kafka.input_topic).")
+    ] = None,
+    config_path: ConfigOption = None,
+    bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka address (overrides config).")] = None,
+    rate: Annotated[float, typer.Option(help="Events per second; 0 = as fast as possible.")] = 0.0,
+) -> None:
+    """Publish events to a topic, one message per JSONL line or CSV row (sent as they are: the
+    service validates them and dead-letters the bad ones).
+
+    Example: stream publish --topic events events.jsonl --rate 500
+    """
+    import time
+
+    from connectors.files import read_events
+    from connectors.kafka import KafkaPythonConnector
+
+    config = _load(config_path, **{"kafka.bootstrap_servers": bootstrap_servers})
+    topic = topic or config.kafka.input_topic
+    sink = KafkaPythonConnector(config.kafka.bootstrap_servers, config.kafka.client_options).sink(None)
+    total = None if str(input_path) == "-" else _count_lines(input_path)
+    started = time.monotonic()
+    sent = 0
+    columns = (TextColumn(f"publish to {topic}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("publish", total=total)
+            for _, record in read_events(input_path):
+                value = record if isinstance(record, bytes) else json.dumps(record).encode()
+                sink.send(topic, value, key=_event_key(value))
+                sent += 1
+                if rate > 0:
+                    delay = started + sent / rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                if sent % 1000 == 0:
+                    progress.update(task, completed=sent)
+            sink.flush()
+    except FileNotFoundError as error:
+        raise _fail(str(error)) from None
+    finally:
+        sink.close()
+    elapsed = time.monotonic() - started
+    console.print(f"published {sent} events to {topic} in {elapsed:.1f}s ({sent / max(elapsed, 1e-9):.0f}/s)")
+
+
+def _event_key(value: bytes) -> bytes | None:
+    """The event's ``key`` field as the message key (same key, same partition, same model)."""
+    if b'"key"' not in value:
+        return None
+    try:
+        key = json.loads(value).get("key")
+    except (ValueError, AttributeError):
+        return None
+    return key.encode() if isinstance(key, str) else None

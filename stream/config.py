@@ -99,6 +99,10 @@ class KafkaConfig(_Section):
 
 class ServiceConfig(_Section):
     guarantee: Guarantee = "exactly_once"
+    instance_id: str | None = Field(
+        default=None,
+        description="stable per instance (static group membership, transactional id); default: host name",
+    )
     checkpoint_every_events: int = Field(default=1000, ge=1)
     checkpoint_every_seconds: float = Field(default=5.0, gt=0)
     status_every_seconds: float = Field(default=10.0, gt=0)

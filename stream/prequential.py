@@ -150,20 +150,25 @@ class Engine:
         elif y is not None:
             state.model.learn_one(event.x, y)
         state.events += 1
-        if y is not None:
-            state.labelled += 1
-            if self.task == "anomaly":
-                state.metrics.update(y, None, prediction["score"])
-            else:
-                y_pred = prediction["y_pred"]
-                state.metrics.update(y, y_pred, prediction.get("y_proba"))
-                if state.monitor is not None:
-                    self._watch_drift(event.x, y, loss_of(self.task, y, y_pred))
-        if y is not None and state.labelled % self.config.metrics.history_every == 0:
+        if y is None:
+            self._periodic_snapshot()
+            return
+        state.labelled += 1
+        if self.task == "anomaly":
+            state.metrics.update(y, None, prediction["score"])
+        else:
+            state.metrics.update(y, prediction["y_pred"], prediction.get("y_proba"))
+        if state.labelled % self.config.metrics.history_every == 0:
             name, value = state.metrics.primary_rolling
             state.history.append({"event": state.events, name: value})
+        # The drift policy comes last: a snapshot it takes holds this event fully learned.
+        if state.monitor is not None:
+            self._watch_drift(event.x, y, loss_of(self.task, y, prediction["y_pred"]))
+        self._periodic_snapshot()
+
+    def _periodic_snapshot(self) -> None:
         every = self.config.snapshots.every_events
-        if every and state.events % every == 0:
+        if every and self.state.events % every == 0:
             self.snapshot("periodic")
 
     def record_error(self) -> None:

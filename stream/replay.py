@@ -16,17 +16,12 @@ from typing import IO, Any
 
 from connectors.files import read_events
 from stream.config import Config
+from stream.dead_letters import dead_letter
 from stream.events import InvalidEvent, decode_event, validate_event
 from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
 
 logger = logging.getLogger(__name__)
-
-
-def dead_letter(reason: str, position: str, raw: bytes | dict[str, Any]) -> dict[str, Any]:
-    """The record kept for an event that could not be used."""
-    original = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else json.dumps(raw)
-    return {"error": reason, "position": position, "event": original}
 
 
 def to_json(record: dict[str, Any]) -> str:
@@ -53,7 +48,7 @@ def run_replay(
             if engine.state.errors <= 10:
                 logger.warning("record %d rejected: %s", position, error)
             if dead_letters is not None:
-                dead_letters.write(to_json(dead_letter(str(error), str(position), raw)) + "\n")
+                dead_letters.write(to_json(dead_letter(str(error), raw, {"position": position})) + "\n")
             continue
         if predictions is not None:
             predictions.write(to_json(prediction) + "\n")

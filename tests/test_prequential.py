@@ -2,8 +2,6 @@ from __future__ import annotations
 
 import io
 import json
-import pickle
-import random
 
 import pytest
 from river import anomaly, datasets, evaluate, linear_model, metrics, preprocessing, tree
@@ -13,6 +11,7 @@ from stream.events import Event, validate_event
 from stream.prequential import Engine
 from stream.replay import run_replay, to_json
 from stream.snapshots import SnapshotStore
+from tests.model_equality import canonical_pickle
 
 
 def _config(task: str, pipeline: list, metric: str, **sections) -> Config:
@@ -133,27 +132,7 @@ def test_restoring_a_snapshot_mid_stream_continues_exactly_like_an_uninterrupted
     resumed = Engine(config, store, state=store.load(manifest.id))
     got += [to_json(resumed.process(e)) for e in events[1700:]]
     assert got == expected
-    assert _canonical(resumed.state.model) == _canonical(uninterrupted.state.model)
-
-
-class _CanonicalPickler(pickle.Pickler):
-    """Pickles with every ``random.Random`` state blanked.
-
-    River seeds some internals from OS entropy when no seed is given (``proba.Gaussian`` in every
-    Hoeffding tree leaf keeps an unseeded ``random.Random`` that only ``sample()`` uses), so two
-    uninterrupted runs never pickle identically; everything else must.
-    """
-
-    def reducer_override(self, obj):
-        if type(obj) is random.Random:
-            return random.Random, (0,)
-        return NotImplemented
-
-
-def _canonical(obj) -> bytes:
-    buffer = io.BytesIO()
-    _CanonicalPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(pickle.loads(pickle.dumps(obj)))
-    return buffer.getvalue()
+    assert canonical_pickle(resumed.state.model) == canonical_pickle(uninterrupted.state.model)
 
 
 def test_periodic_snapshots_follow_the_config(tmp_path):
@@ -202,3 +181,26 @@ def test_an_event_the_model_cannot_use_is_rejected_with_the_model_reason(tmp_pat
     summary = run_replay(records, engine, None, dead)
     assert summary["errors"] == 1 and summary["labelled"] == 2
     assert "the model cannot learn this event: TypeError" in dead.getvalue()
+
+
+def test_every_snapshot_the_policy_takes_is_an_exact_restore_point(tmp_path):
+    """Restoring any snapshot (warning, drift, rollback) and replaying the events it has not seen
+    ends in the same model as the uninterrupted run: no event is learned twice or skipped."""
+    config = _config(
+        "binary", ["tree.HoeffdingTreeClassifier"], "Accuracy", drift={"detector": "drift.binary.DDM"}
+    )
+    events = [validate_event(json.loads(line), "binary") for line in _drifting_jsonl(1000).splitlines()[400:]]
+    store = SnapshotStore(tmp_path, keep_last=1000)
+    uninterrupted = Engine(config, store)
+    for event in events:
+        uninterrupted.process(event)
+    manifests = store.list()
+    assert {m.reason for m in manifests} >= {"warning", "drift"}
+    for manifest in manifests:
+        resumed = Engine(config, SnapshotStore(tmp_path / "scratch"), state=store.load(manifest.id))
+        assert resumed.state.events == manifest.events_seen
+        for event in events[manifest.events_seen :]:
+            resumed.process(event)
+        assert canonical_pickle(resumed.state.model) == canonical_pickle(uninterrupted.state.model), (
+            manifest.id
+        )

@@ -1,0 +1,200 @@
+"""The kafka-python backend of the connector interface.
+
+Consumers use manual offsets (no auto-commit) and ``read_committed`` isolation, static group
+membership (a restarted instance takes its partitions back without waiting for a session
+timeout), and the classic group protocol (kafka-python does not implement KIP-848). Producers in
+exactly-once mode are transactional: predictions, dead letters and the consumer offsets of a
+checkpoint are committed in one transaction, fenced per instance by its ``transactional_id``.
+
+Security settings (``security_protocol``, ``sasl_*``, ``ssl_*``) pass through
+``kafka.client_options`` in the config to every client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from connectors.base import Connector, Message, Sink, Source, TopicPartition
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        self.source.on_revoke([(tp.topic, tp.partition) for tp in revoked])
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.source.on_assign([(tp.topic, tp.partition) for tp in assigned])
+
+
+class KafkaSource(Source):
+    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
+        self._options = options
+        self.on_assign: Callable[[list[TopicPartition]], None] = lambda partitions: None
+        self.on_revoke: Callable[[list[TopicPartition]], None] = lambda partitions: None
+        self.consumer = KafkaConsumer(
+            group_id=group_id,
+            group_instance_id=instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            **{"session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000, **options},
+        )
+        self.consumer.subscribe(topics, listener=_Listener(self))
+
+    def poll(self, timeout: float, max_records: int) -> list[Message]:
+        batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
+        return [
+            Message(record.topic, record.partition, record.offset, record.key, record.value)
+            for records in batches.values()
+            for record in records
+        ]
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.consumer.seek(KafkaTopicPartition(*partition), offset)
+
+    def committed(self, partition: TopicPartition) -> int | None:
+        return self.consumer.committed(KafkaTopicPartition(*partition))
+
+    def beginning_offset(self, partition: TopicPartition) -> int:
+        tp = KafkaTopicPartition(*partition)
+        return self.consumer.beginning_offsets([tp])[tp]
+
+    def lag(self) -> dict[TopicPartition, int]:
+        result = {}
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                result[(tp.topic, tp.partition)] = max(0, highwater - self.consumer.position(tp))
+        return result
+
+    def read_range(self, partition: TopicPartition, start: int, end: int) -> list[Message]:
+        if end <= start:
+            return []
+        tp = KafkaTopicPartition(*partition)
+        reader = KafkaConsumer(
+            enable_auto_commit=False, isolation_level="read_committed",
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **self._options,
+        )  # fmt: skip
+        try:
+            reader.assign([tp])
+            reader.seek(tp, start)
+            messages: list[Message] = []
+            while reader.position(tp) < end:
+                for record in reader.poll(timeout_ms=1000).get(tp, []):
+                    if record.offset >= end:
+                        break
+                    messages.append(
+                        Message(record.topic, record.partition, record.offset, record.key, record.value)
+                    )
+            return messages
+        finally:
+            reader.close()
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.consumer.commit(
+            {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
+        )
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.resume(*(KafkaTopicPartition(*tp) for tp in partitions))
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+
+
+class KafkaSink(Sink):
+    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
+        self.transactional = transactional_id is not None
+        settings: dict[str, Any] = {
+            "linger_ms": 5,
+            "max_request_size": MAX_MESSAGE_BYTES,
+            "acks": "all",
+            **options,
+        }
+        if transactional_id is not None:
+            settings["transactional_id"] = transactional_id
+            settings["transaction_timeout_ms"] = 30_000
+        self.producer = KafkaProducer(**settings)
+        if self.transactional:
+            # Fences any older producer with this id and aborts its open transaction.
+            self.producer.init_transactions()
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+        self.producer.send(topic, value=value, key=key, headers=headers)
+
+    def begin(self) -> None:
+        if self.transactional:
+            self.producer.begin_transaction()
+
+    def commit(self, offsets: dict[TopicPartition, int], source: Source) -> None:
+        if not self.transactional:
+            self.producer.flush()
+            return
+        assert isinstance(source, KafkaSource)
+        if offsets:
+            self.producer.send_offsets_to_transaction(
+                {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                source.consumer.group_metadata(),
+            )
+        self.producer.commit_transaction()
+
+    def abort(self) -> None:
+        if self.transactional:
+            self.producer.abort_transaction()
+
+    def flush(self) -> None:
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close(timeout=5)
+
+
+class KafkaPythonConnector(Connector):
+    """Sources and sinks on kafka-python, with the config's client options."""
+
+    def __init__(self, bootstrap_servers: str, client_options: dict[str, Any] | None = None) -> None:
+        self.options = {"bootstrap_servers": bootstrap_servers, **(client_options or {})}
+
+    def source(self, topics: list[str], group_id: str, instance_id: str) -> KafkaSource:
+        return KafkaSource(topics, group_id, instance_id, self.options)
+
+    def sink(self, transactional_id: str | None) -> KafkaSink:
+        return KafkaSink(transactional_id, self.options)
+
+    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
+        admin = KafkaAdminClient(**self.options)
+        try:
+            existing = set(admin.list_topics())
+            missing = [
+                NewTopic(t, num_partitions=partitions, replication_factor=1)
+                for t in topics
+                if t not in existing
+            ]
+            if missing:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics(missing)
+        finally:
+            admin.close()

@@ -1,0 +1,389 @@
+"""The long-lived service: consume events, predict, publish, learn, checkpoint.
+
+Data flow per event: source (Kafka) -> decode/validate (:mod:`stream.events`) -> predict ->
+publish (sink) -> learn (:mod:`stream.prequential`) -> drift policy (:mod:`stream.drift`);
+then, every N events or T seconds, checkpoint (:mod:`stream.checkpoint`).
+
+Model scope: one model per input partition. Each partition's state lives in its own snapshot
+directory (``<snapshots.directory>/<topic>-<partition>``), so whichever instance of the group owns
+a partition restores exactly that partition's model, and instances never share a model.
+
+Guarantees (``service.guarantee``):
+
+- ``exactly_once``: predictions and dead letters are sent in a Kafka transaction; at a
+  checkpoint each partition's snapshot is made durable, then the consumer offsets are committed
+  in that same transaction. A ``read_committed`` reader sees each event's prediction once, and
+  after any crash the restored model equals that of an uninterrupted run.
+- ``at_least_once``: predictions are sent as they are made and offsets committed after the
+  snapshot; after a crash, predictions since the last checkpoint are sent again, but the model
+  is restored from the checkpoint, so it never learns an event twice.
+
+On SIGTERM/SIGINT the current batch finishes, a ``shutdown`` snapshot is taken, everything is
+committed and the process exits 0. A lost broker is logged and retried with backoff; the service
+rebuilds its clients and state from the last checkpoint, losing nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from connectors.base import Connector, Message, Sink, Source, TopicPartition
+from stream.checkpoint import partition_key, restore_point
+from stream.config import Config
+from stream.dead_letters import dead_letter
+from stream.events import InvalidEvent, decode_event
+from stream.prequential import Engine
+from stream.replay import to_json
+from stream.snapshots import SnapshotError, SnapshotStore
+
+logger = logging.getLogger(__name__)
+
+REQUESTS_DIR = "requests"
+STATUS_FILE = "status.json"
+
+
+@dataclass
+class _Partition:
+    """A partition this instance owns: its engine and where it stands."""
+
+    topic: str
+    partition: int
+    engine: Engine
+    key: str
+    processed_since_checkpoint: int = 0
+
+    @property
+    def next_offset(self) -> int:
+        return self.engine.state.offsets[self.key]
+
+
+@dataclass
+class _Counters:
+    predictions: int = 0
+    dead_letters: int = 0
+    relearned: int = 0
+    checkpoints: int = 0
+    recoveries: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+def default_instance_id() -> str:
+    return socket.gethostname().replace(".", "-") or "stream"
+
+
+class Service:
+    """Runs the poll -> engine -> publish loop for one instance of the consumer group."""
+
+    def __init__(self, config: Config, connector: Connector, instance_id: str | None = None) -> None:
+        self.config = config
+        self.connector = connector
+        self.instance_id = instance_id or config.service.instance_id or default_instance_id()
+        self.task = config.model.task
+        self.root = Path(config.snapshots.directory)
+        self.partitions: dict[TopicPartition, _Partition] = {}
+        self.counters = _Counters()
+        self.source: Source | None = None
+        self.sink: Sink | None = None
+        self._stopping = False
+        self._last_checkpoint = time.monotonic()
+        self._last_status = time.monotonic()
+        self._status_events = 0
+        self._rebalances: queue.SimpleQueue[tuple[str, list[TopicPartition]]] = queue.SimpleQueue()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        """Finish the current batch, take a shutdown snapshot, commit and return from ``run``."""
+        if not self._stopping:
+            logger.info("stop requested: finishing the current batch")
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        kafka = self.config.kafka
+        logger.info(
+            "starting instance=%s group=%s input=%s guarantee=%s",
+            self.instance_id, kafka.group_id, kafka.input_topic, self.config.service.guarantee,
+        )  # fmt: skip
+        self.connector.ensure_topics([kafka.predictions_topic, kafka.dead_letter_topic])
+        backoff = 1.0
+        while not self._stopping:
+            try:
+                self._connect()
+                backoff = 1.0
+                self._loop()
+                self._checkpoint("shutdown")
+                self._close()
+                break
+            except Exception:
+                logger.exception("lost the broker or a client failed; recovering from the last checkpoint")
+                self._close()
+                self.counters.recoveries += 1
+                self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+        logger.info("stopped after %d predictions", self.counters.predictions)
+        return 0
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def _connect(self) -> None:
+        kafka = self.config.kafka
+        exactly_once = self.config.service.guarantee == "exactly_once"
+        self.partitions = {}
+        self.sink = self.connector.sink(f"{kafka.group_id}-{self.instance_id}" if exactly_once else None)
+        self.sink.begin()
+        self.source = self.connector.source([kafka.input_topic], kafka.group_id, self.instance_id)
+        # Called on the client's I/O thread: only take note; _apply_rebalances acts on it.
+        self.source.on_assign = lambda partitions: self._rebalances.put(("assign", partitions))
+        self.source.on_revoke = lambda partitions: self._rebalances.put(("revoke", partitions))
+
+    def _close(self) -> None:
+        for client in (self.source, self.sink):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception as error:  # closing a client of a dead broker may fail too
+                    logger.debug("closing %s: %s", type(client).__name__, error)
+        self.source = self.sink = None
+        self.partitions = {}
+
+    def _loop(self) -> None:
+        assert self.source is not None
+        service = self.config.service
+        while not self._stopping:
+            messages = self.source.poll(timeout=0.2, max_records=500)
+            if self._apply_rebalances():
+                continue  # every owned partition was re-positioned: the batch will be fetched again
+            for message in messages:
+                self._handle(message)
+            self._apply_requests()
+            now = time.monotonic()
+            pending = sum(p.processed_since_checkpoint for p in self.partitions.values())
+            if pending >= service.checkpoint_every_events or (
+                pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
+            ):
+                self._checkpoint("checkpoint")
+            if now - self._last_status >= service.status_every_seconds:
+                self._report_status(now)
+
+    # -- per event -------------------------------------------------------------------------
+
+    def _handle(self, message: Message, publish: bool = True) -> None:
+        """Decode, predict, publish, learn one message; a bad one becomes a dead letter."""
+        owned = self.partitions.get((message.topic, message.partition))
+        if owned is None:  # revoked while the batch was in flight
+            return
+        engine = owned.engine
+        value = message.value
+        # Advanced first: a snapshot taken while learning this event (warning, drift) must record
+        # that the event is learned, or a restore from it would learn the event twice.
+        engine.state.offsets[owned.key] = message.offset + 1
+        try:
+            if value is None:
+                raise InvalidEvent("empty message (no value)")
+            if len(value) > self.config.service.max_event_bytes:
+                raise InvalidEvent(
+                    f"event of {len(value)} bytes exceeds service.max_event_bytes="
+                    f"{self.config.service.max_event_bytes}"
+                )
+            event = decode_event(value, self.task)
+            if event.id is None:
+                event.id = f"{message.topic}-{message.partition}-{message.offset}"
+            engine.process(event, self._publish_prediction if publish else None)
+        except InvalidEvent as error:
+            engine.record_error()
+            if publish:
+                self._publish_dead_letter(message, str(error))
+        owned.processed_since_checkpoint += 1
+
+    def _publish_prediction(self, prediction: dict[str, Any]) -> None:
+        assert self.sink is not None
+        self.sink.send(self.config.kafka.predictions_topic, to_json(prediction).encode())
+        self.counters.predictions += 1
+
+    def _publish_dead_letter(self, message: Message, reason: str) -> None:
+        assert self.sink is not None
+        source = {"topic": message.topic, "partition": message.partition, "offset": message.offset}
+        record = dead_letter(reason, message.value, source, self.config.service.max_event_bytes)
+        self.sink.send(
+            self.config.kafka.dead_letter_topic,
+            json.dumps(record).encode(),
+            key=message.key,
+            headers=[("error", reason[:500].encode())],
+        )
+        self.counters.dead_letters += 1
+        logger.warning("dead letter %s:%d@%d: %s", message.topic, message.partition, message.offset, reason)
+
+    # -- partitions come and go ------------------------------------------------------------
+
+    def _store_for(self, topic: str, partition: int) -> SnapshotStore:
+        snapshots = self.config.snapshots
+        key = snapshots.hmac_key.get_secret_value() if snapshots.hmac_key else None
+        return SnapshotStore(self.root / f"{topic}-{partition}", snapshots.keep_last, key)
+
+    def _apply_rebalances(self) -> bool:
+        """Act on the assignments and revocations noted since the last poll; True if any.
+
+        A revocation aborts the open transaction (its predictions may cover events the new owner
+        will process) and rebuilds every owned partition from its last checkpoint, exactly as a
+        restart would. Then every owned partition is positioned at its next event.
+        """
+        assert self.source is not None and self.sink is not None
+        changes = []
+        while not self._rebalances.empty():
+            changes.append(self._rebalances.get())
+        if not changes:
+            return False
+        if any(kind == "revoke" and partitions for kind, partitions in changes):
+            if self.sink.transactional:
+                self.sink.abort()
+                self.sink.begin()
+            self.partitions = {}
+        assignment = self.source.assignment()
+        for tp in list(self.partitions):
+            if tp not in assignment:
+                del self.partitions[tp]
+        for topic, partition in sorted(assignment):
+            if (topic, partition) not in self.partitions:
+                self._restore(topic, partition)
+        for tp, owned in self.partitions.items():
+            self.source.seek(tp, owned.next_offset)
+        logger.info("assignment: %s", sorted(owned.key for owned in self.partitions.values()))
+        return True
+
+    def _restore(self, topic: str, partition: int) -> _Partition:
+        """The partition's state at its committed offset: snapshot, then silent re-learning."""
+        assert self.source is not None
+        tp = (topic, partition)
+        key = partition_key(topic, partition)
+        committed = self.source.committed(tp)
+        if committed is None:
+            committed = self.source.beginning_offset(tp)
+        store = self._store_for(topic, partition)
+        restored = restore_point(store, key, committed)
+        if restored is None:
+            engine = Engine(self.config, store)
+            start = self.source.beginning_offset(tp)
+            origin = "a new model"
+        else:
+            manifest, state = restored
+            engine = Engine(self.config, store, state)
+            start = manifest.offsets[key]
+            origin = f"snapshot {manifest.id}"
+        engine.state.offsets[key] = start
+        owned = _Partition(topic, partition, engine, key)
+        self.partitions[tp] = owned
+        messages = self.source.read_range(tp, start, committed)
+        for message in messages:
+            self._handle(message, publish=False)
+        owned.processed_since_checkpoint = 0
+        engine.state.offsets[key] = max(engine.state.offsets[key], committed)
+        self.counters.relearned += len(messages)
+        logger.info(
+            "restored %s from %s at offset %d; re-learned %d events up to the committed offset %d",
+            key, origin, start, len(messages), committed,
+        )  # fmt: skip
+        return owned
+
+    # -- checkpoints -----------------------------------------------------------------------
+
+    def _checkpoint(self, reason: str) -> None:
+        """Snapshots first (durable), then commit offsets (and, exactly-once, the transaction)."""
+        if self.sink is None or self.source is None:
+            return
+        offsets: dict[TopicPartition, int] = {}
+        for tp, owned in self.partitions.items():
+            if owned.processed_since_checkpoint or reason == "shutdown":
+                owned.engine.snapshot(reason)  # type: ignore[arg-type]
+                offsets[tp] = owned.next_offset
+                owned.processed_since_checkpoint = 0
+        if self.sink.transactional:
+            self.sink.commit(offsets, self.source)
+            self.sink.begin()
+        else:
+            self.sink.flush()
+            if offsets:
+                self.source.commit(offsets)
+        self._last_checkpoint = time.monotonic()
+        self.counters.checkpoints += 1
+        self._write_status()
+
+    # -- control requests (manual rollback) --------------------------------------------------
+
+    def _apply_requests(self) -> None:
+        for (topic, partition), owned in list(self.partitions.items()):
+            directory = self.root / f"{topic}-{partition}" / REQUESTS_DIR
+            if not directory.is_dir():
+                continue
+            for path in sorted(directory.glob("*.json")):
+                result = self._apply_request(owned, path)
+                path.with_suffix(".done").write_text(json.dumps(result))
+                self._checkpoint("checkpoint")
+                path.unlink()
+
+    def _apply_request(self, owned: _Partition, path: Path) -> dict[str, Any]:
+        try:
+            request = json.loads(path.read_text())
+            manifest = owned.engine.rollback(str(request["snapshot_id"]))
+        except (SnapshotError, ValueError, KeyError) as error:
+            logger.error("rollback request %s failed: %s", path.name, error)
+            return {"ok": False, "error": str(error)}
+        owned.processed_since_checkpoint += 1  # the rollback snapshot must be committed
+        logger.info("rolled %s back to %s", owned.key, request["snapshot_id"])
+        return {"ok": True, "snapshot": manifest.id, "model_version": owned.engine.state.model_version}
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        lag = self.source.lag() if self.source is not None else {}
+        return {
+            "instance_id": self.instance_id,
+            "guarantee": self.config.service.guarantee,
+            "predictions": self.counters.predictions,
+            "dead_letters": self.counters.dead_letters,
+            "relearned": self.counters.relearned,
+            "checkpoints": self.counters.checkpoints,
+            "recoveries": self.counters.recoveries,
+            "partitions": {
+                owned.key: {**owned.engine.summary(), "offset": owned.next_offset, "lag": lag.get(tp)}
+                for tp, owned in self.partitions.items()
+            },
+        }
+
+    def _write_status(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{STATUS_FILE}.{self.instance_id}"
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.status(), default=str))
+        os.replace(temporary, path)
+
+    def _report_status(self, now: float) -> None:
+        elapsed = now - self._last_status
+        rate = (self.counters.predictions - self._status_events) / elapsed if elapsed else 0.0
+        lag = sum(self.source.lag().values()) if self.source is not None else 0
+        parts = [f"events/s={rate:.0f}", f"lag={lag}", f"predictions={self.counters.predictions}"]
+        for owned in self.partitions.values():
+            state = owned.engine.state
+            name, value = state.metrics.primary_rolling
+            parts.append(
+                f"{owned.key}: {name.split(' ')[0]}={value:.3f} drifts={state.drifts} "
+                f"snapshots={state.snapshots} rollbacks={state.rollbacks}"
+            )
+        logger.info("status %s", " ".join(parts))
+        self._last_status = now
+        self._status_events = self.counters.predictions

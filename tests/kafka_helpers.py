@@ -1,0 +1,153 @@
+"""Helpers for tests that run the service as a real process against a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kafka import KafkaConsumer, KafkaProducer
+
+from stream.config import Config
+from stream.datasets import as_event, recurring_concepts
+
+
+def drifting_events(count: int, seed: int = 42, keys: int = 0) -> list[dict[str, Any]]:
+    segment = count // 3 + 1
+    events = [as_event(r) for r in recurring_concepts(segment, (0, 2, 0), seed=seed)][:count]
+    if keys:
+        for n, event in enumerate(events):
+            event["key"] = f"k{n % keys}"
+    return events
+
+
+def publish(
+    bootstrap: str, topic: str, values: list[bytes | None], keys: list[bytes | None] | None = None
+) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024)
+    for n, value in enumerate(values):
+        producer.send(topic, value=value, key=keys[n] if keys else None)
+    producer.flush()
+    producer.close()
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout: float = 60.0, committed_only: bool = True
+) -> list[Any]:
+    """Every record of ``topic`` (JSON-decoded values), waiting up to ``timeout`` for ``expected``."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed" if committed_only else "read_uncommitted",
+        group_id=None,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(records) < expected:
+        for batch in consumer.poll(timeout_ms=500).values():
+            records.extend(json.loads(record.value) for record in batch)
+    # Drain a little longer: anything beyond `expected` (a duplicate) must be seen too.
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        for batch in consumer.poll(timeout_ms=200).values():
+            records.extend(json.loads(record.value) for record in batch)
+    consumer.close()
+    return records
+
+
+class ProgressWatcher:
+    """Counts the committed records of a topic as they arrive, without re-reading."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.count = 0
+        self.consumer = KafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            isolation_level="read_committed", group_id=None,
+        )  # fmt: skip
+
+    def wait_for(self, at_least: int, timeout: float = 120.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.count < at_least and time.monotonic() < deadline:
+            self.count += sum(len(batch) for batch in self.consumer.poll(timeout_ms=50).values())
+        return self.count
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def duplicates(ids: list[str]) -> dict[str, int]:
+    return {event_id: n for event_id, n in Counter(ids).items() if n > 1}
+
+
+class ServiceProcess:
+    """``stream serve`` as a child process with its own config file."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], instance_id: str = "test") -> None:
+        self.workdir = workdir
+        self.instance_id = instance_id
+        self.config_path = workdir / f"config-{instance_id}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = workdir / f"service-{instance_id}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServiceProcess:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("STREAM__")}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "stream", "serve", "-c", str(self.config_path),
+                 "--instance-id", self.instance_id],
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def service_config(bootstrap: str, tmp_path: Path, **sections: Any) -> dict[str, Any]:
+    suffix = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "model": {"task": "binary", "pipeline": ["tree.HoeffdingTreeClassifier"]},
+        "drift": {"policy": "best"},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "input_topic": f"events-{suffix}",
+            "predictions_topic": f"predictions-{suffix}",
+            "dead_letter_topic": f"dead-{suffix}",
+            "group_id": f"group-{suffix}",
+        },
+        "snapshots": {"directory": str(tmp_path / "snapshots")},
+        "service": {
+            "checkpoint_every_events": 500,
+            "checkpoint_every_seconds": 1.0,
+            "status_every_seconds": 2.0,
+        },
+    }
+    for section, values in sections.items():
+        base.setdefault(section, {}).update(values)
+    Config.model_validate(base)  # a typo in a test config fails here, not in the child process
+    return base

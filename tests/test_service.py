@@ -1,0 +1,293 @@
+"""The service on a real broker: exactly-once learning, recovery, dead letters, rebalancing."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from connectors.local_broker import LocalBroker
+from stream.checkpoint import partition_key, restore_point
+from stream.cli import app
+from stream.config import Config
+from stream.events import validate_event
+from stream.prequential import Engine
+from stream.replay import to_json
+from stream.snapshots import SnapshotStore
+from tests.kafka_helpers import (
+    ProgressWatcher,
+    ServiceProcess,
+    drifting_events,
+    duplicates,
+    publish,
+    read_topic,
+    service_config,
+)
+from tests.model_equality import canonical_pickle
+
+pytestmark = pytest.mark.kafka
+
+
+def _reference(config: dict, events: list[dict]) -> tuple[list[str], Engine]:
+    """An uninterrupted in-process run of the same engine over the same events."""
+    engine = Engine(Config.model_validate(config), SnapshotStore(tempfile.mkdtemp(prefix="reference-")))
+    predictions = [to_json(engine.process(validate_event(event, "binary"))) for event in events]
+    return predictions, engine
+
+
+def _final_state(config: dict, topic: str, partition: int = 0):
+    store = SnapshotStore(Path(config["snapshots"]["directory"]) / f"{topic}-{partition}")
+    restored = restore_point(store, partition_key(topic, partition), committed=10**12)
+    assert restored is not None, "the service left no snapshot"
+    return restored
+
+
+def _wait_for(condition, timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(message)
+
+
+def test_twenty_thousand_events_are_each_predicted_once_and_match_replay(kafka, tmp_path):
+    config = service_config(kafka.bootstrap_servers, tmp_path)
+    topics = config["kafka"]
+    events = drifting_events(20_000)
+    publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events])
+    expected, reference = _reference(config, events)
+
+    service = ServiceProcess(tmp_path, config).start()
+    try:
+        predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 20_000, timeout=120)
+    finally:
+        assert service.stop() == 0, service.log()
+
+    ids = [p["id"] for p in predictions]
+    assert duplicates(ids) == {} and len(ids) == 20_000
+    assert [to_json(p) for p in predictions] == expected  # byte for byte what replay predicts
+    manifest, state = _final_state(config, topics["input_topic"])
+    assert manifest.reason == "shutdown"
+    assert manifest.metrics == reference.summary()["metrics"]
+    assert state.drifts == reference.state.drifts >= 1
+
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is not installed: run `make setup`"
+    seen = subprocess.run(
+        [kcat, "-C", "-b", kafka.bootstrap_servers, "-t", topics["predictions_topic"], "-e", "-q",
+         "-X", "isolation.level=read_committed", "-f", "%s\n"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert len(seen) == 20_000 and {json.loads(line)["id"] for line in seen} == set(ids)
+
+
+def test_sigkill_at_five_random_points_changes_neither_the_model_nor_the_predictions(kafka, tmp_path):
+    config = service_config(kafka.bootstrap_servers, tmp_path)
+    topics = config["kafka"]
+    events = drifting_events(20_000, seed=7)
+    publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events])
+    expected, reference = _reference(config, events)
+
+    kill_points = sorted(random.Random(20261123).sample(range(1_000, 19_000), 5))
+    service = ServiceProcess(tmp_path, config)
+    watcher = ProgressWatcher(kafka.bootstrap_servers, topics["predictions_topic"])
+    store = SnapshotStore(Path(config["snapshots"]["directory"]) / f"{topics['input_topic']}-0")
+    for number, point in enumerate(kill_points):
+        service.start()
+        assert watcher.wait_for(point) >= point, service.log()
+        service.kill()  # no warning: mid-batch, mid-transaction
+        if number == 2:
+            # A damaged newest checkpoint: the restart must fall back to an older snapshot and
+            # re-learn, silently, the events between it and the committed offset.
+            newest = store.list(reason="checkpoint")[-1]
+            (store.directory / newest.id / "state.pkl").write_bytes(b"damaged")
+    watcher.close()
+    service.start()
+    try:
+        predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 20_000, timeout=180)
+    finally:
+        assert service.stop() == 0, service.log()
+
+    ids = [p["id"] for p in predictions]
+    assert duplicates(ids) == {}, "a read_committed reader saw a prediction twice"
+    assert len(ids) == 20_000
+    assert [to_json(p) for p in predictions] == expected
+    _, state = _final_state(config, topics["input_topic"])
+    assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)
+    assert state.events == 20_000 and state.drifts == reference.state.drifts
+    assert service.log().count("restored") == 6  # every start restored the partition
+    relearned = [int(n) for n in re.findall(r"re-learned (\d+) events", service.log())]
+    assert max(relearned) > 0, "no restart had to re-learn: the fallback path was not exercised"
+
+
+def test_a_twenty_second_broker_outage_loses_nothing(tmp_path):
+    broker = LocalBroker(data_dir=tmp_path / "broker")
+    broker.start()
+    try:
+        config = service_config(broker.bootstrap_servers, tmp_path)
+        topics = config["kafka"]
+        events = drifting_events(6_000, seed=3)
+        publish(
+            broker.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events[:3_000]]
+        )
+        expected, _ = _reference(config, events)
+        service = ServiceProcess(tmp_path, config).start()
+        try:
+            read_topic(broker.bootstrap_servers, topics["predictions_topic"], 3_000, timeout=60)
+            broker.stop()
+            time.sleep(20)
+            assert service.alive(), service.log()
+            broker.start()
+            publish(
+                broker.bootstrap_servers,
+                topics["input_topic"],
+                [json.dumps(e).encode() for e in events[3_000:]],
+            )
+            predictions = read_topic(
+                broker.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120
+            )
+        finally:
+            assert service.stop() == 0, service.log()
+        assert duplicates([p["id"] for p in predictions]) == {}
+        assert [to_json(p) for p in predictions] == expected
+    finally:
+        broker.close()
+
+
+def test_malformed_and_hostile_messages_go_to_the_dead_letter_topic(kafka, tmp_path):
+    config = service_config(kafka.bootstrap_servers, tmp_path)
+    topics = config["kafka"]
+    good = drifting_events(200)
+    hostile: list[bytes | None] = [
+        b"\xff\xfe\x00garbage",
+        b"{truncated",
+        b'{"x": {"a": NaN}, "y": true}',
+        b'{"x": {"a": [1, 2]}, "y": true}',
+        b'{"x": {"a": 1.0}, "y": "perhaps"}',
+        b'{"y": true}',
+        b"[" * 50_000,
+        b'{"x": {"a": 1.0}, "pad": "' + b"A" * 2_000_000 + b'"}',
+        None,
+    ]
+    values = (
+        [json.dumps(e).encode() for e in good[:100]] + hostile + [json.dumps(e).encode() for e in good[100:]]
+    )
+    publish(kafka.bootstrap_servers, topics["input_topic"], values)
+
+    service = ServiceProcess(tmp_path, config).start()
+    try:
+        predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 200, timeout=60)
+        letters = read_topic(kafka.bootstrap_servers, topics["dead_letter_topic"], len(hostile), timeout=30)
+        assert service.alive()
+    finally:
+        assert service.stop() == 0, service.log()
+
+    assert len(predictions) == 200
+    assert [letter["source"]["offset"] for letter in letters] == list(range(100, 100 + len(hostile)))
+    reasons = [letter["error"] for letter in letters]
+    assert "not UTF-8" in reasons[0] or "malformed JSON" in reasons[0]
+    assert reasons[1].startswith("malformed JSON")
+    assert "not a finite number" in reasons[2]
+    assert "feature 'a' must be" in reasons[3]
+    assert "label for a binary task" in reasons[4]
+    assert "missing required field 'x'" in reasons[5]
+    assert "malformed JSON" in reasons[6]
+    assert "exceeds service.max_event_bytes" in reasons[7] and letters[7]["truncated"]
+    assert reasons[8] == "empty message (no value)"
+    assert letters[0]["event_base64"] == "//4AZ2FyYmFnZQ=="  # the original bytes, exactly
+    _, state = _final_state(config, topics["input_topic"])
+    assert state.errors == len(hostile) and state.labelled == 200
+
+
+def test_when_one_of_two_instances_dies_its_partitions_continue_from_the_right_state(
+    kafka, tmp_path, new_topic
+):
+    input_topic = new_topic(partitions=3, prefix="events")
+    config = service_config(kafka.bootstrap_servers, tmp_path, kafka={"input_topic": input_topic})
+    topics = config["kafka"]
+    events = drifting_events(9_000, keys=30)
+    values = [json.dumps(e).encode() for e in events]
+    publish(
+        kafka.bootstrap_servers, input_topic, values[:4_500], keys=[e["key"].encode() for e in events[:4_500]]
+    )
+
+    first = ServiceProcess(tmp_path, config, "first").start()
+    second = ServiceProcess(tmp_path, config, "second").start()
+    try:
+        _wait_for(
+            lambda: "assignment: [" in second.log() and "assignment: [" in first.log(), 60, "no assignment"
+        )
+        read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 4_500, timeout=120)
+        second.kill()
+        publish(
+            kafka.bootstrap_servers,
+            input_topic,
+            values[4_500:],
+            keys=[e["key"].encode() for e in events[4_500:]],
+        )
+        predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 9_000, timeout=180)
+    finally:
+        assert first.stop() == 0, first.log()
+        if second.alive():
+            second.kill()
+
+    assert duplicates([p["id"] for p in predictions]) == {}
+    assert len(predictions) == 9_000
+    assert "events" in first.log() and first.log().count("assignment:") >= 2  # it took partitions over
+    # Each partition's model equals an uninterrupted run over that partition's events, in order.
+    by_partition = _events_by_partition(kafka.bootstrap_servers, input_topic)
+    for partition, partition_events in by_partition.items():
+        _, reference = _reference(config, partition_events)
+        _, state = _final_state(config, input_topic, partition)
+        assert state.events == len(partition_events)
+        assert canonical_pickle(state.model) == canonical_pickle(reference.state.model), partition
+
+
+def _events_by_partition(bootstrap: str, topic: str) -> dict[int, list[dict]]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
+    )
+    result: dict[int, list[dict]] = {}
+    for record in consumer:
+        result.setdefault(record.partition, []).append(json.loads(record.value))
+    consumer.close()
+    return result
+
+
+def test_a_rollback_through_the_cli_takes_effect_in_the_running_service(kafka, tmp_path):
+    config = service_config(kafka.bootstrap_servers, tmp_path)
+    topics = config["kafka"]
+    events = drifting_events(3_000)
+    publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events[:2_000]])
+    service = ServiceProcess(tmp_path, config).start()
+    try:
+        read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 2_000, timeout=60)
+        directory = config["snapshots"]["directory"]
+        listed = CliRunner().invoke(app, ["snapshots", "list", "--dir", directory, "--json"])
+        target = json.loads(listed.output)[0]["id"]
+        result = CliRunner().invoke(
+            app, ["snapshots", "rollback", target, "--dir", directory, "--wait", "30"]
+        )
+        assert result.exit_code == 0 and f"rolled back to {target}" in result.output, result.output
+        publish(
+            kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events[2_000:]]
+        )
+        predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 3_000, timeout=60)
+    finally:
+        assert service.stop() == 0, service.log()
+    before = {p["model_version"] for p in predictions[:2_000]}
+    after = {p["model_version"] for p in predictions[2_000:]}
+    assert max(after) > max(before)
+    _, state = _final_state(config, topics["input_topic"])
+    assert state.rollbacks >= 1
