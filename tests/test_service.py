@@ -181,7 +181,8 @@ def test_malformed_and_hostile_messages_go_to_the_dead_letter_topic(kafka, tmp_p
     values = (
         [json.dumps(e).encode() for e in good[:100]] + hostile + [json.dumps(e).encode() for e in good[100:]]
     )
-    publish(kafka.bootstrap_servers, topics["input_topic"], values)
+    keys = [b"tombstone" if value is None else None for value in values]  # Kafka needs a key or a value
+    publish(kafka.bootstrap_servers, topics["input_topic"], values, keys)
 
     service = ServiceProcess(tmp_path, config).start()
     try:
