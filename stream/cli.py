@@ -371,3 +371,20 @@ def _event_key(value: bytes) -> bytes | None:
     except (ValueError, AttributeError):
         return None
     return key.encode() if isinstance(key, str) else None
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Where the run's files go (replaced).")] = Path("demo-output"),
+    events_per_concept: Annotated[int, typer.Option(help="Events per concept (A, B, A).")] = 5000,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option(help="Use this broker instead of starting the local one.")
+    ] = None,
+) -> None:
+    """Run the whole story: local broker, service, a drifting stream (concepts A, B, A), summary.
+
+    Example: stream demo --events-per-concept 3000
+    """
+    from stream.demo import run_demo
+
+    raise typer.Exit(run_demo(output, events_per_concept, bootstrap_servers))
