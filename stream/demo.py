@@ -206,7 +206,7 @@ def _report(
     overall = sum(correct) / len(correct)
     summary.add_row("events predicted", str(len(predictions)))
     summary.add_row(
-        "dead letters", f"{len(letters)}: " + "; ".join(sorted({l["error"][:40] for l in letters}))
+        "dead letters", f"{len(letters)}: " + "; ".join(sorted({letter["error"][:40] for letter in letters}))
     )
     summary.add_row("accuracy, with policy 'best'", f"{overall:.4f}")
     summary.add_row("accuracy, no drift policy", f"{sum(baseline) / len(baseline):.4f}")
