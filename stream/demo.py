@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ WINDOW = 500
 
 
 def _config(bootstrap: str, output: Path) -> dict[str, Any]:
+    run = uuid.uuid4().hex[:6]  # fresh topics and group: a shared broker may hold earlier runs
     return {
         "model": {"task": "binary", "pipeline": ["tree.HoeffdingTreeClassifier"]},
         "metrics": {"names": ["Accuracy"], "rolling_window": 1000},
@@ -46,10 +48,10 @@ def _config(bootstrap: str, output: Path) -> dict[str, Any]:
         "snapshots": {"directory": str(output / "snapshots"), "keep_last": 10},
         "kafka": {
             "bootstrap_servers": bootstrap,
-            "input_topic": "demo-events",
-            "predictions_topic": "demo-predictions",
-            "dead_letter_topic": "demo-events.dead-letter",
-            "group_id": "demo",
+            "input_topic": f"demo-events-{run}",
+            "predictions_topic": f"demo-predictions-{run}",
+            "dead_letter_topic": f"demo-events-{run}.dead-letter",
+            "group_id": f"demo-{run}",
         },
         "service": {"instance_id": "demo", "checkpoint_every_events": 1000, "status_every_seconds": 5.0},
     }
