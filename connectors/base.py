@@ -54,8 +54,11 @@ class Source(ABC):
         """Records behind the end of each assigned partition (as last seen by the client)."""
 
     @abstractmethod
-    def read_range(self, partition: TopicPartition, start: int, end: int) -> list[Message]:
-        """Records with ``start <= offset < end`` of one partition, outside the group (for re-learning)."""
+    def read_range(
+        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
+    ) -> list[Message]:
+        """Records with ``start <= offset < end`` of one partition, read outside the group (to
+        re-learn); raises ``TimeoutError`` if they cannot be read in time."""
 
     @abstractmethod
     def commit(self, offsets: dict[TopicPartition, int]) -> None:

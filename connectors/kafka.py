@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,25 +88,37 @@ class KafkaSource(Source):
                 result[(tp.topic, tp.partition)] = max(0, highwater - self.consumer.position(tp))
         return result
 
-    def read_range(self, partition: TopicPartition, start: int, end: int) -> list[Message]:
+    def read_range(
+        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
+    ) -> list[Message]:
         if end <= start:
             return []
         tp = KafkaTopicPartition(*partition)
         reader = KafkaConsumer(
-            enable_auto_commit=False, isolation_level="read_committed",
+            enable_auto_commit=False, isolation_level="read_committed", auto_offset_reset="earliest",
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **self._options,
         )  # fmt: skip
         try:
             reader.assign([tp])
             reader.seek(tp, start)
             messages: list[Message] = []
+            deadline = time.monotonic() + timeout
             while reader.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"could not read {partition} offsets {start}..{end} within {timeout:.0f}s"
+                    )
                 for record in reader.poll(timeout_ms=1000).get(tp, []):
                     if record.offset >= end:
                         break
                     messages.append(
                         Message(record.topic, record.partition, record.offset, record.key, record.value)
                     )
+            if messages and messages[0].offset > start:
+                logger.warning(
+                    "%s: offsets %d..%d are gone (topic retention); re-learning from %d",
+                    partition, start, messages[0].offset, messages[0].offset,
+                )  # fmt: skip
             return messages
         finally:
             reader.close()

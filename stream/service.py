@@ -32,7 +32,7 @@ import queue
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,6 @@ class _Counters:
     relearned: int = 0
     checkpoints: int = 0
     recoveries: int = 0
-    started: float = field(default_factory=time.monotonic)
 
 
 def default_instance_id() -> str:

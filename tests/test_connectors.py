@@ -1,0 +1,96 @@
+"""The kafka-python connector against a real broker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from kafka.admin import KafkaAdminClient
+
+from connectors.kafka import KafkaPythonConnector
+from tests.kafka_helpers import publish, read_topic
+
+pytestmark = pytest.mark.kafka
+
+
+def _poll_until(source, count: int, timeout: float = 30.0) -> list:
+    messages, deadline = [], time.monotonic() + timeout
+    while len(messages) < count and time.monotonic() < deadline:
+        messages += source.poll(timeout=0.2, max_records=500)
+    return messages
+
+
+def test_source_reads_ranges_pauses_resumes_and_commits(kafka, new_topic):
+    topic = new_topic(partitions=2)
+    publish(
+        kafka.bootstrap_servers,
+        topic,
+        [str(i).encode() for i in range(200)],
+        [str(i).encode() for i in range(200)],
+    )
+    connector = KafkaPythonConnector(kafka.bootstrap_servers)
+    source = connector.source([topic], f"group-{uuid.uuid4().hex[:6]}", "member-1")
+    try:
+        assigned: list = []
+        source.on_assign = assigned.extend
+        first = _poll_until(source, 200)
+        assert len(first) == 200 and sorted(assigned) == [(topic, 0), (topic, 1)]
+        per_partition = [sum(m.partition == p for m in first) for p in (0, 1)]
+        assert min(per_partition) >= 20
+        assert source.assignment() == {(topic, 0), (topic, 1)}
+        assert source.committed((topic, 0)) is None and source.beginning_offset((topic, 0)) == 0
+
+        window = source.read_range((topic, 0), 10, 20)
+        assert [m.offset for m in window] == list(range(10, 20))
+        assert source.read_range((topic, 0), 5, 5) == []
+
+        source.pause([(topic, 0)])
+        source.seek((topic, 0), 0)
+        source.seek((topic, 1), 0)
+        paused = _poll_until(source, per_partition[1], timeout=10)
+        assert {m.partition for m in paused} == {1}
+        source.resume([(topic, 0)])
+        assert {m.partition for m in _poll_until(source, per_partition[0])} == {0}
+
+        source.commit({(topic, 0): 42})
+        assert source.committed((topic, 0)) == 42
+        assert source.lag() == {(topic, 0): 0, (topic, 1): 0}
+    finally:
+        source.close()
+
+
+def test_transactional_sink_commits_offsets_with_the_records_or_aborts_both(kafka, new_topic):
+    topic, out = new_topic(), new_topic()
+    publish(kafka.bootstrap_servers, topic, [b"x"] * 10)
+    connector = KafkaPythonConnector(kafka.bootstrap_servers)
+    group = f"group-{uuid.uuid4().hex[:6]}"
+    source = connector.source([topic], group, "member-1")
+    sink = connector.sink(f"tx-{uuid.uuid4().hex[:6]}")
+    try:
+        _poll_until(source, 10)
+        sink.begin()
+        sink.send(out, b"aborted")
+        sink.abort()
+        assert source.committed((topic, 0)) is None
+        sink.begin()
+        sink.send(out, b'"committed"')
+        sink.commit({(topic, 0): 10}, source)
+        assert source.committed((topic, 0)) == 10
+        assert read_topic(kafka.bootstrap_servers, out, 1, timeout=10) == ["committed"]
+    finally:
+        sink.close()
+        source.close()
+
+
+def test_ensure_topics_creates_missing_topics_once(kafka):
+    name = f"created-{uuid.uuid4().hex[:6]}"
+    connector = KafkaPythonConnector(kafka.bootstrap_servers)
+    connector.ensure_topics([name], partitions=3)
+    connector.ensure_topics([name], partitions=3)  # already there: no error
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    try:
+        (description,) = admin.describe_topics([name])
+        assert len(description["partitions"]) == 3
+    finally:
+        admin.close()
