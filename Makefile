@@ -32,11 +32,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# kcat is the independent Kafka client the tests cross-check with; the jars are the local broker.
+# Debian packages the tests use: kcat (an independent Kafka client to cross-check with), chromium and
+# chromedriver (the dashboard test) and curl (the README's API examples). The jars are the local broker.
+DEBIAN_TOOLS := kcat:kcat chromium:chromium chromedriver:chromium-driver curl:curl
+
 tools: $(VENV)/.installed
-	@command -v kcat >/dev/null 2>&1 || { \
-	  echo "installing kcat (Debian package) ..."; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kcat >/dev/null; }
+	@missing=""; for tool in $(DEBIAN_TOOLS); do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing ..."; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 	@$(BIN)/python -m connectors.local_broker fetch
 
 broker-start: setup

@@ -22,6 +22,7 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = -1  # when it was produced (CreateTime), -1 if unknown
 
 
 class Source(ABC):

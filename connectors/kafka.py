@@ -62,7 +62,7 @@ class KafkaSource(Source):
     def poll(self, timeout: float, max_records: int) -> list[Message]:
         batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
         return [
-            Message(record.topic, record.partition, record.offset, record.key, record.value)
+            Message(record.topic, record.partition, record.offset, record.key, record.value, record.timestamp)
             for records in batches.values()
             for record in records
         ]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 import yaml
 from rich.console import Console
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from stream.config import Config, ConfigError, load_config
 from stream.models import ModelError
-from stream.snapshots import SnapshotError, SnapshotStore
+from stream.snapshots import SnapshotError, SnapshotManifest, SnapshotStore
 
 app = typer.Typer(
     help="Online learning on Kafka event streams with River: predict, publish, then learn.",
@@ -114,34 +115,70 @@ def _print_summary(result: dict[str, Any]) -> None:
     out.print(table)
 
 
-def _store(config_path: Path | None, directory: Path | None, scope: str | None) -> SnapshotStore:
-    """The store at ``--dir`` (or the config's), or its ``--scope`` (a service's ``topic-partition``)."""
-    config = _load(config_path, **{"snapshots.directory": directory})
-    root = Path(config.snapshots.directory)
-    if scope is None and root.is_dir() and not any(root.glob("*/manifest.json")):
-        scopes = sorted(
-            path.name for path in root.iterdir() if path.is_dir() and any(path.glob("*/manifest.json"))
-        )
-        if len(scopes) == 1:
-            scope = scopes[0]
-        elif scopes:
-            raise _fail(
-                f"{root} holds several partitions' snapshots; pick one with --scope: {', '.join(scopes)}"
-            )
-    if scope is not None:
-        if "/" in scope or scope.startswith("."):
-            raise _fail(f"invalid scope {scope!r}")
-        root = root / scope
-    return SnapshotStore(
-        root,
-        config.snapshots.keep_last,
-        config.snapshots.hmac_key.get_secret_value() if config.snapshots.hmac_key else None,
-    )
+class _Snapshots:
+    """Where ``stream snapshots`` reads and writes: the running service's API when one answers,
+    else the snapshot directory itself (a rollback needs the running service)."""
+
+    def __init__(self, config_path: Path | None, directory: Path | None, scope: str | None, api: str | None,
+                 token: str | None) -> None:  # fmt: skip
+        self.config = _load(config_path, **{"snapshots.directory": directory})
+        self.scope = scope
+        self.url = api or f"http://{self.config.api.host}:{self.config.api.port}"
+        configured = self.config.api.token.get_secret_value() if self.config.api.token else None
+        self.token = token or configured
+        self.client = self._connect() if api or directory is None else None
+
+    def _connect(self) -> httpx.Client | None:
+        client = httpx.Client(base_url=self.url, timeout=30.0)
+        try:
+            client.get("/health", timeout=1.0).raise_for_status()
+        except httpx.HTTPError:
+            client.close()
+            return None
+        return client
+
+    def _params(self, **params: Any) -> dict[str, Any]:
+        return {k: v for k, v in {"partition": self.scope, **params}.items() if v is not None}
+
+    def call(self, method: str, path: str, mutating: bool = False, **params: Any) -> Any:
+        assert self.client is not None
+        headers = {"Authorization": f"Bearer {self.token}"} if mutating and self.token else {}
+        response = self.client.request(method, path, params=self._params(**params), headers=headers)
+        if response.status_code >= 400:
+            raise _fail(f"{self.url}{path}: {response.status_code} {response.json().get('detail')}")
+        return response.json()
+
+    def store(self) -> SnapshotStore:
+        root = Path(self.config.snapshots.directory)
+        scope = self.scope
+        if scope is None and root.is_dir() and not any(root.glob("*/manifest.json")):
+            scopes = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*/manifest.json")))
+            if len(scopes) > 1:
+                raise _fail(
+                    f"{root} holds several partitions' snapshots; pick one with --scope: {', '.join(scopes)}"
+                )
+            scope = scopes[0] if scopes else None
+        if scope is not None:
+            if "/" in scope or scope.startswith("."):
+                raise _fail(f"invalid scope {scope!r}")
+            root = root / scope
+        snapshots = self.config.snapshots
+        key = snapshots.hmac_key.get_secret_value() if snapshots.hmac_key else None
+        return SnapshotStore(root, snapshots.keep_last, key)
 
 
-DirectoryOption = Annotated[Path | None, typer.Option("--dir", help="Snapshot directory (overrides config).")]
+DirectoryOption = Annotated[
+    Path | None, typer.Option("--dir", help="Read this snapshot directory directly (no running service).")
+]
 ScopeOption = Annotated[
     str | None, typer.Option(help="A service's partition, e.g. events-0 (the only one is picked by default).")
+]
+ApiOption = Annotated[
+    str | None, typer.Option("--api", help="The running service's API (default: from config api.host/port).")
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(envvar="STREAM__API__TOKEN", help="Bearer token for pin and rollback (api.token)."),
 ]
 
 
@@ -150,15 +187,21 @@ def snapshots_list(
     config_path: ConfigOption = None,
     directory: DirectoryOption = None,
     scope: ScopeOption = None,
+    api: ApiOption = None,
     reason: Annotated[str | None, typer.Option(help="Only this reason (drift, warning, ...).")] = None,
     pinned: Annotated[bool | None, typer.Option("--pinned/--unpinned", help="Only (un)pinned.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List snapshots, oldest first.
+    """List snapshots, oldest first (from the running service, or from --dir).
 
     Example: stream snapshots list --reason drift
     """
-    manifests = _store(config_path, directory, scope).list(reason=reason, pinned=pinned)
+    snapshots = _Snapshots(config_path, directory, scope, api, None)
+    if snapshots.client is not None:
+        rows = snapshots.call("GET", "/api/snapshots", reason=reason, pinned=pinned)
+        manifests = [SnapshotManifest.model_validate(row) for row in rows]
+    else:
+        manifests = snapshots.store().list(reason=reason, pinned=pinned)
     if as_json:
         print(json.dumps([manifest.model_dump(mode="json") for manifest in manifests], indent=2))
         return
@@ -183,18 +226,20 @@ def snapshots_show(
     config_path: ConfigOption = None,
     directory: DirectoryOption = None,
     scope: ScopeOption = None,
-    verify: Annotated[bool, typer.Option(help="Also check the payload's hash (no unpickling).")] = True,
+    api: ApiOption = None,
 ) -> None:
-    """Print a snapshot's manifest (JSON), after verifying its payload.
+    """Print a snapshot's manifest (JSON); read from a directory, its payload is verified too.
 
     Example: stream snapshots show 00000003-drift
     """
-    store = _store(config_path, directory, scope)
+    snapshots = _Snapshots(config_path, directory, scope, api, None)
+    if snapshots.client is not None:
+        print(json.dumps(snapshots.call("GET", f"/api/snapshots/{snapshot_id}"), indent=2))
+        return
     try:
-        manifest = store.verify(snapshot_id)[0] if verify else store.get(snapshot_id)
+        print(snapshots.store().verify(snapshot_id)[0].model_dump_json(indent=2))
     except SnapshotError as error:
         raise _fail(str(error)) from None
-    print(manifest.model_dump_json(indent=2))
 
 
 @snapshots_app.command("pin")
@@ -203,14 +248,21 @@ def snapshots_pin(
     config_path: ConfigOption = None,
     directory: DirectoryOption = None,
     scope: ScopeOption = None,
+    api: ApiOption = None,
+    token: TokenOption = None,
     unpin: Annotated[bool, typer.Option("--unpin", help="Remove the pin instead.")] = False,
 ) -> None:
     """Pin a snapshot so retention never removes it (or --unpin).
 
     Example: stream snapshots pin 00000003-drift
     """
+    snapshots = _Snapshots(config_path, directory, scope, api, token)
+    if snapshots.client is not None:
+        result = snapshots.call("POST", f"/api/snapshots/{snapshot_id}/pin", mutating=True, pinned=not unpin)
+        print(f"{result['id']}: pinned={result['pinned']}")
+        return
     try:
-        manifest = _store(config_path, directory, scope).pin(snapshot_id, pinned=not unpin)
+        manifest = snapshots.store().pin(snapshot_id, pinned=not unpin)
     except SnapshotError as error:
         raise _fail(str(error)) from None
     print(f"{manifest.id}: pinned={manifest.pinned}")
@@ -223,15 +275,36 @@ def snapshots_delete(
     directory: DirectoryOption = None,
     scope: ScopeOption = None,
 ) -> None:
-    """Delete a snapshot.
+    """Delete a snapshot from a snapshot directory.
 
-    Example: stream snapshots delete 00000002-warning
+    Example: stream snapshots delete 00000002-warning --dir snapshots --scope events-0
     """
     try:
-        _store(config_path, directory, scope).delete(snapshot_id)
+        _Snapshots(config_path, directory, scope, None, None).store().delete(snapshot_id)
     except SnapshotError as error:
         raise _fail(str(error)) from None
     print(f"deleted {snapshot_id}")
+
+
+@snapshots_app.command("rollback")
+def snapshots_rollback(
+    snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
+    config_path: ConfigOption = None,
+    scope: ScopeOption = None,
+    api: ApiOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Roll the running service's model back to a snapshot (through its API; committed at once).
+
+    Example: STREAM__API__TOKEN=secret stream snapshots rollback 00000003-drift --scope events-0
+    """
+    snapshots = _Snapshots(config_path, None, scope, api, token)
+    if snapshots.client is None:
+        raise _fail(f"no service answers at {snapshots.url}; a rollback changes a running service's model")
+    result = snapshots.call("POST", f"/api/snapshots/{snapshot_id}/rollback", mutating=True)
+    print(
+        f"rolled back to {snapshot_id}: model v{result['model_version']}, snapshot {result['snapshot']['id']}"
+    )
 
 
 @app.command("config")
@@ -242,47 +315,6 @@ def show_config(config_path: ConfigOption = None) -> None:
     """
     config = _load(config_path)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
-
-
-@snapshots_app.command("rollback")
-def snapshots_rollback(
-    snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
-    config_path: ConfigOption = None,
-    directory: DirectoryOption = None,
-    scope: ScopeOption = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for the running service to apply it.")] = 30.0,
-) -> None:
-    """Roll a running service's model back to a snapshot (applied between batches, then committed).
-
-    If no service is running, the request waits and is applied when it starts.
-    Example: stream snapshots rollback 00000003-drift --scope events-0
-    """
-    import time
-    import uuid
-
-    store = _store(config_path, directory, scope)
-    try:
-        store.verify(snapshot_id)
-    except SnapshotError as error:
-        raise _fail(str(error)) from None
-    requests = store.directory / "requests"
-    requests.mkdir(exist_ok=True)
-    name = f"{time.time_ns()}-{uuid.uuid4().hex[:6]}"
-    temporary = requests / f"{name}.tmp"
-    temporary.write_text(json.dumps({"action": "rollback", "snapshot_id": snapshot_id}))
-    temporary.rename(requests / f"{name}.json")
-    done = requests / f"{name}.done"
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and not done.exists():
-        time.sleep(0.2)
-    if not done.exists():
-        print(f"queued: no running service applied it within {wait:.0f}s; it will be applied when one starts")
-        return
-    result = json.loads(done.read_text())
-    done.unlink()
-    if not result["ok"]:
-        raise _fail(result["error"])
-    print(f"rolled back to {snapshot_id}: model v{result['model_version']}, snapshot {result['snapshot']}")
 
 
 @app.command()
@@ -305,10 +337,22 @@ def serve(
     connector = KafkaPythonConnector(config.kafka.bootstrap_servers, config.kafka.client_options)
     try:
         service = Service(config, connector, instance_id)
-        service.install_signal_handlers()
-        raise typer.Exit(service.run())
     except ModelError as error:
         raise _fail(str(error), 2) from None
+    service.install_signal_handlers()
+    server = None
+    if config.api.enabled:
+        from stream.api import ApiServer
+
+        server = ApiServer(service)
+        port = server.start()
+        logging.getLogger("stream.api").info("API and dashboard at http://%s:%d/", config.api.host, port)
+    try:
+        code = service.run()
+    finally:
+        if server is not None:
+            server.stop()
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -109,6 +109,15 @@ class ServiceConfig(_Section):
     max_event_bytes: int = Field(default=1_000_000, ge=1)
 
 
+class ApiConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port")
+    token: SecretStr | None = Field(default=None, description="bearer token for state-changing calls")
+    max_body_bytes: int = Field(default=1_000_000, ge=1)
+    max_events_per_request: int = Field(default=1000, ge=1)
+
+
 class Config(BaseSettings):
     """The whole configuration; every section has defaults, so ``{}`` is a valid config."""
 
@@ -122,6 +131,7 @@ class Config(BaseSettings):
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
 
     @classmethod
     def settings_customise_sources(

@@ -54,6 +54,7 @@ def _config(bootstrap: str, output: Path) -> dict[str, Any]:
             "group_id": f"demo-{run}",
         },
         "service": {"instance_id": "demo", "checkpoint_every_events": 1000, "status_every_seconds": 5.0},
+        "api": {"port": 0},
     }
 
 

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import signal
 import socket
 import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,12 +45,13 @@ from stream.dead_letters import dead_letter
 from stream.events import InvalidEvent, decode_event
 from stream.prequential import Engine
 from stream.replay import to_json
-from stream.snapshots import SnapshotError, SnapshotStore
+from stream.snapshots import SnapshotManifest, SnapshotStore
+from stream.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
-REQUESTS_DIR = "requests"
-STATUS_FILE = "status.json"
+STATUS_REFRESH_SECONDS = 1.0
+THROUGHPUT_SAMPLES = 600
 
 
 @dataclass
@@ -97,6 +100,14 @@ class Service:
         self._last_status = time.monotonic()
         self._status_events = 0
         self._rebalances: queue.SimpleQueue[tuple[str, list[TopicPartition]]] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple[Callable[[Service], Any], Future[Any]]] = queue.SimpleQueue()
+        self._last_refresh = 0.0
+        self._produced_ms = -1
+        self.telemetry = Telemetry()
+        self.telemetry.watch(lambda: self.latest_status)
+        self.throughput: deque[dict[str, float]] = deque(maxlen=THROUGHPUT_SAMPLES)
+        # What other threads read: replaced whole, never mutated, by the service thread.
+        self.latest_status: dict[str, Any] = {"ready": False, "partitions": {}}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -160,6 +171,7 @@ class Service:
                     logger.debug("closing %s: %s", type(client).__name__, error)
         self.source = self.sink = None
         self.partitions = {}
+        self.latest_status = {**self.latest_status, "ready": False, "connected": False}
 
     def _loop(self) -> None:
         assert self.source is not None
@@ -170,7 +182,7 @@ class Service:
                 continue  # every owned partition was re-positioned: the batch will be fetched again
             for message in messages:
                 self._handle(message)
-            self._apply_requests()
+            self._run_commands()
             now = time.monotonic()
             pending = sum(p.processed_since_checkpoint for p in self.partitions.values())
             if pending >= service.checkpoint_every_events or (
@@ -179,6 +191,8 @@ class Service:
                 self._checkpoint("checkpoint")
             if now - self._last_status >= service.status_every_seconds:
                 self._report_status(now)
+            if now - self._last_refresh >= STATUS_REFRESH_SECONDS:
+                self._refresh_status(now)
 
     # -- per event -------------------------------------------------------------------------
 
@@ -203,6 +217,7 @@ class Service:
             event = decode_event(value, self.task)
             if event.id is None:
                 event.id = f"{message.topic}-{message.partition}-{message.offset}"
+            self._produced_ms = message.timestamp_ms
             engine.process(event, self._publish_prediction if publish else None)
         except InvalidEvent as error:
             engine.record_error()
@@ -214,6 +229,8 @@ class Service:
         assert self.sink is not None
         self.sink.send(self.config.kafka.predictions_topic, to_json(prediction).encode())
         self.counters.predictions += 1
+        if self._produced_ms >= 0:
+            self.telemetry.latency.observe(max(0.0, time.time() - self._produced_ms / 1000))
 
     def _publish_dead_letter(self, message: Message, reason: str) -> None:
         assert self.sink is not None
@@ -320,37 +337,77 @@ class Service:
                 self.source.commit(offsets)
         self._last_checkpoint = time.monotonic()
         self.counters.checkpoints += 1
-        self._write_status()
 
-    # -- control requests (manual rollback) --------------------------------------------------
+    # -- commands from other threads (the HTTP API) ----------------------------------------
 
-    def _apply_requests(self) -> None:
-        for (topic, partition), owned in list(self.partitions.items()):
-            directory = self.root / f"{topic}-{partition}" / REQUESTS_DIR
-            if not directory.is_dir():
-                continue
-            for path in sorted(directory.glob("*.json")):
-                result = self._apply_request(owned, path)
-                path.with_suffix(".done").write_text(json.dumps(result))
-                self._checkpoint("checkpoint")
-                path.unlink()
+    def submit(self, command: Callable[[Service], Any], timeout: float = 30.0) -> Any:
+        """Run ``command(service)`` on the service's own thread between batches; return its result.
 
-    def _apply_request(self, owned: _Partition, path: Path) -> dict[str, Any]:
-        try:
-            request = json.loads(path.read_text())
-            manifest = owned.engine.rollback(str(request["snapshot_id"]))
-        except (SnapshotError, ValueError, KeyError) as error:
-            logger.error("rollback request %s failed: %s", path.name, error)
-            return {"ok": False, "error": str(error)}
-        owned.processed_since_checkpoint += 1  # the rollback snapshot must be committed
-        logger.info("rolled %s back to %s", owned.key, request["snapshot_id"])
-        return {"ok": True, "snapshot": manifest.id, "model_version": owned.engine.state.model_version}
+        The engines are not thread-safe: every change the API makes goes through here.
+        """
+        future: Future[Any] = Future()
+        self._commands.put((command, future))
+        return future.result(timeout)
+
+    def _run_commands(self) -> None:
+        while not self._commands.empty():
+            command, future = self._commands.get()
+            try:
+                future.set_result(command(self))
+            except Exception as error:
+                future.set_exception(error)
+
+    def owned(self, scope: str) -> _Partition:
+        """The owned partition whose snapshot scope is ``scope`` (``topic-partition``)."""
+        for owned in self.partitions.values():
+            if f"{owned.topic}-{owned.partition}" == scope:
+                return owned
+        raise KeyError(f"this instance does not own {scope!r}; it owns {sorted(self.scopes())}")
+
+    def scopes(self) -> list[str]:
+        return sorted(f"{owned.topic}-{owned.partition}" for owned in self.partitions.values())
+
+    def rollback(self, scope: str, snapshot_id: str) -> SnapshotManifest:
+        """Switch a partition's model to a snapshot's, and commit that at once (service thread)."""
+        owned = self.owned(scope)
+        manifest = owned.engine.rollback(snapshot_id)
+        owned.processed_since_checkpoint += 1  # the rollback must be part of the next commit
+        self._checkpoint("checkpoint")
+        logger.info("rolled %s back to %s", owned.key, snapshot_id)
+        return manifest
+
+    def take_snapshot(self, scope: str) -> SnapshotManifest:
+        """A manual snapshot of a partition's current state (service thread)."""
+        return self.owned(scope).engine.snapshot("manual")
+
+    def pin(self, scope: str, snapshot_id: str, pinned: bool = True) -> SnapshotManifest:
+        return self.owned(scope).engine.store.pin(snapshot_id, pinned)
 
     # -- reporting -------------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def _refresh_status(self, now: float) -> None:
+        """Rebuild ``latest_status`` (what the API and metrics read) on the service thread."""
+        previous = self.throughput[-1] if self.throughput else None
+        elapsed = now - previous["monotonic"] if previous else 0.0
+        rate = (
+            (self.counters.predictions - previous["predictions"]) / elapsed if previous and elapsed else 0.0
+        )
         lag = self.source.lag() if self.source is not None else {}
-        return {
+        partitions = {}
+        for tp, owned in self.partitions.items():
+            partitions[f"{owned.topic}-{owned.partition}"] = {
+                **owned.engine.summary(),
+                "offset": owned.next_offset,
+                "lag": lag.get(tp, 0),
+                "rolling_metric": owned.engine.state.metrics.primary_rolling[0],
+            }
+        self.throughput.append({
+            "monotonic": now, "time": time.time(), "predictions": self.counters.predictions,
+            "events_per_second": rate, "lag": sum(lag.values()),
+        })  # fmt: skip
+        self.latest_status = {
+            "ready": self.source is not None and bool(self.partitions),
+            "connected": self.source is not None,
             "instance_id": self.instance_id,
             "guarantee": self.config.service.guarantee,
             "predictions": self.counters.predictions,
@@ -358,18 +415,14 @@ class Service:
             "relearned": self.counters.relearned,
             "checkpoints": self.counters.checkpoints,
             "recoveries": self.counters.recoveries,
-            "partitions": {
-                owned.key: {**owned.engine.summary(), "offset": owned.next_offset, "lag": lag.get(tp)}
-                for tp, owned in self.partitions.items()
-            },
+            "events_per_second": rate,
+            "lag": sum(lag.values()),
+            "partitions": partitions,
+            "throughput": [
+                {k: v for k, v in sample.items() if k != "monotonic"} for sample in self.throughput
+            ],
         }
-
-    def _write_status(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{STATUS_FILE}.{self.instance_id}"
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.status(), default=str))
-        os.replace(temporary, path)
+        self._last_refresh = now
 
     def _report_status(self, now: float) -> None:
         elapsed = now - self._last_status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -126,6 +127,16 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def api_url(self, timeout: float = 30.0) -> str:
+        """The API's address, from the log line the service writes once it listens."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"API and dashboard at (http://[\d.]+:\d+)/", self.log())
+            if found:
+                return found.group(1)
+            time.sleep(0.1)
+        raise AssertionError(f"the API did not start:\n{self.log()}")
 
 
 def service_config(bootstrap: str, tmp_path: Path, **sections: Any) -> dict[str, Any]:

@@ -267,19 +267,19 @@ def _events_by_partition(bootstrap: str, topic: str) -> dict[int, list[dict]]:
 
 
 def test_a_rollback_through_the_cli_takes_effect_in_the_running_service(kafka, tmp_path):
-    config = service_config(kafka.bootstrap_servers, tmp_path)
+    config = service_config(kafka.bootstrap_servers, tmp_path, api={"port": 0, "token": "s3cret"})
     topics = config["kafka"]
     events = drifting_events(3_000)
     publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events[:2_000]])
     service = ServiceProcess(tmp_path, config).start()
     try:
         read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 2_000, timeout=60)
-        directory = config["snapshots"]["directory"]
-        listed = CliRunner().invoke(app, ["snapshots", "list", "--dir", directory, "--json"])
+        api = service.api_url()
+        listed = CliRunner().invoke(app, ["snapshots", "list", "--api", api, "--json"])
         target = json.loads(listed.output)[0]["id"]
-        result = CliRunner().invoke(
-            app, ["snapshots", "rollback", target, "--dir", directory, "--wait", "30"]
-        )
+        refused = CliRunner().invoke(app, ["snapshots", "rollback", target, "--api", api, "--token", "wrong"])
+        assert refused.exit_code == 1 and "401" in refused.output
+        result = CliRunner().invoke(app, ["snapshots", "rollback", target, "--api", api, "--token", "s3cret"])
         assert result.exit_code == 0 and f"rolled back to {target}" in result.output, result.output
         publish(
             kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events[2_000:]]
@@ -292,3 +292,9 @@ def test_a_rollback_through_the_cli_takes_effect_in_the_running_service(kafka, t
     assert max(after) > max(before)
     _, state = _final_state(config, topics["input_topic"])
     assert state.rollbacks >= 1
+    assert any(
+        m.note == f"manual rollback to {target}"
+        for m in SnapshotStore(Path(config["snapshots"]["directory"]) / f"{topics['input_topic']}-0").list(
+            reason="rollback"
+        )
+    )

@@ -1,0 +1,282 @@
+"""The HTTP API and dashboard of a running service (FastAPI, served by uvicorn in a thread).
+
+Reading endpoints use the service's ``latest_status`` and the snapshot files; endpoints that
+change state (take, pin, roll back a snapshot) run on the service thread through
+``Service.submit`` and need the bearer token from ``api.token`` (no token configured: 403).
+No endpoint accepts a pickle or a path; snapshot ids are checked by the store.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections import OrderedDict
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from stream.config import Config
+from stream.events import EventModel, InvalidEvent
+from stream.prequential import Engine
+from stream.service import Service
+from stream.snapshots import SnapshotError, SnapshotManifest, SnapshotStore
+
+STATIC = Path(__file__).parent / "static"
+LOADED_SNAPSHOTS_KEPT = 4
+
+
+class PredictResponse(BaseModel):
+    snapshot: str
+    predictions: list[dict[str, Any]]
+
+
+class RollbackResponse(BaseModel):
+    rolled_back_to: str
+    snapshot: SnapshotManifest
+    model_version: int
+
+
+class _SnapshotModels:
+    """Recently loaded snapshot states, for predictions; never the live model."""
+
+    def __init__(self) -> None:
+        self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, store: SnapshotStore, scope: str, snapshot_id: str) -> Any:
+        key = (scope, snapshot_id)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+        state = store.load(snapshot_id)  # verified before unpickling
+        with self._lock:
+            self._loaded[key] = state
+            while len(self._loaded) > LOADED_SNAPSHOTS_KEPT:
+                self._loaded.popitem(last=False)
+        return state
+
+
+def create_app(service: Service) -> FastAPI:
+    config: Config = service.config
+    api = config.api
+    app = FastAPI(
+        title="stream",
+        description="Query and steer the online models of a running stream service.",
+        version="0.1.0",
+    )
+    loaded = _SnapshotModels()
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and int(declared) > api.max_body_bytes:
+            return JSONResponse({"detail": f"body over {api.max_body_bytes} bytes"}, status_code=413)
+        if request.method == "POST" and len(await request.body()) > api.max_body_bytes:
+            return JSONResponse({"detail": f"body over {api.max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
+        if api.token is None:
+            raise HTTPException(403, "state-changing endpoints are disabled: set api.token in the config")
+        expected = f"Bearer {api.token.get_secret_value()}"
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def scope_of(partition: str | None) -> str:
+        scopes = sorted(p.name for p in Path(config.snapshots.directory).glob("*") if p.is_dir())
+        if partition is None:
+            owned = service.latest_status.get("partitions", {})
+            if len(owned) == 1:
+                return next(iter(owned))
+            if len(scopes) == 1:
+                return scopes[0]
+            raise HTTPException(400, f"say which partition (?partition=...): one of {scopes}")
+        if partition not in scopes:
+            raise HTTPException(404, f"no snapshots for partition {partition!r}; known: {scopes}")
+        return partition
+
+    def store_for(scope: str) -> SnapshotStore:
+        key = config.snapshots.hmac_key.get_secret_value() if config.snapshots.hmac_key else None
+        return SnapshotStore(Path(config.snapshots.directory) / scope, config.snapshots.keep_last, key)
+
+    def on_service_thread(command: Any) -> Any:
+        try:
+            return service.submit(command)
+        except KeyError as error:
+            raise HTTPException(409, str(error.args[0])) from None
+        except SnapshotError as error:
+            raise HTTPException(422, str(error)) from None
+        except TimeoutError:
+            raise HTTPException(503, "the service did not answer in time (is it recovering?)") from None
+
+    @app.get("/health", summary="Liveness: the process answers")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Readiness: Kafka connected, partitions assigned, models loaded")
+    def ready() -> JSONResponse:
+        status = service.latest_status
+        body = {
+            "ready": bool(status.get("ready")),
+            "connected": bool(status.get("connected")),
+            "partitions": sorted(status.get("partitions", {})),
+        }
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def metrics() -> Response:
+        return Response(service.telemetry.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/api/stats", summary="Counters, throughput and lag history, per-partition metrics and history")
+    def stats() -> dict[str, Any]:
+        return service.latest_status
+
+    @app.get("/api/drift", summary="Drifts and the policy's decisions with the candidates' scores")
+    def drift() -> dict[str, Any]:
+        return {
+            scope: {
+                "drifts": summary["drifts"],
+                "warnings": summary["warnings"],
+                "rollbacks": summary["rollbacks"],
+                "resets": summary["resets"],
+                "decisions": summary["decisions"],
+            }
+            for scope, summary in service.latest_status.get("partitions", {}).items()
+        }
+
+    @app.get(
+        "/api/snapshots", summary="Snapshot manifests, oldest first", response_model=list[SnapshotManifest]
+    )
+    def list_snapshots(
+        partition: str | None = None,
+        reason: str | None = None,
+        pinned: bool | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[SnapshotManifest]:
+        manifests = store_for(scope_of(partition)).list(reason=reason, pinned=pinned)
+        return [
+            m
+            for m in manifests
+            if (since is None or m.created_at >= since) and (until is None or m.created_at <= until)
+        ]
+
+    @app.get(
+        "/api/snapshots/{snapshot_id}", summary="One snapshot's manifest", response_model=SnapshotManifest
+    )
+    def get_snapshot(snapshot_id: str, partition: str | None = None) -> SnapshotManifest:
+        try:
+            return store_for(scope_of(partition)).get(snapshot_id)
+        except SnapshotError as error:
+            raise HTTPException(404, str(error)) from None
+
+    @app.post(
+        "/api/snapshots/{snapshot_id}/predict",
+        summary="Predictions from a snapshot's model; no learning, the live model untouched",
+        response_model=PredictResponse,
+    )
+    def predict(
+        snapshot_id: str, body: EventModel | list[EventModel], partition: str | None = None
+    ) -> PredictResponse:
+        events = body if isinstance(body, list) else [body]
+        if not events or len(events) > api.max_events_per_request:
+            raise HTTPException(413, f"send 1 to {api.max_events_per_request} events per request")
+        scope = scope_of(partition)
+        store = store_for(scope)
+        try:
+            state = loaded.get(store, scope, snapshot_id)
+        except SnapshotError as error:
+            raise HTTPException(404 if "no snapshot" in str(error) else 422, str(error)) from None
+        engine = Engine(config, store, state)
+        predictions = []
+        for number, event_model in enumerate(events, start=1):
+            try:
+                event = event_model.to_event(config.model.task)
+            except InvalidEvent as error:
+                raise HTTPException(422, f"event {number}: {error}") from None
+            event.id = event.id or str(number)
+            predictions.append(engine.predict(event))
+        return PredictResponse(snapshot=snapshot_id, predictions=predictions)
+
+    @app.post(
+        "/api/snapshots",
+        summary="Take a snapshot of the live model now",
+        response_model=SnapshotManifest,
+        dependencies=[Depends(require_token)],
+    )
+    def take_snapshot(partition: str | None = None) -> SnapshotManifest:
+        scope = scope_of_owned(partition)
+        return on_service_thread(lambda svc: svc.take_snapshot(scope))
+
+    @app.post(
+        "/api/snapshots/{snapshot_id}/pin",
+        summary="Pin (or with ?pinned=false unpin) a snapshot",
+        response_model=SnapshotManifest,
+        dependencies=[Depends(require_token)],
+    )
+    def pin(snapshot_id: str, partition: str | None = None, pinned: bool = True) -> SnapshotManifest:
+        scope = scope_of_owned(partition)
+        return on_service_thread(lambda svc: svc.pin(scope, snapshot_id, pinned))
+
+    @app.post(
+        "/api/snapshots/{snapshot_id}/rollback",
+        summary="Make a snapshot's model the live one (committed at once)",
+        response_model=RollbackResponse,
+        dependencies=[Depends(require_token)],
+    )
+    def rollback(snapshot_id: str, partition: str | None = None) -> RollbackResponse:
+        scope = scope_of_owned(partition)
+        manifest = on_service_thread(lambda svc: svc.rollback(scope, snapshot_id))
+        return RollbackResponse(
+            rolled_back_to=snapshot_id, snapshot=manifest, model_version=manifest.model_version
+        )
+
+    def scope_of_owned(partition: str | None) -> str:
+        owned = sorted(service.latest_status.get("partitions", {}))
+        if partition is None:
+            if len(owned) != 1:
+                raise HTTPException(400, f"say which partition (?partition=...): this instance owns {owned}")
+            return owned[0]
+        if partition not in owned:
+            raise HTTPException(409, f"this instance does not own {partition!r}; it owns {owned}")
+        return partition
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+class ApiServer:
+    """uvicorn in a daemon thread; ``port`` is the bound port (useful with ``api.port: 0``)."""
+
+    def __init__(self, service: Service) -> None:
+        api = service.config.api
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(service), host=api.host, port=api.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, name="api", daemon=True)
+
+    def start(self, timeout: float = 10.0) -> int:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not self.server.started:
+            raise RuntimeError("the HTTP API did not start (is the port taken?)")
+        return self.server.servers[0].sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)

@@ -1,0 +1,188 @@
+"""The HTTP API of a running service on the real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from connectors.kafka import KafkaPythonConnector
+from stream.api import ApiServer
+from stream.config import Config
+from stream.events import validate_event
+from stream.prequential import Engine
+from stream.service import Service
+from stream.snapshots import SnapshotStore
+from tests.kafka_helpers import ServiceProcess, drifting_events, publish, read_topic, service_config
+
+pytestmark = pytest.mark.kafka
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def running(kafka, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("api")
+    config = service_config(kafka.bootstrap_servers, workdir, api={"port": 0, "token": TOKEN})
+    topics = config["kafka"]
+    events = drifting_events(6_000)
+    publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events])
+    service = ServiceProcess(workdir, config).start()
+    read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
+    client = httpx.Client(base_url=service.api_url(), timeout=30)
+    deadline = time.monotonic() + 20  # the status the API serves is refreshed every second
+    while time.monotonic() < deadline and client.get("/api/stats").json()["predictions"] < 6_000:
+        time.sleep(0.2)
+    yield client, config, service
+    client.close()
+    assert service.stop() == 0, service.log()
+
+
+def test_health_and_readiness(running):
+    client, config, _ = running
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json()["partitions"] == [f"{config['kafka']['input_topic']}-0"]
+
+
+def test_prometheus_metrics(running):
+    client, config, _ = running
+    text = client.get("/metrics").text
+    scope = f"{config['kafka']['input_topic']}-0"
+    assert "stream_predictions_total 6000.0" in text
+    assert f'stream_events_total{{partition="{scope}"}} 6000.0' in text
+    assert f'stream_lag{{partition="{scope}"}} 0.0' in text
+    assert 'stream_prediction_latency_seconds_bucket{le="+Inf"} 6000.0' in text
+    assert f'stream_rolling_metric{{metric="Accuracy (rolling 1000)",partition="{scope}"}}' in text
+    for name in ("stream_errors_total", "stream_dead_letters_total", "stream_drifts_total",
+                 "stream_snapshots_total", "stream_rollbacks_total", "stream_ready 1.0"):  # fmt: skip
+        assert name in text
+
+
+def test_stats_hold_counters_history_and_throughput(running):
+    client, config, _ = running
+    stats = client.get("/api/stats").json()
+    assert stats["predictions"] == 6_000 and stats["ready"]
+    (summary,) = stats["partitions"].values()
+    assert summary["events"] == 6_000 and len(summary["history"]) == 6_000 // 500
+    assert stats["throughput"] and {"time", "events_per_second", "lag"} <= stats["throughput"][-1].keys()
+    drift = client.get("/api/drift").json()
+    assert drift[f"{config['kafka']['input_topic']}-0"]["drifts"] == summary["drifts"] >= 1
+
+
+def test_snapshots_can_be_listed_filtered_and_inspected(running):
+    client, _, _ = running
+    everything = client.get("/api/snapshots").json()
+    drifts = client.get("/api/snapshots", params={"reason": "drift"}).json()
+    assert drifts and {m["reason"] for m in drifts} == {"drift"} and len(drifts) < len(everything)
+    assert client.get("/api/snapshots", params={"since": "2999-01-01T00:00:00Z"}).json() == []
+    manifest = client.get(f"/api/snapshots/{drifts[0]['id']}").json()
+    assert manifest["sha256"] == drifts[0]["sha256"]
+    assert client.get("/api/snapshots/nope").status_code == 404
+    assert client.get("/api/snapshots/..%2F..%2Fetc").status_code == 404
+
+
+def test_predicting_with_a_snapshot_matches_its_model_and_leaves_the_live_model_alone(running):
+    client, config, _ = running
+    drift = client.get("/api/snapshots", params={"reason": "drift"}).json()[0]
+    before = client.get("/api/stats").json()
+    events = drifting_events(20, seed=99)
+    response = client.post(f"/api/snapshots/{drift['id']}/predict", json=events)
+    assert response.status_code == 200, response.text
+    store = SnapshotStore(f"{config['snapshots']['directory']}/{config['kafka']['input_topic']}-0")
+    engine = Engine(Config.model_validate(config), store, store.load(drift["id"]))
+    expected = [engine.predict(validate_event(e, "binary")) for e in events]
+    got = response.json()["predictions"]
+    assert [p["y_pred"] for p in got] == [p["y_pred"] for p in expected]
+    single = client.post(f"/api/snapshots/{drift['id']}/predict", json=events[0]).json()
+    assert single["predictions"][0]["y_pred"] == expected[0]["y_pred"]
+    after = client.get("/api/stats").json()
+    assert (
+        next(iter(after["partitions"].values()))["events"]
+        == next(iter(before["partitions"].values()))["events"]
+    )
+
+
+def test_bad_bodies_get_clear_json_errors(running):
+    client, _, _ = running
+    snapshot = client.get("/api/snapshots").json()[0]["id"]
+    bad = client.post(f"/api/snapshots/{snapshot}/predict", json={"x": {"a": [1, 2]}})
+    assert bad.status_code == 422 and "detail" in bad.json()
+    label = client.post(f"/api/snapshots/{snapshot}/predict", json={"x": {"a": 1}, "y": "maybe"})
+    assert label.status_code == 422 and "label for a binary task" in label.json()["detail"]
+    huge = client.post(f"/api/snapshots/{snapshot}/predict", content=b"[" + b"1," * 600_000 + b"1]",
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+    assert huge.status_code == 413
+    too_many = client.post(f"/api/snapshots/{snapshot}/predict", json=[{"x": {"a": 1}}] * 1001)
+    assert too_many.status_code == 413
+    assert client.post("/api/snapshots/nope/predict", json={"x": {"a": 1}}).status_code == 404
+
+
+def test_state_changes_need_the_token(running):
+    client, _, _ = running
+    assert client.post("/api/snapshots").status_code == 401
+    assert client.post("/api/snapshots", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    taken = client.post("/api/snapshots", headers=AUTH)
+    assert taken.status_code == 200 and taken.json()["reason"] == "manual"
+    pinned = client.post(f"/api/snapshots/{taken.json()['id']}/pin", headers=AUTH)
+    assert pinned.json()["pinned"] is True
+    assert client.get("/api/snapshots", params={"pinned": True}).json()[0]["id"] == taken.json()["id"]
+
+
+def test_a_rollback_changes_the_live_model(running):
+    client, _, _ = running
+    version = next(iter(client.get("/api/stats").json()["partitions"].values()))["model_version"]
+    target = client.get("/api/snapshots", params={"reason": "drift"}).json()[0]["id"]
+    response = client.post(f"/api/snapshots/{target}/rollback", headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["model_version"] == version + 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        now = next(iter(client.get("/api/stats").json()["partitions"].values()))["model_version"]
+        if now == version + 1:
+            break
+        time.sleep(0.2)
+    assert now == version + 1
+    assert client.post("/api/snapshots/nope/rollback", headers=AUTH).status_code == 422
+
+
+def test_the_openapi_schema_lists_every_endpoint(running):
+    client, _, _ = running
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/health", "/ready", "/metrics", "/api/stats", "/api/drift", "/api/snapshots",
+                 "/api/snapshots/{snapshot_id}", "/api/snapshots/{snapshot_id}/predict",
+                 "/api/snapshots/{snapshot_id}/pin", "/api/snapshots/{snapshot_id}/rollback"):  # fmt: skip
+        assert path in paths
+
+
+def test_without_a_configured_token_state_changes_are_disabled(tmp_path):
+    """Auth alone, on a service object that never connects (no broker involved)."""
+    config = Config.model_validate({"snapshots": {"directory": str(tmp_path)}, "api": {"port": 0}})
+    server = ApiServer(Service(config, KafkaPythonConnector("127.0.0.1:1"), "unit"))
+    port = server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert client.post("/api/snapshots", headers=AUTH).status_code == 403
+            assert client.post("/api/snapshots/x/rollback", headers=AUTH).status_code == 403
+            assert client.get("/ready").status_code == 503
+    finally:
+        server.stop()
+
+
+def test_the_readme_curl_examples_work_as_written(running):
+    client, _, _ = running
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## HTTP API, metrics and dashboard", 1)[1]
+    script = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    first, rest = script.split("\n", 1)
+    assert first.startswith("API=http://127.0.0.1:8000 TOKEN=secret")
+    script = f"set -euo pipefail\nAPI={client.base_url} TOKEN={TOKEN}\n{rest}"
+    assert script.count("curl ") >= 11
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert '"rolled_back_to"' in result.stdout and "stream_predictions_total" in result.stdout

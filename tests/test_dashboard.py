@@ -1,0 +1,83 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromedriver, via Selenium)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as DriverService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.kafka_helpers import ServiceProcess, drifting_events, publish, read_topic, service_config
+
+pytestmark = pytest.mark.kafka
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TOKEN = "dashboard-token"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "chromium and chromedriver are needed: run `make setup` (Debian packages)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'profile'}"):  # fmt: skip
+        options.add_argument(flag)
+    session = webdriver.Chrome(options=options, service=DriverService(executable_path=driver))
+    yield session
+    session.quit()
+
+
+def test_dashboard_charts_the_metric_and_rolls_back_through_the_page(kafka, tmp_path, browser):
+    config = service_config(kafka.bootstrap_servers, tmp_path, api={"port": 0, "token": TOKEN})
+    topics = config["kafka"]
+    publish(
+        kafka.bootstrap_servers,
+        topics["input_topic"],
+        [json.dumps(e).encode() for e in drifting_events(6_000)],
+    )
+    service = ServiceProcess(tmp_path, config).start()
+    try:
+        read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
+        url = service.api_url()
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(
+            lambda b: b.execute_script("return window.dashboard && window.dashboard.metricPoints()") >= 10
+        )
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#snapshots tbody tr")) > 0)
+        assert browser.find_element(By.ID, "ready").text == "ready"
+        assert browser.find_elements(By.CSS_SELECTOR, "#metric-chart canvas")
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+
+        stats = httpx.get(url + "/api/stats").json()
+        version = next(iter(stats["partitions"].values()))["model_version"]
+        row = browser.find_element(By.XPATH, "//tbody/tr[td[3][text()='drift']]")
+        target = row.get_attribute("data-id")
+        row.find_element(By.CSS_SELECTOR, "button.rollback").click()
+        prompt = wait.until(lambda b: b.switch_to.alert)
+        prompt.send_keys(TOKEN)
+        prompt.accept()
+        wait.until(lambda b: "rolled back to" in b.find_element(By.ID, "message").text)
+        assert target in browser.find_element(By.ID, "message").text
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stats = httpx.get(url + "/api/stats").json()
+            if next(iter(stats["partitions"].values()))["model_version"] == version + 1:
+                break
+            time.sleep(0.2)
+        assert next(iter(stats["partitions"].values()))["model_version"] == version + 1
+        browser.save_screenshot(str(ARTIFACTS / "dashboard-after-rollback.png"))
+    finally:
+        assert service.stop() == 0, service.log()
