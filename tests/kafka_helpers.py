@@ -157,6 +157,7 @@ def service_config(bootstrap: str, tmp_path: Path, **sections: Any) -> dict[str,
             "checkpoint_every_seconds": 1.0,
             "status_every_seconds": 2.0,
         },
+        "api": {"port": 0},  # a free port: several services may run at once
     }
     for section, values in sections.items():
         base.setdefault(section, {}).update(values)

@@ -298,3 +298,32 @@ def test_a_rollback_through_the_cli_takes_effect_in_the_running_service(kafka, t
             reason="rollback"
         )
     )
+
+
+def test_at_least_once_may_repeat_predictions_but_never_learns_an_event_twice(kafka, tmp_path):
+    config = service_config(kafka.bootstrap_servers, tmp_path, service={"guarantee": "at_least_once"})
+    topics = config["kafka"]
+    events = drifting_events(10_000, seed=11)
+    publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events])
+    expected, reference = _reference(config, events)
+
+    service = ServiceProcess(tmp_path, config)
+    watcher = ProgressWatcher(kafka.bootstrap_servers, topics["predictions_topic"])
+    for point in (2_500, 6_000):
+        service.start()
+        assert watcher.wait_for(point) >= point, service.log()
+        service.kill()
+    watcher.close()
+    service.start()
+    try:
+        predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 10_000, timeout=120)
+    finally:
+        assert service.stop() == 0, service.log()
+
+    by_id = {p["id"]: to_json(p) for p in predictions}  # a repeated prediction is the same prediction
+    assert sorted(by_id.values()) == sorted(expected)
+    for prediction in predictions:
+        assert to_json(prediction) == by_id[prediction["id"]]
+    _, state = _final_state(config, topics["input_topic"])
+    assert state.events == 10_000
+    assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)
