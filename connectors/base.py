@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 TopicPartition = tuple[str, int]
+# A committed position: the next offset, and metadata (the service stores its checkpoint's snapshot id).
+Position = tuple[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,7 @@ class Source(ABC):
     def seek(self, partition: TopicPartition, offset: int) -> None: ...
 
     @abstractmethod
-    def committed(self, partition: TopicPartition) -> int | None: ...
+    def committed(self, partition: TopicPartition) -> Position | None: ...
 
     @abstractmethod
     def beginning_offset(self, partition: TopicPartition) -> int: ...
@@ -62,8 +64,8 @@ class Source(ABC):
         re-learn); raises ``TimeoutError`` if they cannot be read in time."""
 
     @abstractmethod
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """Commit offsets directly (at-least-once); exactly-once commits through the sink."""
+    def commit(self, positions: dict[TopicPartition, Position]) -> None:
+        """Commit positions directly (at-least-once); exactly-once commits through the sink."""
 
     @abstractmethod
     def pause(self, partitions: list[TopicPartition]) -> None: ...
@@ -90,8 +92,8 @@ class Sink(ABC):
         """Open a transaction (no-op when not transactional)."""
 
     @abstractmethod
-    def commit(self, offsets: dict[TopicPartition, int], source: Source) -> None:
-        """Make everything sent since ``begin`` visible; with a transaction, commit ``offsets`` in it."""
+    def commit(self, positions: dict[TopicPartition, Position], source: Source) -> None:
+        """Make everything sent since ``begin`` visible; with a transaction, commit ``positions`` in it."""
 
     @abstractmethod
     def abort(self) -> None: ...

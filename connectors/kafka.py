@@ -24,7 +24,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.base import Connector, Message, Sink, Source, TopicPartition
+from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ class KafkaSource(Source):
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.consumer.seek(KafkaTopicPartition(*partition), offset)
 
-    def committed(self, partition: TopicPartition) -> int | None:
-        return self.consumer.committed(KafkaTopicPartition(*partition))
+    def committed(self, partition: TopicPartition) -> Position | None:
+        committed = self.consumer.committed(KafkaTopicPartition(*partition), metadata=True)
+        return None if committed is None else (committed.offset, committed.metadata or "")
 
     def beginning_offset(self, partition: TopicPartition) -> int:
         tp = KafkaTopicPartition(*partition)
@@ -123,10 +124,8 @@ class KafkaSource(Source):
         finally:
             reader.close()
 
-    def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        self.consumer.commit(
-            {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
-        )
+    def commit(self, positions: dict[TopicPartition, Position]) -> None:
+        self.consumer.commit(_kafka_offsets(positions))
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.consumer.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
@@ -136,6 +135,13 @@ class KafkaSource(Source):
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
+
+
+def _kafka_offsets(positions: dict[TopicPartition, Position]) -> dict[KafkaTopicPartition, OffsetAndMetadata]:
+    return {
+        KafkaTopicPartition(*tp): OffsetAndMetadata(offset, metadata, -1)
+        for tp, (offset, metadata) in positions.items()
+    }
 
 
 class KafkaSink(Sink):
@@ -151,35 +157,46 @@ class KafkaSink(Sink):
             settings["transactional_id"] = transactional_id
             settings["transaction_timeout_ms"] = 30_000
         self.producer = KafkaProducer(**settings)
+        self._unconfirmed: list[Any] = []  # sends since the last flush (non-transactional)
         if self.transactional:
-            # Fences any older producer with this id and aborts its open transaction.
-            self.producer.init_transactions()
+            try:
+                # Fences any older producer with this id and aborts its open transaction.
+                self.producer.init_transactions()
+            except Exception:
+                self.producer.close(timeout=1)
+                raise
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
-        self.producer.send(topic, value=value, key=key, headers=headers)
+        future = self.producer.send(topic, value=value, key=key, headers=headers)
+        if not self.transactional:
+            self._unconfirmed.append(future)
 
     def begin(self) -> None:
         if self.transactional:
             self.producer.begin_transaction()
 
-    def commit(self, offsets: dict[TopicPartition, int], source: Source) -> None:
+    def commit(self, positions: dict[TopicPartition, Position], source: Source) -> None:
         if not self.transactional:
-            self.producer.flush()
+            self.flush()
             return
         assert isinstance(source, KafkaSource)
-        if offsets:
+        if positions:
             self.producer.send_offsets_to_transaction(
-                {KafkaTopicPartition(*tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-                source.consumer.group_metadata(),
+                _kafka_offsets(positions), source.consumer.group_metadata()
             )
-        self.producer.commit_transaction()
+        self.producer.commit_transaction()  # raises if any send in the transaction failed
 
     def abort(self) -> None:
         if self.transactional:
             self.producer.abort_transaction()
 
     def flush(self) -> None:
+        """Wait for every send; raise the first delivery failure (kafka-python's flush does not)."""
         self.producer.flush()
+        unconfirmed, self._unconfirmed = self._unconfirmed, []
+        for future in unconfirmed:
+            if future.failed():
+                raise future.exception
 
     def close(self) -> None:
         self.producer.close(timeout=5)

@@ -76,10 +76,15 @@ def create_app(service: Service) -> FastAPI:
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > api.max_body_bytes:
-            return JSONResponse({"detail": f"body over {api.max_body_bytes} bytes"}, status_code=413)
-        if request.method == "POST" and len(await request.body()) > api.max_body_bytes:
+        # The size is known before the body is read: chunked bodies (no length) are refused.
+        if "chunked" in request.headers.get("transfer-encoding", "").lower():
+            return JSONResponse(
+                {"detail": "send a Content-Length (chunked bodies are refused)"}, status_code=411
+            )
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit():
+            return JSONResponse({"detail": "invalid Content-Length"}, status_code=400)
+        if int(declared) > api.max_body_bytes:
             return JSONResponse({"detail": f"body over {api.max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)
 

@@ -1,18 +1,24 @@
 """Checkpoints: where a partition's model state meets the consumer offsets.
 
-Every snapshot records, per source partition, the offset of the next event the state has not
-learned. The service commits consumer offsets only after the snapshot for those offsets is
-durable, so on (re)start the right state is always there: the newest valid snapshot at or before
-the committed offset. Events between that snapshot and the committed offset are re-learned
-silently (their predictions were already published); events from the committed offset on are
-processed normally.
+Every snapshot records, per source partition, the offset of the next event it has not learned.
+The service commits consumer offsets only after the snapshot for those offsets is durable, and
+the commit's metadata names that snapshot, so on (re)start the right state is always there: that
+snapshot, or if it is damaged or gone, the newest valid snapshot at or before the committed
+offset. Events between the restored snapshot and the committed offset are re-learned silently
+(their predictions were already published); events from the committed offset on are processed
+normally.
 
 >>> import tempfile
+>>> from types import SimpleNamespace as State
 >>> store = SnapshotStore(tempfile.mkdtemp())
->>> _ = store.save("state at 100", reason="checkpoint", offsets={"events:0": 100})
->>> _ = store.save("state at 250", reason="checkpoint", offsets={"events:0": 250})
->>> restore_point(store, "events:0", committed=200)[0].offsets
-{'events:0': 100}
+>>> _ = store.save(State(offsets={"events:0": 100}), reason="checkpoint", offsets={"events:0": 100})
+>>> _ = store.save(State(offsets={"events:0": 250}), reason="checkpoint", offsets={"events:0": 250})
+>>> restore_point(store, "events:0", committed=200)[0].id
+'00000001-checkpoint'
+>>> restore_point(store, "events:0", committed=250)[0].id
+'00000002-checkpoint'
+>>> restore_point(store, "events:0", committed=250, checkpoint_id="00000001-checkpoint")[0].id
+'00000001-checkpoint'
 """
 
 from __future__ import annotations
@@ -30,17 +36,26 @@ def partition_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def restore_point(store: SnapshotStore, key: str, committed: int) -> tuple[SnapshotManifest, Any] | None:
-    """The valid snapshot with the highest offset for ``key`` not beyond ``committed``, loaded.
+def restore_point(
+    store: SnapshotStore, key: str, committed: int, checkpoint_id: str = ""
+) -> tuple[SnapshotManifest, Any] | None:
+    """The state to restore for partition ``key`` at ``committed``, loaded and checked.
 
-    A snapshot beyond the committed offset belongs to a checkpoint whose transaction never
-    committed: its events will be processed (and published) again, so it must not be used.
+    First the snapshot the commit names (``checkpoint_id``); failing that, the valid snapshot
+    with the highest offset for ``key`` not beyond ``committed``. A snapshot beyond the committed
+    offset belongs to a checkpoint whose transaction never committed: its events will be
+    processed (and published) again, so it is never used.
     """
     candidates = [m for m in store.list() if key in m.offsets and m.offsets[key] <= committed]
-    candidates.sort(key=lambda m: (m.offsets[key], m.sequence), reverse=True)
+    candidates.sort(key=lambda m: (m.id == checkpoint_id, m.offsets[key], m.sequence), reverse=True)
     for manifest in candidates:
         try:
-            return manifest, store.load(manifest.id)
+            state = store.load(manifest.id)
         except SnapshotError as error:
             logger.warning("cannot restore from snapshot %s: %s", manifest.id, error)
+            continue
+        if getattr(state, "offsets", {}).get(key) != manifest.offsets[key]:
+            logger.warning("snapshot %s: its state and manifest disagree on the offset; skipped", manifest.id)
+            continue
+        return manifest, state
     return None

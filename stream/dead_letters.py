@@ -1,7 +1,9 @@
 """Dead letters: what is kept of an event that could not be used, and why.
 
 The record holds the reason, where the event came from, and the original bytes (base64, so
-garbage survives the trip exactly; plus a text rendering for people), cut at ``max_bytes``.
+garbage survives the trip exactly; plus a text rendering for people). Both copies together stay
+under ``max_bytes``: the original is cut at an eighth of it, since base64 adds a third and JSON
+escaping can make one byte six characters (``\u0000``), so a dead letter fits where its event did.
 
 >>> record = dead_letter("malformed JSON", b"{oops", {"topic": "events", "partition": 0, "offset": 7})
 >>> record["error"], record["source"]["offset"], record["event"], record["event_base64"]
@@ -19,7 +21,7 @@ def dead_letter(
     reason: str, raw: bytes | dict[str, Any] | None, source: dict[str, Any], max_bytes: int = 1_000_000
 ) -> dict[str, Any]:
     data = json.dumps(raw).encode() if isinstance(raw, dict) else (raw or b"")
-    kept = data[:max_bytes]
+    kept = data[: max_bytes // 8]
     return {
         "error": reason,
         "source": source,

@@ -63,7 +63,11 @@ def _check_label(y: Any, task: Task) -> Label | None:
         raise InvalidEvent(f"label for a multiclass task must be a string, integer or boolean, got {y!r}")
     if isinstance(y, bool) or not isinstance(y, int | float):
         raise InvalidEvent(f"label for a regression task must be a number, got {y!r}")
-    if not math.isfinite(y):
+    try:
+        finite = math.isfinite(y)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise InvalidEvent("label is not a finite number")
     return y
 
@@ -119,6 +123,8 @@ def decode_event(raw: bytes | str, task: Task) -> Event:
         raise InvalidEvent(f"malformed JSON: {error}") from None
     except RecursionError:
         raise InvalidEvent("malformed JSON: nested too deeply") from None
+    except ValueError as error:  # e.g. an integer literal over Python's digit limit
+        raise InvalidEvent(f"malformed JSON: {error}") from None
     return validate_event(payload, task)
 
 

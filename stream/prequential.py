@@ -109,12 +109,7 @@ class Engine:
             ) from error
         if emit is not None:
             emit(prediction)
-        try:
-            self.learn(event, prediction)
-        except Exception as error:
-            raise InvalidEvent(
-                f"the model cannot learn this event: {type(error).__name__}: {error}"
-            ) from error
+        self.learn(event, prediction)
         return prediction
 
     def predict(self, event: Event) -> dict[str, Any]:
@@ -135,6 +130,9 @@ class Engine:
             record["y_pred"] = model.predict_one(x)
         else:
             record["score"] = model.score_one(x)
+        output = record.get("score", record.get("y_pred"))
+        if isinstance(output, float) and not math.isfinite(output):
+            raise ValueError(f"non-finite output {output}")
         record["model_version"] = self.state.model_version
         if event.y is not None:
             record["y"] = event.y
@@ -144,11 +142,17 @@ class Engine:
         """Learn from ``event`` (whose prediction was made first), then apply the drift policy."""
         state = self.state
         y = event.y
-        # The model learns first: if it refuses the event, no counter or metric has moved.
-        if self.task == "anomaly":
-            state.model.learn_one(event.x)
-        elif y is not None:
-            state.model.learn_one(event.x, y)
+        # The model learns first: if it refuses the event, no counter or metric has moved. Only the
+        # model's refusal is the event's fault; anything else (say a full disk) is the caller's.
+        try:
+            if self.task == "anomaly":
+                state.model.learn_one(event.x)
+            elif y is not None:
+                state.model.learn_one(event.x, y)
+        except Exception as error:
+            raise InvalidEvent(
+                f"the model cannot learn this event: {type(error).__name__}: {error}"
+            ) from error
         state.events += 1
         if y is None:
             self._periodic_snapshot()

@@ -38,14 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from connectors.base import Connector, Message, Sink, Source, TopicPartition
+from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition
 from stream.checkpoint import partition_key, restore_point
 from stream.config import Config
 from stream.dead_letters import dead_letter
 from stream.events import InvalidEvent, decode_event
 from stream.prequential import Engine
 from stream.replay import to_json
-from stream.snapshots import SnapshotManifest, SnapshotStore
+from stream.snapshots import SnapshotError, SnapshotManifest, SnapshotStore
 from stream.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -287,11 +287,10 @@ class Service:
         assert self.source is not None
         tp = (topic, partition)
         key = partition_key(topic, partition)
-        committed = self.source.committed(tp)
-        if committed is None:
-            committed = self.source.beginning_offset(tp)
+        position = self.source.committed(tp)
+        committed, checkpoint_id = position if position else (self.source.beginning_offset(tp), "")
         store = self._store_for(topic, partition)
-        restored = restore_point(store, key, committed)
+        restored = restore_point(store, key, committed, checkpoint_id)
         if restored is None:
             engine = Engine(self.config, store)
             start = self.source.beginning_offset(tp)
@@ -322,19 +321,20 @@ class Service:
         """Snapshots first (durable), then commit offsets (and, exactly-once, the transaction)."""
         if self.sink is None or self.source is None:
             return
-        offsets: dict[TopicPartition, int] = {}
+        positions: dict[TopicPartition, Position] = {}
         for tp, owned in self.partitions.items():
             if owned.processed_since_checkpoint or reason == "shutdown":
-                owned.engine.snapshot(reason)  # type: ignore[arg-type]
-                offsets[tp] = owned.next_offset
+                manifest = owned.engine.snapshot(reason)  # type: ignore[arg-type]
+                # The commit names its snapshot: a restore takes exactly that one.
+                positions[tp] = (owned.next_offset, manifest.id)
                 owned.processed_since_checkpoint = 0
         if self.sink.transactional:
-            self.sink.commit(offsets, self.source)
+            self.sink.commit(positions, self.source)
             self.sink.begin()
         else:
             self.sink.flush()
-            if offsets:
-                self.source.commit(offsets)
+            if positions:
+                self.source.commit(positions)
         self._last_checkpoint = time.monotonic()
         self.counters.checkpoints += 1
 
@@ -347,15 +347,25 @@ class Service:
         """
         future: Future[Any] = Future()
         self._commands.put((command, future))
-        return future.result(timeout)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if future.cancel():  # not started: it never will be
+                raise
+            return future.result()  # already running: its effect will happen, so wait for it
 
     def _run_commands(self) -> None:
         while not self._commands.empty():
             command, future = self._commands.get()
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
                 future.set_result(command(self))
-            except Exception as error:
+            except (KeyError, SnapshotError) as error:  # the request's fault: the caller is told
                 future.set_exception(error)
+            except Exception as error:  # Kafka or disk: tell the caller, then recover as always
+                future.set_exception(error)
+                raise
 
     def owned(self, scope: str) -> _Partition:
         """The owned partition whose snapshot scope is ``scope`` (``topic-partition``)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import pickle
@@ -135,9 +136,9 @@ class SnapshotStore:
             python_version=python_version(),
             sha256=hashlib.sha256(payload).hexdigest(),
             size_bytes=len(payload),
-            hmac_sha256=self._sign(payload),
             **fields,
         )
+        manifest.hmac_sha256 = self._sign(manifest)
         final = self.directory / snapshot_id
         if final.exists():
             try:
@@ -146,19 +147,28 @@ class SnapshotStore:
             except SnapshotError:
                 pass
         staging = Path(tempfile.mkdtemp(prefix=f".tmp-{snapshot_id}-", dir=self.directory))
-        _write_durably(staging / PAYLOAD, payload)
-        _write_durably(staging / MANIFEST, manifest.model_dump_json(indent=2).encode())
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        try:
+            _write_durably(staging / PAYLOAD, payload)
+            _write_durably(staging / MANIFEST, manifest.model_dump_json(indent=2).encode())
+            _fsync_dir(staging)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         _fsync_dir(self.directory)
         self._apply_retention(reason)
         return manifest
 
-    def _sign(self, payload: bytes) -> str | None:
+    def _sign(self, manifest: SnapshotManifest) -> str | None:
+        """HMAC over what a restore trusts: the payload's hash, the id and the offsets."""
         if self._hmac_key is None:
             return None
-        return hmac.new(self._hmac_key, payload, hashlib.sha256).hexdigest()
+        signed = json.dumps(
+            [manifest.sha256, manifest.id, manifest.sequence, manifest.offsets], sort_keys=True
+        )
+        return hmac.new(self._hmac_key, signed.encode(), hashlib.sha256).hexdigest()
 
     def _rewrite_manifest(self, manifest: SnapshotManifest) -> None:
         path = self.directory / manifest.id / MANIFEST
@@ -237,7 +247,7 @@ class SnapshotStore:
         if self._hmac_key is not None:
             if manifest.hmac_sha256 is None:
                 raise SnapshotError(f"snapshot {snapshot_id} is not signed and a signing key is set")
-            if not hmac.compare_digest(manifest.hmac_sha256, self._sign(payload) or ""):
+            if not hmac.compare_digest(manifest.hmac_sha256, self._sign(manifest) or ""):
                 raise SnapshotError(f"snapshot {snapshot_id} has a wrong HMAC signature")
         return manifest, payload
 

@@ -118,6 +118,9 @@ def test_bad_bodies_get_clear_json_errors(running):
     huge = client.post(f"/api/snapshots/{snapshot}/predict", content=b"[" + b"1," * 600_000 + b"1]",
                        headers={"Content-Type": "application/json"})  # fmt: skip
     assert huge.status_code == 413
+    chunked = client.post(f"/api/snapshots/{snapshot}/predict", content=iter([b'{"x": {"a": 1}}']),
+                          headers={"Content-Type": "application/json"})  # fmt: skip
+    assert chunked.status_code == 411
     too_many = client.post(f"/api/snapshots/{snapshot}/predict", json=[{"x": {"a": 1}}] * 1001)
     assert too_many.status_code == 413
     assert client.post("/api/snapshots/nope/predict", json={"x": {"a": 1}}).status_code == 404

@@ -53,8 +53,8 @@ def test_source_reads_ranges_pauses_resumes_and_commits(kafka, new_topic):
         source.resume([(topic, 0)])
         assert {m.partition for m in _poll_until(source, per_partition[0])} == {0}
 
-        source.commit({(topic, 0): 42})
-        assert source.committed((topic, 0)) == 42
+        source.commit({(topic, 0): (42, "")})
+        assert source.committed((topic, 0)) == (42, "")
         assert source.lag() == {(topic, 0): 0, (topic, 1): 0}
     finally:
         source.close()
@@ -75,8 +75,8 @@ def test_transactional_sink_commits_offsets_with_the_records_or_aborts_both(kafk
         assert source.committed((topic, 0)) is None
         sink.begin()
         sink.send(out, b'"committed"')
-        sink.commit({(topic, 0): 10}, source)
-        assert source.committed((topic, 0)) == 10
+        sink.commit({(topic, 0): (10, "snapshot-id")}, source)
+        assert source.committed((topic, 0)) == (10, "snapshot-id")
         assert read_topic(kafka.bootstrap_servers, out, 1, timeout=10) == ["committed"]
     finally:
         sink.close()
@@ -94,3 +94,31 @@ def test_ensure_topics_creates_missing_topics_once(kafka):
         assert len(description["partitions"]) == 3
     finally:
         admin.close()
+
+
+def test_a_failed_delivery_is_raised_by_flush_not_lost(kafka):
+    from kafka.admin import NewTopic
+
+    topic = f"tiny-{uuid.uuid4().hex[:6]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "1000"})])
+    admin.close()
+    sink = KafkaPythonConnector(kafka.bootstrap_servers).sink(None)
+    try:
+        sink.send(topic, b"x" * 5000)
+        with pytest.raises(Exception, match=r"MessageSizeTooLarge"):
+            sink.flush()  # kafka-python's own flush returns quietly here
+    finally:
+        sink.close()
+
+
+def test_committed_positions_carry_their_metadata(kafka, new_topic):
+    topic = new_topic()
+    publish(kafka.bootstrap_servers, topic, [b"x"] * 3)
+    source = KafkaPythonConnector(kafka.bootstrap_servers).source([topic], f"g-{uuid.uuid4().hex[:6]}", "m")
+    try:
+        _poll_until(source, 3)
+        source.commit({(topic, 0): (3, "00000007-checkpoint")})
+        assert source.committed((topic, 0)) == (3, "00000007-checkpoint")
+    finally:
+        source.close()

@@ -72,3 +72,10 @@ def test_prediction_record_documents_the_output():
         {"id": "e-1", "y_pred": True, "y_proba": {"true": 0.7, "false": 0.3}, "y": True, "model_version": 1}
     )
     assert record.y_proba == {"true": 0.7, "false": 0.3}
+
+
+def test_numbers_python_cannot_hold_are_rejected_not_raised():
+    with pytest.raises(InvalidEvent, match="malformed JSON"):
+        decode_event(b'{"x": {"a": ' + b"9" * 5000 + b"}}", "binary")
+    with pytest.raises(InvalidEvent, match="not a finite number"):
+        decode_event(b'{"x": {"a": 1}, "y": ' + b"9" * 400 + b"}", "regression")

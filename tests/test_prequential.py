@@ -7,7 +7,7 @@ import pytest
 from river import anomaly, datasets, evaluate, linear_model, metrics, preprocessing, tree
 
 from stream.config import Config
-from stream.events import Event, validate_event
+from stream.events import Event, InvalidEvent, validate_event
 from stream.prequential import Engine
 from stream.replay import run_replay, to_json
 from stream.snapshots import SnapshotStore
@@ -204,3 +204,37 @@ def test_every_snapshot_the_policy_takes_is_an_exact_restore_point(tmp_path):
         assert canonical_pickle(resumed.state.model) == canonical_pickle(uninterrupted.state.model), (
             manifest.id
         )
+
+
+class _Diverged(linear_model.LinearRegression):
+    """A regressor whose predictions blew up."""
+
+    def predict_one(self, x):
+        return float("inf")
+
+
+def test_a_non_finite_prediction_is_refused_like_a_bad_event(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("diverged_models")
+    module.make = _Diverged
+    monkeypatch.setitem(sys.modules, "diverged_models", module)
+    config = Config.model_validate({"model": {"task": "regression", "factory": "diverged_models:make"}})
+    engine = Engine(config, SnapshotStore(tmp_path))
+    with pytest.raises(InvalidEvent, match="non-finite output inf"):
+        engine.process(Event(x={"a": 1.0}, y=2.0))
+    assert engine.state.events == 0
+
+
+def test_a_failing_snapshot_write_is_not_mistaken_for_a_bad_event(tmp_path, monkeypatch):
+    config = _config("binary", ["tree.HoeffdingTreeClassifier"], "Accuracy", snapshots={"every_events": 2})
+    engine = Engine(config, SnapshotStore(tmp_path))
+    engine.process(Event(x={"a": 1.0}, y=True))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.store, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        engine.process(Event(x={"a": 1.0}, y=True))

@@ -145,3 +145,26 @@ def test_payload_is_fsynced_before_the_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     SnapshotStore(tmp_path).save("x", reason="manual")
     assert len(synced) >= 3  # payload, manifest, directory
+
+
+def test_the_signature_covers_the_offsets_a_restore_trusts(tmp_path):
+    store = SnapshotStore(tmp_path, hmac_key="k")
+    manifest = store.save("state", reason="checkpoint", offsets={"events:0": 100})
+    path = tmp_path / manifest.id / MANIFEST
+    data = json.loads(path.read_text())
+    data["offsets"] = {"events:0": 5000}  # relabel an old snapshot as a newer one
+    path.write_text(json.dumps(data))
+    with pytest.raises(SnapshotError, match="wrong HMAC signature"):
+        store.load(manifest.id)
+
+
+def test_a_failed_write_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    store = SnapshotStore(tmp_path)
+
+    def fail(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("stream.snapshots._write_durably", fail)
+    with pytest.raises(OSError):
+        store.save("x", reason="manual")
+    assert list(tmp_path.iterdir()) == []
