@@ -102,6 +102,8 @@ def test_snapshot_commands_list_show_pin_and_delete(tmp_path):
 
 
 def test_every_command_has_help_with_an_example():
-    for command in (["replay"], ["snapshots", "list"], ["snapshots", "show"], ["config"]):
+    commands = [["replay"], ["serve"], ["publish"], ["demo"], ["config"]]
+    commands += [["snapshots", name] for name in ("list", "show", "pin", "delete", "rollback")]
+    for command in commands:
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, command

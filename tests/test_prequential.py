@@ -56,6 +56,13 @@ def _replay_metric(config: Config, data: bytes, tmp_path) -> float:
             datasets.TrumpApproval,
         ),
         (
+            "multiclass",
+            ["tree.HoeffdingTreeClassifier"],
+            tree.HoeffdingTreeClassifier,
+            "MacroF1",
+            datasets.ImageSegments,
+        ),
+        (
             "anomaly",
             [{"anomaly.HalfSpaceTrees": {"seed": 42}}],
             lambda: anomaly.HalfSpaceTrees(seed=42),
@@ -63,7 +70,7 @@ def _replay_metric(config: Config, data: bytes, tmp_path) -> float:
             datasets.Phishing,
         ),
     ],
-    ids=["logistic-accuracy", "tree-rocauc", "linear-mae", "halfspace-rocauc"],
+    ids=["logistic-accuracy", "tree-rocauc", "linear-mae", "tree-multiclass-macrof1", "halfspace-rocauc"],
 )
 def test_replay_agrees_with_river_progressive_val_score_to_the_last_digit(
     task, pipeline, river_model, metric, dataset, tmp_path
