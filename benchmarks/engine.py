@@ -27,6 +27,7 @@ from functools import partial
 import river
 from river import metrics
 
+from benchmarks.models import FACTORIES, LABELS
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
 from stream.events import EventModel, decode_event, validate_event
@@ -35,10 +36,7 @@ from stream.prequential import Engine
 from stream.replay import to_json
 from stream.snapshots import SnapshotStore
 
-MODELS = {
-    "StandardScaler|LogisticRegression": ["preprocessing.StandardScaler", "linear_model.LogisticRegression"],
-    "HoeffdingTreeClassifier": ["tree.HoeffdingTreeClassifier"],
-}
+BENCHMARKED = ("lr", "ht")
 
 
 def _rate(run: Callable[[], int], repeats: int) -> float:
@@ -90,9 +88,11 @@ def main() -> None:
     versions = f"River {river.__version__}, Python {platform.python_version()}"
     print(f"{args.events} Agrawal events (A, B, A); {versions}")
     print(f"{'model':36} {'path':12} {'events/s':>10} {'ratio':>7} {'us/event overhead':>18}")
-    for name, pipeline in MODELS.items():
+    for model in BENCHMARKED:
+        name = LABELS[model]
+        factory = f"benchmarks.models:{FACTORIES[model]}"
         configs = {
-            policy: Config.model_validate({"model": {"pipeline": pipeline}, "drift": {"policy": policy}})
+            policy: Config.model_validate({"model": {"factory": factory}, "drift": {"policy": policy}})
             for policy in ("none", "best")
         }
         base = _rate(partial(_bare, configs["none"], pairs), args.repeats)
