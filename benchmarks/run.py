@@ -72,7 +72,7 @@ def engine_config(model: str, snapshots: str, **service: Any) -> dict[str, Any]:
     }
 
 
-# -- in-process paths, each in a fresh child process so its peak RSS is its own -------------
+# -- in-process paths, each in a fresh interpreter (spawn, not fork) so its peak RSS is its own ----
 
 
 def _bare(model: str, events: list[dict]) -> tuple[float, float]:
@@ -98,7 +98,7 @@ def _replay(model: str, lines: list[bytes]) -> tuple[float, float]:
 
 
 def in_child(function: Any, *args: Any) -> tuple[float, float]:
-    with multiprocessing.get_context("fork").Pool(1) as pool:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, args)
 
 
