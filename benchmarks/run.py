@@ -10,9 +10,13 @@ Paths, for each model (``benchmarks/models.py``), on the same pre-generated Agra
   service-eos          ``stream serve``, exactly_once, events pre-produced to the local broker
   service-alos         ``stream serve``, at_least_once
   peer-kafka-python    a plain kafka-python consume/predict/produce/learn script (at-least-once)
+  peer-quix-eos        the model in a Quix Streams application, processing_guarantee exactly-once
+  peer-quix-alos       the same, at-least-once
 
-Service and peer rates are measured on the committed predictions as a ``read_committed`` reader
-sees them, from the first to the last one (so process start-up and the group join are left out).
+Service and peer rates are all N events over the time from the first prediction being produced
+(seen by a ``read_uncommitted`` reader) to the last one being committed (seen by a
+``read_committed`` reader): process start-up and the group join are left out, and transactional
+paths, whose output appears in bursts at each commit, are timed fairly.
 The service runs with drift policy ``none`` (detector on, no switches) so every path learns the
 same model. Peak RSS is the process's VmHWM. Each figure is the median of ``--repeats`` runs;
 ratios are events/s over the bare loop's in the same run. Writes ``results.json`` and
@@ -52,7 +56,7 @@ from stream.prequential import Engine
 from stream.replay import to_json
 from stream.snapshots import SnapshotStore
 
-KAFKA_PATHS = ("service-eos", "service-alos", "peer-kafka-python")
+KAFKA_PATHS = ("service-eos", "service-alos", "peer-kafka-python", "peer-quix-eos", "peer-quix-alos")
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
@@ -128,25 +132,35 @@ def run_kafka_path(
         config_path = workdir / f"config-{run}.yaml"
         config_path.write_text(yaml.safe_dump(config))
         command = [sys.executable, "-m", "stream", "--log-level", "WARNING", "serve", "-c", str(config_path)]
-    else:
+    elif path == "peer-kafka-python":
         command = [sys.executable, "-m", "benchmarks.peers.kafka_python_app", bootstrap, input_topic,
                    output_topic, model, str(len(lines))]  # fmt: skip
-    reader = KafkaConsumer(
-        output_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        isolation_level="read_committed", fetch_max_bytes=32 * 1024 * 1024,
-    )  # fmt: skip
+    else:
+        guarantee = "exactly-once" if path == "peer-quix-eos" else "at-least-once"
+        command = [sys.executable, "-m", "benchmarks.peers.quix_app", bootstrap, input_topic,
+                   output_topic, model, str(len(lines)), guarantee]  # fmt: skip
+
+    def reader(isolation: str) -> KafkaConsumer:
+        return KafkaConsumer(
+            output_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+            isolation_level=isolation, fetch_max_bytes=32 * 1024 * 1024,
+        )  # fmt: skip
+
+    produced, committed = reader("read_uncommitted"), reader("read_committed")
     with open(workdir / f"{path}-{run}.log", "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    seen, first_at, first_count, rss = 0, 0.0, 0, float("nan")
+    seen, first_at, rss = 0, 0.0, float("nan")
     deadline = time.monotonic() + 900
     try:
+        while not first_at and time.monotonic() < deadline:
+            if any(produced.poll(timeout_ms=20, max_records=1).values()):
+                first_at = time.monotonic()
+            elif process.poll() is not None:
+                raise RuntimeError(f"{path} exited with {process.returncode}; see {log.name}")
         while seen < len(lines) and time.monotonic() < deadline:
             if process.poll() is not None and process.returncode != 0:
                 raise RuntimeError(f"{path} exited with {process.returncode}; see {log.name}")
-            batch = sum(len(records) for records in reader.poll(timeout_ms=200).values())
-            if batch and not seen:
-                first_at, first_count = time.monotonic(), batch
-            seen += batch
+            seen += sum(len(records) for records in committed.poll(timeout_ms=200).values())
             if process.poll() is None:
                 rss = peak_rss_mb(process.pid)
         last_at = time.monotonic()
@@ -154,10 +168,11 @@ def run_kafka_path(
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             process.wait(60)
-        reader.close()
+        produced.close()
+        committed.close()
     if seen < len(lines):
         raise RuntimeError(f"{path}: only {seen} of {len(lines)} predictions within the time limit")
-    return (seen - first_count) / (last_at - first_at), rss
+    return len(lines) / (last_at - first_at), rss
 
 
 # -- the run -----------------------------------------------------------------------------------

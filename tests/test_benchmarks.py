@@ -19,7 +19,8 @@ def test_the_benchmark_runs_every_path_and_writes_its_files(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((tmp_path / "results.json").read_text())
     paths = [r["path"] for r in report["results"]]
-    assert paths == ["bare", "replay", "service-eos", "service-alos", "peer-kafka-python"]
+    assert paths == ["bare", "replay", "service-eos", "service-alos", "peer-kafka-python", "peer-quix-eos",
+                     "peer-quix-alos"]  # fmt: skip
     for row in report["results"]:
         assert row["events_per_second"] > 0 and row["peak_rss_mb"] > 0
     assert report["results"][0]["ratio_to_bare"] == 1.0
