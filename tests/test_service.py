@@ -237,9 +237,9 @@ def test_when_one_of_two_instances_dies_its_partitions_continue_from_the_right_s
         )
         predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 9_000, timeout=180)
     finally:
-        assert first.stop() == 0, first.log()
         if second.alive():
             second.kill()
+        assert first.stop() == 0, first.log()
 
     assert duplicates([p["id"] for p in predictions]) == {}
     assert len(predictions) == 9_000

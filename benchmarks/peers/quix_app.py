@@ -34,6 +34,7 @@ def main(
         consumer_group=f"quix-{input_topic}",
         auto_offset_reset="earliest",
         processing_guarantee=guarantee,  # type: ignore[arg-type]
+        commit_interval=1.0,  # as the service in the benchmark
         state_dir=tempfile.mkdtemp(prefix="quix-state-"),
         on_message_processed=on_processed,
         loglevel="WARNING",
