@@ -19,10 +19,10 @@ Service and peer rates are all N events over the time from the first prediction 
 paths, whose output appears in bursts at each commit, are timed fairly. The service and Quix both
 commit at least every second here, so the wait for the last commit is bounded alike.
 The service runs with drift policy ``none`` (detector on, no switches) so every path learns the
-same model. Peak RSS is the process's own peak (``ru_maxrss`` of the child process, VmHWM of
-the in-process paths' fresh interpreter). Each figure is the median of ``--repeats`` runs;
-ratios are events/s over the bare loop's in the same run. Writes ``results.json`` and
-``results.png`` to ``--out``.
+same model. Peak RSS is each process's VmHWM (Kafka paths: sampled every 0.2 s while it runs and
+at the end; in-process paths: read by their fresh interpreter). Each figure is the median of
+``--repeats`` runs; ratios are events/s over the bare loop's in the same run. Writes
+``results.json`` and ``results.png`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -61,12 +61,20 @@ from stream.snapshots import SnapshotStore
 KAFKA_PATHS = ("service-eos", "service-alos", "peer-kafka-python", "peer-quix-eos", "peer-quix-alos")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory (VmHWM), in MB; 0.0 once it has gone.
+
+    Not ``ru_maxrss`` from ``wait4``: Linux carries the parent's high-water mark across fork and
+    exec, so a child started by this (large) harness would report the harness's size.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    return 0.0
 
 
 def engine_config(model: str, snapshots: str, **service: Any) -> dict[str, Any]:
@@ -153,21 +161,23 @@ def run_kafka_path(
     produced, committed = reader("read_uncommitted"), reader("read_committed")
     with open(workdir / f"{path}-{run}.log", "wb") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    seen, first_at = 0, 0.0
+    seen, first_at, rss = 0, 0.0, 0.0
     deadline = time.monotonic() + 900
     try:
         while not first_at and time.monotonic() < deadline:
+            rss = max(rss, peak_rss_mb(process.pid))  # sampled while it runs (it may exit by itself)
             if any(produced.poll(timeout_ms=20, max_records=1).values()):
                 first_at = time.monotonic()
             elif _failed(process.pid):
                 raise RuntimeError(f"{path} failed; see {log.name}")
         while seen < len(lines) and time.monotonic() < deadline:
+            rss = max(rss, peak_rss_mb(process.pid))
             if _failed(process.pid):
                 raise RuntimeError(f"{path} failed; see {log.name}")
             seen += sum(len(records) for records in committed.poll(timeout_ms=200).values())
         last_at = time.monotonic()
     finally:
-        rss = _stop_and_measure(process)
+        rss = max(rss, _stop(process))
         produced.close()
         committed.close()
     if seen < len(lines):
@@ -176,18 +186,18 @@ def run_kafka_path(
 
 
 def _failed(pid: int) -> bool:
-    """True if the child exited with an error; it is not reaped, so wait4 can still read its rusage."""
+    """True if the child exited with an error (not reaped yet, so its /proc entry stays readable)."""
     info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     return info is not None and info.si_status != 0
 
 
-def _stop_and_measure(process: subprocess.Popen) -> float:
-    """SIGTERM the child if it still runs, reap it, and return its peak RSS in MB (ru_maxrss)."""
+def _stop(process: subprocess.Popen) -> float:
+    """Read the child's last peak RSS, SIGTERM it if it still runs, and reap it."""
+    rss = peak_rss_mb(process.pid)
     if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
         process.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return usage.ru_maxrss / 1024
+    process.wait(60)
+    return rss
 
 
 # -- the run -----------------------------------------------------------------------------------
