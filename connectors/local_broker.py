@@ -110,8 +110,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+def cluster_id() -> str:
+    """A random KRaft cluster id: 22 base64url characters, never starting with "-".
+
+    A leading "-" would be read as an option by the storage tool (Kafka's own ``Uuid.randomUuid``
+    avoids it for the same reason).
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
 
 
 _LOG4J2 = """\
@@ -222,7 +230,7 @@ class LocalBroker:
         config = self._write_config()
         if not (self.data_dir / "logs" / "meta.properties").exists():
             formatted = subprocess.run(
-                self._java(libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)),
+                self._java(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id(), "-c", str(config)),
                 capture_output=True,
                 text=True,
             )

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from connectors.kafka import KafkaPythonConnector
-from connectors.local_broker import LocalBroker
+from connectors.local_broker import BrokerError, LocalBroker
 from stream.checkpoint import partition_key, restore_point
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
@@ -68,7 +68,11 @@ def run_demo(output: Path, segment: int = 5000, bootstrap_servers: str | None = 
         broker = LocalBroker(data_dir=output / "broker")
         with console.status("starting the local Kafka broker (first run fetches its jars)..."):
             started = time.monotonic()
-            broker.start()
+            try:
+                broker.start()
+            except BrokerError as error:
+                console.print(f"[red]the local Kafka broker could not start:[/red] {error}")
+                return 1
         bootstrap_servers = broker.bootstrap_servers
         console.print(
             f"[green]✓[/green] Kafka broker at {bootstrap_servers} ({time.monotonic() - started:.1f}s)"

@@ -146,3 +146,11 @@ def test_compose_file_runs_the_official_kafka_image_in_kraft_mode_and_the_servic
 
 def test_pom_pins_a_kafka_4_broker():
     assert kafka_version().split(".")[0] == "4"
+
+
+def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_read_as_an_option():
+    from connectors.local_broker import cluster_id
+
+    ids = [cluster_id() for _ in range(5000)]  # about 78 of 5,000 raw ids would start with "-"
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == 5000
