@@ -109,8 +109,7 @@ def create_app(service: Service) -> FastAPI:
         return partition
 
     def store_for(scope: str) -> SnapshotStore:
-        key = config.snapshots.hmac_key.get_secret_value() if config.snapshots.hmac_key else None
-        return SnapshotStore(Path(config.snapshots.directory) / scope, config.snapshots.keep_last, key)
+        return SnapshotStore.from_config(config.snapshots, scope)
 
     def on_service_thread(command: Any) -> Any:
         try:

@@ -36,6 +36,11 @@ def partition_key(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def snapshot_scope(topic: str, partition: int) -> str:
+    """The folder of a partition's snapshots under ``snapshots.directory`` (and its API name)."""
+    return f"{topic}-{partition}"
+
+
 def restore_point(
     store: SnapshotStore, key: str, committed: int, checkpoint_id: str = ""
 ) -> tuple[SnapshotManifest, Any] | None:

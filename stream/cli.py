@@ -158,13 +158,9 @@ class _Snapshots:
                     f"{root} holds several partitions' snapshots; pick one with --scope: {', '.join(scopes)}"
                 )
             scope = scopes[0] if scopes else None
-        if scope is not None:
-            if "/" in scope or scope.startswith("."):
-                raise _fail(f"invalid scope {scope!r}")
-            root = root / scope
-        snapshots = self.config.snapshots
-        key = snapshots.hmac_key.get_secret_value() if snapshots.hmac_key else None
-        return SnapshotStore(root, snapshots.keep_last, key)
+        if scope is not None and ("/" in scope or scope.startswith(".")):
+            raise _fail(f"invalid scope {scope!r}")
+        return SnapshotStore.from_config(self.config.snapshots, scope)
 
 
 DirectoryOption = Annotated[

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from connectors.kafka import KafkaPythonConnector
 from connectors.local_broker import BrokerError, LocalBroker
-from stream.checkpoint import partition_key, restore_point
+from stream.checkpoint import partition_key, restore_point, snapshot_scope
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
 from stream.events import validate_event
@@ -183,7 +183,8 @@ def _report(
     versions = [by_id[r["id"]]["model_version"] for r in records]
     baseline = _baseline_accuracy(config, records)
     topic = config["kafka"]["input_topic"]
-    store = SnapshotStore(Path(config["snapshots"]["directory"]) / f"{topic}-0")
+    scope = snapshot_scope(topic, 0)
+    store = SnapshotStore.from_config(Config.model_validate(config).snapshots, scope)
     manifest, state = restore_point(store, partition_key(topic, 0), committed=10**12)
 
     table = Table(title="accuracy over time (windows of 500 events)")
@@ -230,7 +231,6 @@ def _report(
         "dead_letters": len(letters),
     }
     (output / "summary.json").write_text(json.dumps({**result, **engine_summary}, indent=2))
-    scope = f"{topic}-0"
     directory = config["snapshots"]["directory"]
     console.print(
         "\nQuery the snapshots:\n"

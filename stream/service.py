@@ -35,11 +35,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition
-from stream.checkpoint import partition_key, restore_point
+from stream.checkpoint import partition_key, restore_point, snapshot_scope
 from stream.config import Config
 from stream.dead_letters import dead_letter
 from stream.events import InvalidEvent, decode_event
@@ -62,6 +61,7 @@ class _Partition:
     partition: int
     engine: Engine
     key: str
+    scope: str
     processed_since_checkpoint: int = 0
 
     @property
@@ -90,7 +90,6 @@ class Service:
         self.connector = connector
         self.instance_id = instance_id or config.service.instance_id or default_instance_id()
         self.task = config.model.task
-        self.root = Path(config.snapshots.directory)
         self.partitions: dict[TopicPartition, _Partition] = {}
         self.counters = _Counters()
         self.source: Source | None = None
@@ -247,11 +246,6 @@ class Service:
 
     # -- partitions come and go ------------------------------------------------------------
 
-    def _store_for(self, topic: str, partition: int) -> SnapshotStore:
-        snapshots = self.config.snapshots
-        key = snapshots.hmac_key.get_secret_value() if snapshots.hmac_key else None
-        return SnapshotStore(self.root / f"{topic}-{partition}", snapshots.keep_last, key)
-
     def _apply_rebalances(self) -> bool:
         """Act on the assignments and revocations noted since the last poll; True if any.
 
@@ -289,7 +283,8 @@ class Service:
         key = partition_key(topic, partition)
         position = self.source.committed(tp)
         committed, checkpoint_id = position if position else (self.source.beginning_offset(tp), "")
-        store = self._store_for(topic, partition)
+        scope = snapshot_scope(topic, partition)
+        store = SnapshotStore.from_config(self.config.snapshots, scope)
         restored = restore_point(store, key, committed, checkpoint_id)
         if restored is None:
             engine = Engine(self.config, store)
@@ -301,7 +296,7 @@ class Service:
             start = manifest.offsets[key]
             origin = f"snapshot {manifest.id}"
         engine.state.offsets[key] = start
-        owned = _Partition(topic, partition, engine, key)
+        owned = _Partition(topic, partition, engine, key, scope)
         self.partitions[tp] = owned
         messages = self.source.read_range(tp, start, committed)
         for message in messages:
@@ -370,12 +365,12 @@ class Service:
     def owned(self, scope: str) -> _Partition:
         """The owned partition whose snapshot scope is ``scope`` (``topic-partition``)."""
         for owned in self.partitions.values():
-            if f"{owned.topic}-{owned.partition}" == scope:
+            if owned.scope == scope:
                 return owned
         raise KeyError(f"this instance does not own {scope!r}; it owns {sorted(self.scopes())}")
 
     def scopes(self) -> list[str]:
-        return sorted(f"{owned.topic}-{owned.partition}" for owned in self.partitions.values())
+        return sorted(owned.scope for owned in self.partitions.values())
 
     def rollback(self, scope: str, snapshot_id: str) -> SnapshotManifest:
         """Switch a partition's model to a snapshot's, and commit that at once (service thread)."""
@@ -405,7 +400,7 @@ class Service:
         lag = self.source.lag() if self.source is not None else {}
         partitions = {}
         for tp, owned in self.partitions.items():
-            partitions[f"{owned.topic}-{owned.partition}"] = {
+            partitions[owned.scope] = {
                 **owned.engine.summary(),
                 "offset": owned.next_offset,
                 "lag": lag.get(tp, 0),

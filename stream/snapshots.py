@@ -102,9 +102,11 @@ class SnapshotStore:
         self._hmac_key = hmac_key.encode() if hmac_key else None
 
     @classmethod
-    def from_config(cls, config: SnapshotConfig) -> SnapshotStore:
+    def from_config(cls, config: SnapshotConfig, scope: str | None = None) -> SnapshotStore:
+        """The configured store, or its ``scope`` subfolder (a service partition's own store)."""
         key = config.hmac_key.get_secret_value() if config.hmac_key else None
-        return cls(config.directory, config.keep_last, key)
+        directory = Path(config.directory) / scope if scope else config.directory
+        return cls(directory, config.keep_last, key)
 
     # -- writing ---------------------------------------------------------------------------
 
