@@ -78,7 +78,7 @@ class Engine:
         self.task = config.model.task
         self.store = store
         self.state = state or self.new_state()
-        self._argmax = self.task in ("binary", "multiclass") and predict_one_is_argmax(self.state.model)
+        self._bind_model()
 
     def new_state(self) -> LearnerState:
         config = self.config
@@ -242,11 +242,16 @@ class Engine:
 
         return load
 
+    def _bind_model(self) -> None:
+        """Per-model facts the hot loop needs, worked out once per model rather than per event."""
+        classifier = self.task in ("binary", "multiclass")
+        self._argmax = classifier and predict_one_is_argmax(self.state.model)
+
     def _switch_model(self, model: Any) -> None:
         state = self.state
         state.model = model
         state.model_version += 1
-        self._argmax = self.task in ("binary", "multiclass") and predict_one_is_argmax(model)
+        self._bind_model()
         if state.monitor is not None:
             state.monitor.after_decision(switched=True)
 
