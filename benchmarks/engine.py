@@ -30,10 +30,9 @@ from river import metrics
 from benchmarks.models import FACTORIES, LABELS
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
-from stream.events import EventModel, decode_event, validate_event
+from stream.events import EventModel, decode_event, encode_record, validate_event
 from stream.models import build_model
 from stream.prequential import Engine
-from stream.replay import to_json
 from stream.snapshots import SnapshotStore
 
 BENCHMARKED = ("lr", "ht")
@@ -69,7 +68,7 @@ def _engine(config: Config, events: list) -> int:
 def _replay(config: Config, lines: list[bytes]) -> int:
     engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="bench-")))
     for line in lines:
-        to_json(engine.process(decode_event(line, "binary")))
+        encode_record(engine.process(decode_event(line, "binary")))
     return len(lines)
 
 

@@ -1,28 +1,37 @@
 """The benchmark: the same events and models through every path, side by side, in one run.
 
-    python -m benchmarks.run [--events 50000] [--repeats 3] [--models lr,ht,arf] [--out DIR]
+    python -m benchmarks.run [--events 100000] [--repeats 3] [--models lr,ht,arf] [--paths ...]
 
 Paths, for each model (``benchmarks/models.py``), on the same pre-generated Agrawal events
 (concepts A, B, A; fixed seed; ARF gets a tenth of the events, it is ~15x slower):
 
   bare                 predict_proba_one, metric.update, learn_one in one process: the limit
   replay               the engine from JSON lines (decode, validate, predict, learn, encode)
-  service-eos          ``stream serve``, exactly_once, events pre-produced to the local broker
-  service-alos         ``stream serve``, at_least_once
+  service-eos          ``stream serve``, exactly_once, kafka-python backend, on the local broker
+  service-alos         ``stream serve``, at_least_once, kafka-python backend
+  service-*-confluent  the same on the confluent-kafka backend (``kafka.backend``)
   peer-kafka-python    a plain kafka-python consume/predict/produce/learn script (at-least-once)
   peer-quix-eos        the model in a Quix Streams application, processing_guarantee exactly-once
   peer-quix-alos       the same, at-least-once
 
-Service and peer rates are all N events over the time from the first prediction being produced
-(seen by a ``read_uncommitted`` reader) to the last one being committed (seen by a
-``read_committed`` reader): process start-up and the group join are left out, and transactional
-paths, whose output appears in bursts at each commit, are timed fairly. The service and Quix both
-commit at least every second here, so the wait for the last commit is bounded alike.
+Four measurements:
+
+- Throughput: events pre-produced; N events over the time from the first prediction being
+  produced (seen by a ``read_uncommitted`` reader) to the last one being committed (seen by a
+  ``read_committed`` reader): start-up and the group join are left out, and transactional paths,
+  whose output appears in bursts at each commit, are timed fairly. The service and Quix commit
+  every 0.2 s (the service's default; Quix's is 5 s). Medians of ``--repeats``; ratios are
+  events/s over the bare loop's in the same run. Peak RSS is each process's VmHWM.
+- Latency: each Kafka path offered a fixed load, half the best service path's median
+  throughput for that model, for ``--latency-seconds``; p50/p99 from produce to the prediction
+  seen by a ``read_committed`` reader, after 200 warm-up events.
+- Recovery (service paths): under the same load, SIGKILL and restart at once; seconds to the
+  first prediction of the new process that a ``read_committed`` reader sees.
+- Memory: the best service path with the linear model (fixed size, so any growth is the
+  service's) over ``--memory-events`` events; resident memory sampled every 0.5 s.
+
 The service runs with drift policy ``none`` (detector on, no switches) so every path learns the
-same model. Peak RSS is each process's VmHWM (Kafka paths: sampled every 0.2 s while it runs and
-at the end; in-process paths: read by their fresh interpreter). Each figure is the median of
-``--repeats`` runs; ratios are events/s over the bare loop's in the same run. Writes
-``results.json`` and ``results.png`` to ``--out``.
+same model. Writes ``results.json`` and ``results.png`` to ``--out`` and prints the tables.
 """
 
 from __future__ import annotations
@@ -32,60 +41,30 @@ import json
 import multiprocessing
 import os
 import platform
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import confluent_kafka
 import kafka
 import river
-import yaml
-from kafka import KafkaConsumer, KafkaProducer
 from river import metrics
 
-from benchmarks.models import FACTORIES, LABELS, MODELS
+from benchmarks.latency import measure_latency, measure_memory, measure_recovery
+from benchmarks.models import LABELS, MODELS
+from benchmarks.paths import KAFKA_PATHS, Run, engine_config, peak_rss_mb, publish
 from connectors.local_broker import REPO_ROOT, LocalBroker
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
-from stream.events import decode_event
+from stream.events import decode_event, encode_record
 from stream.prequential import Engine
-from stream.replay import to_json
 from stream.snapshots import SnapshotStore
 
-KAFKA_PATHS = ("service-eos", "service-alos", "peer-kafka-python", "peer-quix-eos", "peer-quix-alos")
-
-
-def peak_rss_mb(pid: int | str = "self") -> float:
-    """A process's peak resident memory (VmHWM), in MB; 0.0 once it has gone.
-
-    Not ``ru_maxrss`` from ``wait4``: Linux carries the parent's high-water mark across fork and
-    exec, so a child started by this (large) harness would report the harness's size.
-    """
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def engine_config(model: str, snapshots: str, **service: Any) -> dict[str, Any]:
-    return {
-        "model": {"task": "binary", "factory": f"benchmarks.models:{FACTORIES[model]}"},
-        "drift": {"policy": "none"},
-        "snapshots": {"directory": snapshots},
-        "api": {"enabled": False},
-        # Commits at least every second, like the Quix peer below: the last commit ends the timing.
-        "service": {"status_every_seconds": 30.0, "checkpoint_every_seconds": 1.0, **service},
-    }
+PATHS = ("bare", "replay", *KAFKA_PATHS)
+SERVICE_PATHS = tuple(p for p in KAFKA_PATHS if p.startswith("service"))
 
 
 # -- in-process paths, each in a fresh interpreter (spawn, not fork) so its peak RSS is its own ----
@@ -109,7 +88,7 @@ def _replay(model: str, lines: list[bytes]) -> tuple[float, float]:
     engine = Engine(config, SnapshotStore(config.snapshots.directory))
     started = time.perf_counter()
     for line in lines:
-        to_json(engine.process(decode_event(line, "binary")))
+        encode_record(engine.process(decode_event(line, "binary")))
     return len(lines) / (time.perf_counter() - started), peak_rss_mb()
 
 
@@ -121,115 +100,115 @@ def in_child(function: Any, *args: Any) -> tuple[float, float]:
 # -- Kafka paths -------------------------------------------------------------------------------
 
 
-def _publish(bootstrap: str, topic: str, lines: list[bytes]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=256 * 1024)
-    for line in lines:
-        producer.send(topic, line)
-    producer.flush()
-    producer.close()
-
-
-def run_kafka_path(
-    path: str, model: str, lines: list[bytes], bootstrap: str, workdir: Path
-) -> tuple[float, float]:
-    run = uuid.uuid4().hex[:8]
-    input_topic, output_topic = f"bench-in-{run}", f"bench-out-{run}"
-    _publish(bootstrap, input_topic, lines)
-    if path.startswith("service"):
-        guarantee = "exactly_once" if path == "service-eos" else "at_least_once"
-        config = engine_config(model, str(workdir / f"snapshots-{run}"), guarantee=guarantee, instance_id=run)
-        config["kafka"] = {"bootstrap_servers": bootstrap, "input_topic": input_topic,
-                           "predictions_topic": output_topic, "dead_letter_topic": f"bench-dead-{run}",
-                           "group_id": f"bench-{run}"}  # fmt: skip
-        config_path = workdir / f"config-{run}.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        command = [sys.executable, "-m", "stream", "--log-level", "WARNING", "serve", "-c", str(config_path)]
-    elif path == "peer-kafka-python":
-        command = [sys.executable, "-m", "benchmarks.peers.kafka_python_app", bootstrap, input_topic,
-                   output_topic, model, str(len(lines))]  # fmt: skip
-    else:
-        guarantee = "exactly-once" if path == "peer-quix-eos" else "at-least-once"
-        command = [sys.executable, "-m", "benchmarks.peers.quix_app", bootstrap, input_topic,
-                   output_topic, model, str(len(lines)), guarantee]  # fmt: skip
-
-    def reader(isolation: str) -> KafkaConsumer:
-        return KafkaConsumer(
-            output_topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-            isolation_level=isolation, fetch_max_bytes=32 * 1024 * 1024,
-        )  # fmt: skip
-
-    produced, committed = reader("read_uncommitted"), reader("read_committed")
-    with open(workdir / f"{path}-{run}.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+def throughput(run: Run, lines: list[bytes]) -> tuple[float, float]:
+    """Events/s from the first prediction produced to the last committed, and peak RSS."""
+    run.create_topics()
+    publish(run.bootstrap, run.input_topic, lines)
+    produced, committed = run.reader("read_uncommitted"), run.reader("read_committed")
+    process = run.start()
     seen, first_at, rss = 0, 0.0, 0.0
     deadline = time.monotonic() + 900
     try:
         while not first_at and time.monotonic() < deadline:
             rss = max(rss, peak_rss_mb(process.pid))  # sampled while it runs (it may exit by itself)
-            if any(produced.poll(timeout_ms=20, max_records=1).values()):
+            if any(m.error() is None for m in produced.consume(1, 0.02)):
                 first_at = time.monotonic()
-            elif _failed(process.pid):
-                raise RuntimeError(f"{path} failed; see {log.name}")
+            run.check()
         while seen < len(lines) and time.monotonic() < deadline:
             rss = max(rss, peak_rss_mb(process.pid))
-            if _failed(process.pid):
-                raise RuntimeError(f"{path} failed; see {log.name}")
-            seen += sum(len(records) for records in committed.poll(timeout_ms=200).values())
+            run.check()
+            seen += sum(m.error() is None for m in committed.consume(10_000, 0.2))
         last_at = time.monotonic()
     finally:
-        rss = max(rss, _stop(process))
+        rss = max(rss, run.stop())
         produced.close()
         committed.close()
     if seen < len(lines):
-        raise RuntimeError(f"{path}: only {seen} of {len(lines)} predictions within the time limit")
+        raise RuntimeError(f"{run.path}: only {seen} of {len(lines)} predictions within the time limit")
     return len(lines) / (last_at - first_at), rss
-
-
-def _failed(pid: int) -> bool:
-    """True if the child exited with an error (not reaped yet, so its /proc entry stays readable)."""
-    info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    return info is not None and info.si_status != 0
-
-
-def _stop(process: subprocess.Popen) -> float:
-    """Read the child's last peak RSS, SIGTERM it if it still runs, and reap it."""
-    rss = peak_rss_mb(process.pid)
-    if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        process.send_signal(signal.SIGTERM)
-    process.wait(60)
-    return rss
 
 
 # -- the run -----------------------------------------------------------------------------------
 
 
-def measure(models: list[str], events: int, repeats: int, workdir: Path) -> list[dict[str, Any]]:
-    results = []
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {"results": [], "latency": [], "recovery": [], "memory": {}}
     with LocalBroker(data_dir=workdir / "broker") as broker:
-        for model in models:
-            count = events // 10 if model == "arf" else events
+        for model in args.models:
+            count = args.events // 10 if model == "arf" else args.events
             records = [as_event(r) for r in recurring_concepts(count // 3 + 1, (0, 2, 0), seed=42)][:count]
-            lines = [json.dumps(record).encode() for record in records]
-            runs: dict[str, list[tuple[float, float]]] = {}
-            for _ in range(repeats):
-                runs.setdefault("bare", []).append(in_child(_bare, model, records))
-                runs.setdefault("replay", []).append(in_child(_replay, model, lines))
-                for path in KAFKA_PATHS:
-                    runs.setdefault(path, []).append(
-                        run_kafka_path(path, model, lines, broker.bootstrap_servers, workdir)
-                    )
-            bare = statistics.median(rate for rate, _ in runs["bare"])
-            for path, measured in runs.items():
-                rate = statistics.median(r for r, _ in measured)
-                results.append({
-                    "model": LABELS[model], "path": path, "events": count, "events_per_second": round(rate),
-                    "ratio_to_bare": round(rate / bare, 3),
-                    "peak_rss_mb": round(statistics.median(m for _, m in measured), 1),
-                    "runs": [round(r) for r, _ in measured],
-                })  # fmt: skip
-                print(f"{LABELS[model]:34} {path:18} {rate:9.0f}/s  x{rate / bare:5.2f}  "
-                      f"{results[-1]['peak_rss_mb']:7.1f} MB", flush=True)  # fmt: skip
-    return results
+            rows = _throughputs(args, model, records, broker.bootstrap_servers, workdir)
+            report["results"] += rows
+            services = [r["events_per_second"] for r in rows if r["path"] in SERVICE_PATHS]
+            if services and args.latency_seconds:
+                offered = 0.5 * max(services)
+                for path in (p for p in KAFKA_PATHS if p in args.paths):
+                    latency, recovery = _latency(args, path, model, records, offered, broker, workdir)
+                    report["latency"].append(latency)
+                    if recovery:
+                        report["recovery"].append(recovery)
+        if args.memory_events:
+            report["memory"] = _memory(args, report["results"], broker.bootstrap_servers, workdir)
+    return report
+
+
+def _throughputs(
+    args: argparse.Namespace, model: str, records: list[dict], bootstrap: str, workdir: Path
+) -> list[dict[str, Any]]:
+    lines = [json.dumps(record).encode() for record in records]
+    runs: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(args.repeats):
+        runs.setdefault("bare", []).append(in_child(_bare, model, records))  # every ratio's base
+        if "replay" in args.paths:
+            runs.setdefault("replay", []).append(in_child(_replay, model, lines))
+        for path in (p for p in KAFKA_PATHS if p in args.paths):
+            run = Run(path, model, bootstrap, workdir, len(lines))
+            runs.setdefault(path, []).append(throughput(run, lines))
+    bare = statistics.median(rate for rate, _ in runs["bare"])
+    rows = []
+    for path, measured in runs.items():
+        rate = statistics.median(r for r, _ in measured)
+        rss = statistics.median(m for _, m in measured)
+        rows.append({
+            "model": LABELS[model], "path": path, "events": len(lines), "events_per_second": round(rate),
+            "ratio_to_bare": round(rate / bare, 3), "peak_rss_mb": round(rss, 1),
+            "runs": [round(r) for r, _ in measured],
+        })  # fmt: skip
+        print(f"{LABELS[model]:34} {path:22} {rate:9.0f}/s  x{rate / bare:5.2f}  {rss:7.1f} MB", flush=True)
+    return rows
+
+
+def _latency(
+    args: argparse.Namespace,
+    path: str,
+    model: str,
+    records: list[dict],
+    offered: float,
+    broker: LocalBroker,
+    workdir: Path,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Latency at ``offered`` events/s; for the service, recovery from SIGKILL at that load too."""
+    label, names = f"{LABELS[model]:34} {path:22}", {"model": LABELS[model], "path": path}
+    run = Run(path, model, broker.bootstrap_servers, workdir, 0)
+    row = measure_latency(run, records, offered, args.latency_seconds)
+    print(f"{label} at {row['offered_per_second']}/s: p50 {row['p50_ms']}, p99 {row['p99_ms']}", flush=True)
+    if path not in SERVICE_PATHS:
+        return {**names, **row}, None
+    seconds = measure_recovery(Run(path, model, broker.bootstrap_servers, workdir, 0), records, offered)
+    print(f"{label} SIGKILL to a new prediction: {seconds} s", flush=True)
+    return {**names, **row}, {**names, "offered_per_second": round(offered), "seconds": seconds}
+
+
+def _memory(args: argparse.Namespace, results: list[dict], bootstrap: str, workdir: Path) -> dict[str, Any]:
+    """The linear model (fixed size: any growth is the service's) on the fastest service path."""
+    linear = [r for r in results if r["path"] in SERVICE_PATHS and r["model"] == LABELS["lr"]]
+    path = max(linear, key=lambda r: r["events_per_second"])["path"] if linear else "service-eos-confluent"
+    records = [as_event(r) for r in recurring_concepts(20_000, (0, 2, 0), seed=7)]
+    memory = {"path": path, "model": LABELS["lr"]}
+    memory.update(measure_memory(Run(path, "lr", bootstrap, workdir, 0), records, args.memory_events))
+    print(f"memory, {path}, {memory['events']} events: {memory['rss_mb_at_10_percent']} MB at 10%, "
+          f"{memory['rss_mb_at_end']} MB at the end", flush=True)  # fmt: skip
+    return memory
 
 
 def machine() -> dict[str, Any]:
@@ -240,41 +219,85 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "river": river.__version__,
         "kafka_python": kafka.__version__,
+        "confluent_kafka": confluent_kafka.version()[0],
+        "librdkafka": confluent_kafka.libversion()[0],
     }
 
 
-def table(results: list[dict[str, Any]]) -> str:
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def tables(report: dict[str, Any]) -> str:
+    latency = {(r["model"], r["path"]): r for r in report["latency"]}
+    recovery = {(r["model"], r["path"]): r for r in report["recovery"]}
     rows = [
-        "| model | path | events | events/s | ratio to bare | peak RSS (MB) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| model | path | events/s | ratio to bare | p50 / p99 latency (ms) at offered load | "
+        "SIGKILL to new prediction (s) | peak RSS (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in results:
-        model = r["model"].replace("|", "\\|")
-        rows.append(f"| {model} | {r['path']} | {r['events']} | {r['events_per_second']} | "
-                    f"{r['ratio_to_bare']:.2f} | {r['peak_rss_mb']} |")  # fmt: skip
+    for r in report["results"]:
+        key = (r["model"], r["path"])
+        lat = latency.get(key)
+        lat_text = f"{lat['p50_ms']} / {lat['p99_ms']} at {lat['offered_per_second']}/s" if lat else ""
+        if lat and lat["missing"]:
+            lat_text += f" ({lat['missing']} late)"
+        rec = recovery.get(key)
+        rec_text = rec["seconds"] if rec else ""
+        rows.append(f"| {_escape(r['model'])} | {r['path']} | {r['events_per_second']} | "
+                    f"{r['ratio_to_bare']:.2f} | {lat_text} | {rec_text} | {r['peak_rss_mb']} |")  # fmt: skip
+    memory = report["memory"]
+    if memory:
+        rows.append("")
+        rows.append(f"Memory, {memory['path']} with {_escape(memory['model'])}, "
+                    f"{memory['events']:,} events in {memory['seconds']} s: "
+                    f"RSS {memory['rss_mb_at_10_percent']} MB at 10%, "
+                    f"{memory['rss_mb_at_50_percent']} MB at 50%, {memory['rss_mb_at_end']} MB at the end "
+                    f"({memory['growth_mb_second_half']:+} MB over the second half); "
+                    f"peak {memory['peak_rss_mb']} MB.")  # fmt: skip
     return "\n".join(rows)
 
 
-def chart(results: list[dict[str, Any]], path: Path) -> None:
+def chart(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    results = report["results"]
     models = list(dict.fromkeys(r["model"] for r in results))
     paths = list(dict.fromkeys(r["path"] for r in results))
     width = 0.8 / len(paths)
-    figure, axis = plt.subplots(figsize=(10, 4.5))
+    panels = 2 if report["latency"] else 1
+    figure, axes = plt.subplots(panels, 1, figsize=(11, 4.5 * panels), squeeze=False)
+    axis = axes[0][0]
     for index, name in enumerate(paths):
         values = [
-            next(r["ratio_to_bare"] for r in results if r["model"] == m and r["path"] == name) for m in models
+            next((r["ratio_to_bare"] for r in results if r["model"] == m and r["path"] == name), 0)
+            for m in models
         ]
         axis.bar([i + index * width for i in range(len(models))], values, width, label=name)
     axis.set_xticks([i + width * (len(paths) - 1) / 2 for i in range(len(models))], models)
     axis.set_ylabel("events/s relative to the bare River loop")
     axis.axhline(1.0, color="grey", linewidth=0.8)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7, ncol=3)
     axis.set_title("throughput, same events and models (median of runs)")
+    if report["latency"]:
+        axis = axes[1][0]
+        latency_paths = list(dict.fromkeys(r["path"] for r in report["latency"]))
+        width = 0.8 / len(latency_paths)
+        for index, name in enumerate(latency_paths):
+            values = [
+                next((r["p99_ms"] for r in report["latency"] if r["model"] == m and r["path"] == name), 0)
+                for m in models
+            ]
+            axis.bar([i + index * width for i in range(len(models))], values, width, label=name)
+        axis.set_xticks([i + width * (len(latency_paths) - 1) / 2 for i in range(len(models))], models)
+        axis.set_yscale("log")
+        axis.set_ylabel("p99 ms, produce to committed prediction")
+        axis.axhline(50, color="red", linewidth=0.8)
+        axis.legend(fontsize=7, ncol=3)
+        axis.set_title("latency at half the best service throughput (log scale; red: 50 ms)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
@@ -283,22 +306,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", default="lr,ht,arf")
+    parser.add_argument("--events", type=int, default=100_000, help="per throughput run (ARF: a tenth)")
+    parser.add_argument("--repeats", type=int, default=3, help="throughput runs per path; medians reported")
+    parser.add_argument("--models", default="lr,ht,arf", type=lambda text: text.split(","))
+    parser.add_argument("--paths", default=",".join(PATHS), type=lambda text: text.split(","),
+                        help="which paths to run (bare always runs)")  # fmt: skip
+    parser.add_argument("--latency-seconds", type=float, default=10.0, help="per path and model; 0 = skip")
+    parser.add_argument("--memory-events", type=int, default=1_000_000, help="0 = skip the memory run")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    models = args.models.split(",")
-    unknown = set(models) - MODELS.keys()
-    if unknown:
+    if unknown := set(args.models) - MODELS.keys():
         parser.error(f"unknown models {sorted(unknown)}; choose from {sorted(MODELS)}")
+    if unknown := set(args.paths) - set(PATHS):
+        parser.error(f"unknown paths {sorted(unknown)}; choose from {', '.join(PATHS)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
-        results = measure(models, args.events, args.repeats, Path(workdir))
-    report = {"machine": machine(), "events": args.events, "repeats": args.repeats, "results": results}
+        measured = measure(args, Path(workdir))
+    report = {"machine": machine(), "events": args.events, "repeats": args.repeats, **measured,
+              "minutes": round((time.monotonic() - started) / 60, 1)}  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    chart(results, args.out / "results.png")
-    print(f"\n{json.dumps(report['machine'])}\n\n{table(results)}\n")
+    chart(report, args.out / "results.png")
+    print(f"\n{json.dumps(report['machine'])}\n\n{tables(report)}\n")
     print(f"wrote {args.out}/results.json and results.png")
 
 

@@ -1,21 +1,25 @@
 """The connector interface the service runs on; a Kafka client library implements it.
 
-kafka-python implements it in :mod:`connectors.kafka`. A second backend (confluent-kafka) would
-implement the same three classes; the service does not import any client library itself.
+kafka-python implements it in :mod:`connectors.kafka`, confluent-kafka in
+:mod:`connectors.confluent`; the service does not import any client library itself.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 # A committed position: the next offset, and metadata (the service stores its checkpoint's snapshot id).
 Position = tuple[int, str]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass takes twice as long to build, once per record
 class Message:
     """One consumed record."""
 
@@ -106,13 +110,34 @@ class Sink(ABC):
 
 
 class Connector(ABC):
-    """Builds sources and sinks for one client library, and publishes plain records (the CLI)."""
+    """Builds sources and sinks for one client library, and creates topics.
 
-    @abstractmethod
-    def source(self, topics: list[str], group_id: str, instance_id: str) -> Source: ...
+    A backend names its classes and how its library spells the bootstrap setting; sources are
+    built as ``source_class(topics, group_id, instance_id, options)`` and sinks as
+    ``sink_class(transactional_id, options)``, with the config's client options.
+    """
 
-    @abstractmethod
-    def sink(self, transactional_id: str | None) -> Sink: ...
+    source_class: type[Source]
+    sink_class: type[Sink]
+    bootstrap_option: str
+
+    def __init__(self, bootstrap_servers: str, client_options: dict[str, Any] | None = None) -> None:
+        self.options = {self.bootstrap_option: bootstrap_servers, **(client_options or {})}
+
+    def source(self, topics: list[str], group_id: str, instance_id: str) -> Source:
+        return self.source_class(topics, group_id, instance_id, self.options)  # type: ignore[call-arg]
+
+    def sink(self, transactional_id: str | None) -> Sink:
+        return self.sink_class(transactional_id, self.options)  # type: ignore[call-arg]
 
     @abstractmethod
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None: ...
+
+
+def warn_about_gap(partition: TopicPartition, start: int, messages: list[Message]) -> None:
+    """``read_range`` found its first offsets deleted (topic retention): say what is re-learned."""
+    if messages and messages[0].offset > start:
+        logger.warning(
+            "%s: offsets %d..%d are gone (topic retention); re-learning from %d",
+            partition, start, messages[0].offset, messages[0].offset,
+        )  # fmt: skip

@@ -24,7 +24,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition
+from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition, warn_about_gap
 
 logger = logging.getLogger(__name__)
 
@@ -115,11 +115,7 @@ class KafkaSource(Source):
                     messages.append(
                         Message(record.topic, record.partition, record.offset, record.key, record.value)
                     )
-            if messages and messages[0].offset > start:
-                logger.warning(
-                    "%s: offsets %d..%d are gone (topic retention); re-learning from %d",
-                    partition, start, messages[0].offset, messages[0].offset,
-                )  # fmt: skip
+            warn_about_gap(partition, start, messages)
             return messages
         finally:
             reader.close()
@@ -205,14 +201,9 @@ class KafkaSink(Sink):
 class KafkaPythonConnector(Connector):
     """Sources and sinks on kafka-python, with the config's client options."""
 
-    def __init__(self, bootstrap_servers: str, client_options: dict[str, Any] | None = None) -> None:
-        self.options = {"bootstrap_servers": bootstrap_servers, **(client_options or {})}
-
-    def source(self, topics: list[str], group_id: str, instance_id: str) -> KafkaSource:
-        return KafkaSource(topics, group_id, instance_id, self.options)
-
-    def sink(self, transactional_id: str | None) -> KafkaSink:
-        return KafkaSink(transactional_id, self.options)
+    source_class = KafkaSource
+    sink_class = KafkaSink
+    bootstrap_option = "bootstrap_servers"
 
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
         admin = KafkaAdminClient(**self.options)

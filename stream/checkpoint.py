@@ -1,12 +1,12 @@
 """Checkpoints: where a partition's model state meets the consumer offsets.
 
 Every snapshot records, per source partition, the offset of the next event it has not learned.
-The service commits consumer offsets only after the snapshot for those offsets is durable, and
-the commit's metadata names that snapshot, so on (re)start the right state is always there: that
-snapshot, or if it is damaged or gone, the newest valid snapshot at or before the committed
-offset. Events between the restored snapshot and the committed offset are re-learned silently
-(their predictions were already published); events from the committed offset on are processed
-normally.
+Each commit of consumer offsets names, in its metadata, the partition's last durable checkpoint
+snapshot, taken at or before the committed offset; so on (re)start the right state is always
+there: that snapshot, or if it is damaged or gone, the newest valid snapshot at or before the
+committed offset. Events between the restored snapshot and the committed offset are re-learned
+silently (their predictions were already published); events from the committed offset on are
+processed normally. Learning is deterministic, so the re-learned state equals the lost one.
 
 >>> import tempfile
 >>> from types import SimpleNamespace as State

@@ -326,11 +326,15 @@ def serve(
     Stops cleanly on SIGTERM or Ctrl-C (shutdown snapshot, final commit).
     Example: stream serve -c config.yaml --instance-id worker-1
     """
-    from connectors.kafka import KafkaPythonConnector
+    from connectors import create_connector
     from stream.service import Service
 
     config = _load(config_path, **{"kafka.bootstrap_servers": bootstrap_servers})
-    connector = KafkaPythonConnector(config.kafka.bootstrap_servers, config.kafka.client_options)
+    kafka = config.kafka
+    try:
+        connector = create_connector(kafka.backend, kafka.bootstrap_servers, kafka.client_options)
+    except ImportError as error:
+        raise _fail(str(error), 2) from None
     try:
         service = Service(config, connector, instance_id)
     except ModelError as error:
@@ -370,12 +374,16 @@ def publish(
     """
     import time
 
+    from connectors import create_connector
     from connectors.files import read_events
-    from connectors.kafka import KafkaPythonConnector
 
     config = _load(config_path, **{"kafka.bootstrap_servers": bootstrap_servers})
     topic = topic or config.kafka.input_topic
-    sink = KafkaPythonConnector(config.kafka.bootstrap_servers, config.kafka.client_options).sink(None)
+    kafka = config.kafka
+    try:
+        sink = create_connector(kafka.backend, kafka.bootstrap_servers, kafka.client_options).sink(None)
+    except ImportError as error:
+        raise _fail(str(error), 2) from None
     total = None if str(input_path) == "-" else _count_lines(input_path)
     started = time.monotonic()
     sent = 0

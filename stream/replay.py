@@ -7,7 +7,6 @@ run. The summary holds the counts, metrics, drifts, snapshots and rollbacks.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -17,15 +16,11 @@ from typing import IO, Any
 from connectors.files import read_events
 from stream.config import Config
 from stream.dead_letters import dead_letter
-from stream.events import InvalidEvent, decode_event, validate_event
+from stream.events import InvalidEvent, decode_event, encode_record, validate_event
 from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
 
 logger = logging.getLogger(__name__)
-
-
-def to_json(record: dict[str, Any]) -> str:
-    return json.dumps(record, separators=(",", ":"), allow_nan=False)
 
 
 def run_replay(
@@ -37,21 +32,23 @@ def run_replay(
 ) -> dict[str, Any]:
     """Drive ``engine`` over ``records``; return the engine's summary."""
     task = engine.task
+    emit = None if predictions is None else lambda p: predictions.write(encode_record(p).decode() + "\n")
     for position, raw in records:
         try:
             event = decode_event(raw, task) if isinstance(raw, bytes) else validate_event(raw, task)
             if event.id is None:
                 event.id = str(position)
-            prediction = engine.process(event)
+            # Written before learning, as the service publishes it: a prediction that cannot be
+            # written is the event's fault, and the model does not learn the event.
+            engine.process(event, emit)
         except InvalidEvent as error:
             engine.record_error()
             if engine.state.errors <= 10:
                 logger.warning("record %d rejected: %s", position, error)
             if dead_letters is not None:
-                dead_letters.write(to_json(dead_letter(str(error), raw, {"position": position})) + "\n")
+                record = dead_letter(str(error), raw, {"position": position})
+                dead_letters.write(encode_record(record).decode() + "\n")
             continue
-        if predictions is not None:
-            predictions.write(to_json(prediction) + "\n")
         if on_progress is not None:
             on_progress(position)
     return engine.summary()

@@ -25,7 +25,6 @@ rebuilds its clients and state from the last checkpoint, losing nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import signal
@@ -41,9 +40,8 @@ from connectors.base import Connector, Message, Position, Sink, Source, TopicPar
 from stream.checkpoint import partition_key, restore_point, snapshot_scope
 from stream.config import Config
 from stream.dead_letters import dead_letter
-from stream.events import InvalidEvent, decode_event
+from stream.events import InvalidEvent, decode_event, encode_record
 from stream.prequential import Engine
-from stream.replay import to_json
 from stream.snapshots import SnapshotError, SnapshotManifest, SnapshotStore
 from stream.telemetry import Telemetry
 
@@ -62,7 +60,9 @@ class _Partition:
     engine: Engine
     key: str
     scope: str
+    checkpoint_id: str = ""  # the snapshot commits name: restore from it, then re-learn up to the commit
     processed_since_checkpoint: int = 0
+    uncommitted: int = 0
 
     @property
     def next_offset(self) -> int:
@@ -74,6 +74,7 @@ class _Counters:
     predictions: int = 0
     dead_letters: int = 0
     relearned: int = 0
+    commits: int = 0
     checkpoints: int = 0
     recoveries: int = 0
 
@@ -95,7 +96,7 @@ class Service:
         self.source: Source | None = None
         self.sink: Sink | None = None
         self._stopping = False
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint = self._last_commit = time.monotonic()
         self._last_status = time.monotonic()
         self._status_events = 0
         self._rebalances: queue.SimpleQueue[tuple[str, list[TopicPartition]]] = queue.SimpleQueue()
@@ -188,6 +189,10 @@ class Service:
                 pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
             ):
                 self._checkpoint("checkpoint")
+            elif now - self._last_commit >= service.commit_every_seconds and any(
+                p.uncommitted for p in self.partitions.values()
+            ):
+                self._commit()
             if now - self._last_status >= service.status_every_seconds:
                 self._report_status(now)
             if now - self._last_refresh >= STATUS_REFRESH_SECONDS:
@@ -223,10 +228,11 @@ class Service:
             if publish:
                 self._publish_dead_letter(message, str(error))
         owned.processed_since_checkpoint += 1
+        owned.uncommitted += 1
 
     def _publish_prediction(self, prediction: dict[str, Any]) -> None:
         assert self.sink is not None
-        self.sink.send(self.config.kafka.predictions_topic, to_json(prediction).encode())
+        self.sink.send(self.config.kafka.predictions_topic, encode_record(prediction))
         self.counters.predictions += 1
         if self._produced_ms >= 0:
             self.telemetry.latency.observe(max(0.0, time.time() - self._produced_ms / 1000))
@@ -237,7 +243,7 @@ class Service:
         record = dead_letter(reason, message.value, source, self.config.service.max_event_bytes)
         self.sink.send(
             self.config.kafka.dead_letter_topic,
-            json.dumps(record).encode(),
+            encode_record(record),
             key=message.key,
             headers=[("error", reason[:500].encode())],
         )
@@ -296,12 +302,12 @@ class Service:
             start = manifest.offsets[key]
             origin = f"snapshot {manifest.id}"
         engine.state.offsets[key] = start
-        owned = _Partition(topic, partition, engine, key, scope)
+        owned = _Partition(topic, partition, engine, key, scope, restored[0].id if restored else "")
         self.partitions[tp] = owned
         messages = self.source.read_range(tp, start, committed)
         for message in messages:
             self._handle(message, publish=False)
-        owned.processed_since_checkpoint = 0
+        owned.processed_since_checkpoint = owned.uncommitted = 0
         engine.state.offsets[key] = max(engine.state.offsets[key], committed)
         self.counters.relearned += len(messages)
         logger.info(
@@ -313,16 +319,34 @@ class Service:
     # -- checkpoints -----------------------------------------------------------------------
 
     def _checkpoint(self, reason: str) -> None:
-        """Snapshots first (durable), then commit offsets (and, exactly-once, the transaction)."""
+        """Snapshot every partition that learned since the last one (durably), then commit."""
         if self.sink is None or self.source is None:
             return
-        positions: dict[TopicPartition, Position] = {}
+        snapshotted = set()
         for tp, owned in self.partitions.items():
             if owned.processed_since_checkpoint or reason == "shutdown":
-                manifest = owned.engine.snapshot(reason)  # type: ignore[arg-type]
-                # The commit names its snapshot: a restore takes exactly that one.
-                positions[tp] = (owned.next_offset, manifest.id)
+                owned.checkpoint_id = owned.engine.snapshot(reason).id  # type: ignore[arg-type]
                 owned.processed_since_checkpoint = 0
+                snapshotted.add(tp)
+        self._last_checkpoint = time.monotonic()
+        self.counters.checkpoints += 1
+        self._commit(snapshotted)
+
+    def _commit(self, snapshotted: set[TopicPartition] | None = None) -> None:
+        """Make the predictions so far visible and commit each partition's next offset.
+
+        A commit names the partition's last checkpoint snapshot, at or before the committed
+        offset: a restore loads it and re-learns the events in between without publishing. So
+        commits (cheap, every ``commit_every_seconds``) need no snapshot of their own; snapshots
+        (every ``checkpoint_every_*``) bound how much is re-learned. A partition with a new
+        snapshot is always committed, so that a rollback, which no event reproduces, sticks.
+        """
+        assert self.sink is not None and self.source is not None
+        positions: dict[TopicPartition, Position] = {
+            tp: (owned.next_offset, owned.checkpoint_id)
+            for tp, owned in self.partitions.items()
+            if owned.uncommitted or (snapshotted and tp in snapshotted)
+        }
         if self.sink.transactional:
             self.sink.commit(positions, self.source)
             self.sink.begin()
@@ -330,8 +354,10 @@ class Service:
             self.sink.flush()
             if positions:
                 self.source.commit(positions)
-        self._last_checkpoint = time.monotonic()
-        self.counters.checkpoints += 1
+        for owned in self.partitions.values():
+            owned.uncommitted = 0
+        self._last_commit = time.monotonic()
+        self.counters.commits += 1
 
     # -- commands from other threads (the HTTP API) ----------------------------------------
 
@@ -418,6 +444,7 @@ class Service:
             "predictions": self.counters.predictions,
             "dead_letters": self.counters.dead_letters,
             "relearned": self.counters.relearned,
+            "commits": self.counters.commits,
             "checkpoints": self.counters.checkpoints,
             "recoveries": self.counters.recoveries,
             "events_per_second": rate,

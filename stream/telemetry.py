@@ -27,7 +27,8 @@ class _StatusCollector(Collector):
             "stream_predictions": ("predictions published (events out)", status.get("predictions", 0)),
             "stream_dead_letters": ("events sent to the dead-letter topic", status.get("dead_letters", 0)),
             "stream_recoveries": ("restarts of the clients after a failure", status.get("recoveries", 0)),
-            "stream_checkpoints": ("checkpoints committed", status.get("checkpoints", 0)),
+            "stream_commits": ("commits of predictions and offsets", status.get("commits", 0)),
+            "stream_checkpoints": ("checkpoint snapshots taken", status.get("checkpoints", 0)),
         }
         for name, (help_text, value) in totals.items():
             counter = CounterMetricFamily(name, help_text)

@@ -8,21 +8,41 @@ import sys
 
 import pytest
 
+from benchmarks.paths import KAFKA_PATHS
 from connectors.local_broker import REPO_ROOT
 
+pytestmark = pytest.mark.kafka
 
-@pytest.mark.kafka
-def test_the_benchmark_runs_every_path_and_writes_its_files(tmp_path):
-    command = [sys.executable, "-m", "benchmarks.run", "--events", "600", "--repeats", "1",
-               "--models", "lr", "--out", str(tmp_path)]  # fmt: skip
+
+def _benchmark(out, *options: str) -> tuple[dict, str]:
+    command = [sys.executable, "-m", "benchmarks.run", "--repeats", "1", "--models", "lr", "--out", str(out),
+               *options]  # fmt: skip
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((tmp_path / "results.json").read_text())
-    paths = [r["path"] for r in report["results"]]
-    assert paths == ["bare", "replay", "service-eos", "service-alos", "peer-kafka-python", "peer-quix-eos",
-                     "peer-quix-alos"]  # fmt: skip
+    return json.loads((out / "results.json").read_text()), result.stdout
+
+
+def test_the_benchmark_measures_throughput_on_every_path_and_writes_its_files(tmp_path):
+    report, stdout = _benchmark(tmp_path, "--events", "600", "--latency-seconds", "0", "--memory-events", "0")
+    assert [r["path"] for r in report["results"]] == ["bare", "replay", *KAFKA_PATHS]
     for row in report["results"]:
         assert row["events_per_second"] > 0 and row["peak_rss_mb"] > 0
     assert report["results"][0]["ratio_to_bare"] == 1.0
     assert (tmp_path / "results.png").stat().st_size > 10_000
-    assert "| StandardScaler\\|LogisticRegression | service-eos |" in result.stdout
+    assert "| StandardScaler\\|LogisticRegression | service-eos-confluent |" in stdout
+
+
+def test_the_benchmark_measures_latency_recovery_and_memory(tmp_path):
+    paths = "service-alos-confluent,peer-quix-alos"
+    report, stdout = _benchmark(
+        tmp_path, "--events", "2000", "--paths", paths, "--latency-seconds", "1", "--memory-events", "3000"
+    )
+    assert [(r["path"], r["missing"]) for r in report["latency"]] == [(p, 0) for p in paths.split(",")]
+    for row in report["latency"]:
+        assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
+    (recovery,) = report["recovery"]  # the service only: the peers keep no state to recover
+    assert recovery["path"] == "service-alos-confluent" and 0 < recovery["seconds"] < 60
+    memory = report["memory"]
+    assert memory["events"] == 3000 and memory["path"] == "service-alos-confluent"
+    assert memory["rss_mb_at_10_percent"] > 0 and 0 < memory["rss_mb_at_end"] <= memory["peak_rss_mb"]
+    assert "SIGKILL to a new prediction" in stdout and "Memory, service-alos-confluent" in stdout

@@ -7,9 +7,9 @@ import pytest
 from river import anomaly, datasets, evaluate, linear_model, metrics, preprocessing, tree
 
 from stream.config import Config
-from stream.events import Event, InvalidEvent, validate_event
+from stream.events import Event, InvalidEvent, encode_record, validate_event
 from stream.prequential import Engine
-from stream.replay import run_replay, to_json
+from stream.replay import run_replay
 from stream.snapshots import SnapshotStore
 from tests.model_equality import canonical_pickle
 
@@ -130,14 +130,14 @@ def test_restoring_a_snapshot_mid_stream_continues_exactly_like_an_uninterrupted
     config = _config("binary", ["tree.HoeffdingTreeClassifier"], "Accuracy")
     events = [validate_event(json.loads(line), "binary") for line in _drifting_jsonl().splitlines()[400:]]
     uninterrupted = Engine(config, SnapshotStore(tmp_path / "a"))
-    expected = [to_json(uninterrupted.process(e)) for e in events]
+    expected = [encode_record(uninterrupted.process(e)) for e in events]
 
     store = SnapshotStore(tmp_path / "b")
     first_half = Engine(config, store)
-    got = [to_json(first_half.process(e)) for e in events[:1700]]
+    got = [encode_record(first_half.process(e)) for e in events[:1700]]
     manifest = first_half.snapshot("checkpoint")
     resumed = Engine(config, store, state=store.load(manifest.id))
-    got += [to_json(resumed.process(e)) for e in events[1700:]]
+    got += [encode_record(resumed.process(e)) for e in events[1700:]]
     assert got == expected
     assert canonical_pickle(resumed.state.model) == canonical_pickle(uninterrupted.state.model)
 

@@ -18,9 +18,8 @@ from connectors.local_broker import LocalBroker
 from stream.checkpoint import partition_key, restore_point
 from stream.cli import app
 from stream.config import Config
-from stream.events import validate_event
+from stream.events import encode_record, validate_event
 from stream.prequential import Engine
-from stream.replay import to_json
 from stream.snapshots import SnapshotStore
 from tests.kafka_helpers import (
     ProgressWatcher,
@@ -39,7 +38,7 @@ pytestmark = pytest.mark.kafka
 def _reference(config: dict, events: list[dict]) -> tuple[list[str], Engine]:
     """An uninterrupted in-process run of the same engine over the same events."""
     engine = Engine(Config.model_validate(config), SnapshotStore(tempfile.mkdtemp(prefix="reference-")))
-    predictions = [to_json(engine.process(validate_event(event, "binary"))) for event in events]
+    predictions = [encode_record(engine.process(validate_event(event, "binary"))) for event in events]
     return predictions, engine
 
 
@@ -74,7 +73,7 @@ def test_twenty_thousand_events_are_each_predicted_once_and_match_replay(kafka, 
 
     ids = [p["id"] for p in predictions]
     assert duplicates(ids) == {} and len(ids) == 20_000
-    assert [to_json(p) for p in predictions] == expected  # byte for byte what replay predicts
+    assert [encode_record(p) for p in predictions] == expected  # byte for byte what replay predicts
     manifest, state = _final_state(config, topics["input_topic"])
     assert manifest.reason == "shutdown"
     assert manifest.metrics == reference.summary()["metrics"]
@@ -120,7 +119,7 @@ def test_sigkill_at_five_random_points_changes_neither_the_model_nor_the_predict
     ids = [p["id"] for p in predictions]
     assert duplicates(ids) == {}, "a read_committed reader saw a prediction twice"
     assert len(ids) == 20_000
-    assert [to_json(p) for p in predictions] == expected
+    assert [encode_record(p) for p in predictions] == expected
     _, state = _final_state(config, topics["input_topic"])
     assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)
     assert state.events == 20_000 and state.drifts == reference.state.drifts
@@ -158,7 +157,7 @@ def test_a_twenty_second_broker_outage_loses_nothing(tmp_path):
         finally:
             assert service.stop() == 0, service.log()
         assert duplicates([p["id"] for p in predictions]) == {}
-        assert [to_json(p) for p in predictions] == expected
+        assert [encode_record(p) for p in predictions] == expected
     finally:
         broker.close()
 
@@ -320,10 +319,10 @@ def test_at_least_once_may_repeat_predictions_but_never_learns_an_event_twice(ka
     finally:
         assert service.stop() == 0, service.log()
 
-    by_id = {p["id"]: to_json(p) for p in predictions}  # a repeated prediction is the same prediction
+    by_id = {p["id"]: encode_record(p) for p in predictions}  # a repeated prediction is the same prediction
     assert sorted(by_id.values()) == sorted(expected)
     for prediction in predictions:
-        assert to_json(prediction) == by_id[prediction["id"]]
+        assert encode_record(prediction) == by_id[prediction["id"]]
     _, state = _final_state(config, topics["input_topic"])
     assert state.events == 10_000
     assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)

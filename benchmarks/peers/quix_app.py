@@ -1,6 +1,8 @@
 """Peer: the same River model inside a Quix Streams application, as a user would write it.
 
-    python -m benchmarks.peers.quix_app BOOTSTRAP INPUT OUTPUT MODEL COUNT exactly-once|at-least-once
+    python -m benchmarks.peers.quix_app BOOTSTRAP INPUT OUTPUT MODEL COUNT exactly-once|at-least-once SECONDS
+
+SECONDS is Quix's ``commit_interval`` (its default is 5 s; the benchmark sets the service's).
 
 The model lives in the process (River models are not Quix state); Quix handles consuming,
 producing and committing with its own processing guarantee. No snapshots, no drift handling.
@@ -18,7 +20,13 @@ from benchmarks.models import MODELS
 
 
 def main(
-    bootstrap: str, input_topic: str, output_topic: str, model_name: str, count: int, guarantee: str
+    bootstrap: str,
+    input_topic: str,
+    output_topic: str,
+    model_name: str,
+    count: int,
+    guarantee: str,
+    commit_interval: float,
 ) -> None:
     model = MODELS[model_name]()
     processed = 0
@@ -34,7 +42,7 @@ def main(
         consumer_group=f"quix-{input_topic}",
         auto_offset_reset="earliest",
         processing_guarantee=guarantee,  # type: ignore[arg-type]
-        commit_interval=1.0,  # as the service in the benchmark
+        commit_interval=commit_interval,
         state_dir=tempfile.mkdtemp(prefix="quix-state-"),
         on_message_processed=on_processed,
         loglevel="WARNING",
@@ -52,4 +60,5 @@ def main(
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6])
+    bootstrap, input_topic, output_topic, model, count, guarantee, commit_interval = sys.argv[1:8]
+    main(bootstrap, input_topic, output_topic, model, int(count), guarantee, float(commit_interval))

@@ -1,0 +1,183 @@
+"""The Kafka paths the benchmarks run, as processes: how each is started, read and stopped.
+
+service-eos / service-alos                 ``stream serve`` on kafka-python, exactly_once / at_least_once
+service-eos-confluent / -alos-confluent    the same on the confluent-kafka backend
+peer-kafka-python                          a plain kafka-python consume/predict/produce/learn script
+peer-quix-eos / peer-quix-alos             the model in a Quix Streams application
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from benchmarks.models import FACTORIES
+from connectors import create_connector
+from connectors.local_broker import REPO_ROOT
+
+KAFKA_PATHS = (
+    "service-eos",
+    "service-alos",
+    "service-eos-confluent",
+    "service-alos-confluent",
+    "peer-kafka-python",
+    "peer-quix-eos",
+    "peer-quix-alos",
+)
+# How often every path that commits on a timer commits: the service's default, and Quix is set to it.
+COMMIT_INTERVAL = 0.2
+
+
+def engine_config(model: str, snapshots: str, **service: Any) -> dict[str, Any]:
+    """The service's config in every benchmark: drift policy ``none`` (the detector runs, nothing
+    switches) so every path learns the same model; defaults otherwise."""
+    return {
+        "model": {"task": "binary", "factory": f"benchmarks.models:{FACTORIES[model]}"},
+        "drift": {"policy": "none"},
+        "snapshots": {"directory": snapshots},
+        "api": {"enabled": False},
+        "service": {"status_every_seconds": 30.0, "commit_every_seconds": COMMIT_INTERVAL, **service},
+    }
+
+
+@dataclass
+class Run:
+    """One path's process on its own fresh topics."""
+
+    path: str
+    model: str
+    bootstrap: str
+    workdir: Path
+    count: int  # events the peers process before they exit (the service runs until stopped)
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    process: subprocess.Popen | None = None
+
+    @property
+    def input_topic(self) -> str:
+        return f"bench-in-{self.name}"
+
+    @property
+    def output_topic(self) -> str:
+        return f"bench-out-{self.name}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.path}-{self.name}.log"
+
+    def create_topics(self) -> None:
+        connector = create_connector("confluent-kafka", self.bootstrap)
+        connector.ensure_topics([self.input_topic, self.output_topic])
+
+    def command(self) -> list[str]:
+        path, model, count = self.path, self.model, str(self.count)
+        if path.startswith("service"):
+            guarantee = "exactly_once" if path.startswith("service-eos") else "at_least_once"
+            snapshots = str(self.workdir / f"snapshots-{self.name}")
+            config = engine_config(model, snapshots, guarantee=guarantee, instance_id=self.name)
+            config["kafka"] = {
+                "bootstrap_servers": self.bootstrap,
+                "backend": "confluent-kafka" if path.endswith("-confluent") else "kafka-python",
+                "input_topic": self.input_topic,
+                "predictions_topic": self.output_topic,
+                "dead_letter_topic": f"bench-dead-{self.name}",
+                "group_id": f"bench-{self.name}",
+            }
+            config_path = self.workdir / f"config-{self.name}.yaml"
+            config_path.write_text(yaml.safe_dump(config))
+            return [sys.executable, "-m", "stream", "--log-level", "WARNING", "serve", "-c", str(config_path)]
+        if path == "peer-kafka-python":
+            return [sys.executable, "-m", "benchmarks.peers.kafka_python_app", self.bootstrap,
+                    self.input_topic, self.output_topic, model, count]  # fmt: skip
+        guarantee = "exactly-once" if path == "peer-quix-eos" else "at-least-once"
+        return [sys.executable, "-m", "benchmarks.peers.quix_app", self.bootstrap, self.input_topic,
+                self.output_topic, model, count, guarantee, str(COMMIT_INTERVAL)]  # fmt: skip
+
+    def start(self) -> subprocess.Popen:
+        with open(self.log_path, "ab") as log:
+            command = self.command()
+            self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return self.process
+
+    def failed(self) -> bool:
+        """True if the process exited with an error (not reaped, so its /proc entry stays readable)."""
+        assert self.process is not None
+        info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return info is not None and info.si_status != 0
+
+    def check(self) -> None:
+        if self.failed():
+            raise RuntimeError(f"{self.path} failed; see {self.log_path}")
+
+    def stop(self) -> float:
+        """Read the process's last peak RSS, SIGTERM it if it still runs, and reap it."""
+        assert self.process is not None
+        rss = peak_rss_mb(self.process.pid)
+        if os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        return rss
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(60)
+
+    def reader(self, isolation: str) -> Consumer:
+        """A librdkafka reader of the output topic: a few microseconds of CPU per record, where
+        kafka-python's ~70 would take a good share of the two cores from the process measured."""
+        consumer = Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": f"bench-reader-{self.name}",
+            "enable.auto.commit": False, "isolation.level": isolation,
+        })  # fmt: skip
+        consumer.assign([TopicPartition(self.output_topic, 0, OFFSET_BEGINNING)])
+        return consumer
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 0})
+
+
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory (VmHWM), in MB; 0.0 once it has gone.
+
+    Not ``ru_maxrss`` from ``wait4``: Linux carries the parent's high-water mark across fork and
+    exec, so a child started by this (large) harness would report the harness's size.
+    """
+    return _status_mb(pid, "VmHWM:")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """A process's resident memory now (VmRSS), in MB; 0.0 once it has gone."""
+    return _status_mb(pid, "VmRSS:")
+
+
+def _status_mb(pid: int | str, field_name: str) -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith(field_name):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def publish(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    """Pre-produce events (before any timing starts)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000})
+    for line in lines:
+        while True:
+            try:
+                producer.produce(topic, line)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)

@@ -1,0 +1,275 @@
+"""The confluent-kafka (librdkafka) backend of the connector interface.
+
+The same guarantees as :mod:`connectors.kafka`: manual offsets with ``read_committed``
+isolation, static group membership, and in exactly-once mode a transactional producer that
+commits predictions, dead letters and the checkpoint's consumer offsets in one transaction
+(``send_offsets_to_transaction`` with the consumer's group metadata, KIP-447 fencing).
+
+librdkafka fetches and sends on its own C threads, so consuming and producing cost a few
+microseconds per record instead of tens (``benchmarks/run.py`` measures both backends). Rebalance
+callbacks run inside ``consume`` on the caller's thread; they only take note, as the interface
+asks. ``kafka.client_options`` are librdkafka properties here (``security.protocol``,
+``sasl.mechanism``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition, warn_about_gap
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+REQUEST_TIMEOUT = 30.0
+
+
+def _log_client_error(error: KafkaError) -> None:
+    # Broker-down and similar errors librdkafka retries by itself; operations that need the broker
+    # (commit, committed offsets) raise on their own when it stays away.
+    logger.warning("kafka client: %s", error)
+
+
+class ConfluentSource(Source):
+    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
+        self._options = options
+        self.on_assign: Callable[[list[TopicPartition]], None] = lambda partitions: None
+        self.on_revoke: Callable[[list[TopicPartition]], None] = lambda partitions: None
+        self.consumer = Consumer({
+            "group.id": group_id,
+            "group.instance.id": instance_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "fetch.max.bytes": MAX_MESSAGE_BYTES * 2,
+            "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
+            "error_cb": _log_client_error,
+            **options,
+        })  # fmt: skip
+        # Seeks librdkafka refused because the partition's fetcher had not started yet.
+        self._pending_seeks: dict[TopicPartition, int] = {}
+        self.consumer.subscribe(
+            topics,
+            on_assign=lambda _, assigned: self.on_assign(_partitions(assigned)),
+            on_revoke=lambda _, revoked: self._revoked(_partitions(revoked)),
+            on_lost=lambda _, lost: self._revoked(_partitions(lost)),
+        )
+
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        for partition in partitions:
+            self._pending_seeks.pop(partition, None)
+        self.on_revoke(partitions)
+
+    def poll(self, timeout: float, max_records: int) -> list[Message]:
+        if self._pending_seeks:
+            self._apply_seeks()
+        pending = self._pending_seeks
+        messages = []
+        for record in self.consumer.consume(max_records, timeout):
+            error = record.error()
+            if error is not None:
+                if error.fatal():
+                    raise KafkaException(error)
+                logger.warning("kafka consumer: %s", error)
+                continue
+            if pending and (record.topic(), record.partition()) in pending:
+                continue  # read from before the seek that is still to happen
+            messages.append(
+                Message(
+                    record.topic(), record.partition(), record.offset(), record.key(), record.value(),
+                    record.timestamp()[1],
+                )
+            )  # fmt: skip
+        return messages
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(_partitions(self.consumer.assignment()))
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self._pending_seeks[partition] = offset
+        self._apply_seeks()
+
+    def _apply_seeks(self) -> None:
+        for partition, offset in list(self._pending_seeks.items()):
+            try:
+                self.consumer.seek(KafkaTopicPartition(*partition, offset))
+            except KafkaException as error:
+                # Right after an assignment librdkafka refuses seeks (_STATE) until the partition's
+                # fetcher has started; the next poll tries again and drops what it read meanwhile.
+                if error.args[0].code() != KafkaError._STATE:
+                    raise
+                continue
+            del self._pending_seeks[partition]
+
+    def committed(self, partition: TopicPartition) -> Position | None:
+        (committed,) = self.consumer.committed([KafkaTopicPartition(*partition)], timeout=REQUEST_TIMEOUT)
+        if committed.error is not None:
+            raise KafkaException(committed.error)
+        return None if committed.offset < 0 else (committed.offset, committed.metadata or "")
+
+    def beginning_offset(self, partition: TopicPartition) -> int:
+        low, _ = self.consumer.get_watermark_offsets(KafkaTopicPartition(*partition), timeout=REQUEST_TIMEOUT)
+        return low
+
+    def lag(self) -> dict[TopicPartition, int]:
+        result = {}
+        assigned = self.consumer.assignment()
+        for position in self.consumer.position(assigned) if assigned else []:
+            _, high = self.consumer.get_watermark_offsets(position, cached=True)
+            if high >= 0 and position.offset >= 0:
+                result[(position.topic, position.partition)] = max(0, high - position.offset)
+        return result
+
+    def read_range(
+        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
+    ) -> list[Message]:
+        if end <= start:
+            return []
+        reader = Consumer({
+            "group.id": f"read-range-{uuid.uuid4().hex}",  # required by librdkafka; nothing is committed
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
+            "error_cb": _log_client_error,
+            **self._options,
+        })  # fmt: skip
+        tp = KafkaTopicPartition(*partition, start)
+        try:
+            reader.assign([tp])
+            messages: list[Message] = []
+            deadline = time.monotonic() + timeout
+            # The position, not the last record, tells when ``end`` is passed: with read_committed
+            # the last offsets may be transaction markers, which are never delivered.
+            while reader.position([tp])[0].offset < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"could not read {partition} offsets {start}..{end} within {timeout:.0f}s"
+                    )
+                for record in reader.consume(500, 0.5):
+                    if record.error() is not None:
+                        if record.error().fatal():
+                            raise KafkaException(record.error())
+                        continue
+                    if record.offset() >= end:
+                        break
+                    messages.append(Message(*partition, record.offset(), record.key(), record.value()))
+            warn_about_gap(partition, start, messages)
+            return messages
+        finally:
+            reader.close()
+
+    def commit(self, positions: dict[TopicPartition, Position]) -> None:
+        self.consumer.commit(offsets=_kafka_offsets(positions), asynchronous=False)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.pause([KafkaTopicPartition(*tp) for tp in partitions])
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.resume([KafkaTopicPartition(*tp) for tp in partitions])
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _partitions(partitions: list[KafkaTopicPartition]) -> list[TopicPartition]:
+    return [(tp.topic, tp.partition) for tp in partitions]
+
+
+def _kafka_offsets(positions: dict[TopicPartition, Position]) -> list[KafkaTopicPartition]:
+    return [KafkaTopicPartition(*tp, offset, metadata) for tp, (offset, metadata) in positions.items()]
+
+
+class ConfluentSink(Sink):
+    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
+        self.transactional = transactional_id is not None
+        self._failures: list[KafkaError] = []  # delivery failures since the last flush
+        settings: dict[str, Any] = {
+            "linger.ms": 5,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+            "acks": "all",
+            "enable.idempotence": True,
+            # Only failed deliveries call back: one Python call per failure, not per record.
+            "delivery.report.only.error": True,
+            "on_delivery": lambda error, _: self._failures.append(error),
+            "error_cb": _log_client_error,
+            **options,
+        }
+        if transactional_id is not None:
+            settings["transactional.id"] = transactional_id
+            settings["transaction.timeout.ms"] = 30_000
+        self.producer = Producer(settings)
+        if self.transactional:
+            # Fences any older producer with this id and aborts its open transaction.
+            self.producer.init_transactions(REQUEST_TIMEOUT)
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:  # librdkafka's queue is full: let it send, then try again
+                self.producer.poll(0.05)
+
+    def begin(self) -> None:
+        if self.transactional:
+            self.producer.begin_transaction()
+
+    def commit(self, positions: dict[TopicPartition, Position], source: Source) -> None:
+        if not self.transactional:
+            self.flush()
+            return
+        assert isinstance(source, ConfluentSource)
+        if positions:
+            self.producer.send_offsets_to_transaction(
+                _kafka_offsets(positions), source.consumer.consumer_group_metadata(), REQUEST_TIMEOUT
+            )
+        self.producer.commit_transaction(REQUEST_TIMEOUT)  # raises if any send in it failed
+
+    def abort(self) -> None:
+        if self.transactional:
+            self.producer.abort_transaction(REQUEST_TIMEOUT)
+
+    def flush(self) -> None:
+        """Wait for every send; raise the first delivery failure."""
+        remaining = self.producer.flush(REQUEST_TIMEOUT)
+        failures, self._failures = self._failures, []
+        if failures:
+            raise KafkaException(failures[0])
+        if remaining:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not delivered"))
+
+    def close(self) -> None:
+        if not self.transactional:
+            self.producer.flush(5)
+        # A transactional producer is dropped as it is: the next one with its id aborts what is open.
+
+
+class ConfluentConnector(Connector):
+    """Sources and sinks on confluent-kafka, with the config's client options (librdkafka names)."""
+
+    source_class = ConfluentSource
+    sink_class = ConfluentSink
+    bootstrap_option = "bootstrap.servers"
+
+    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
+        admin = AdminClient(self.options)
+        existing = set(admin.list_topics(timeout=REQUEST_TIMEOUT).topics)
+        missing = [NewTopic(t, partitions, replication_factor=1) for t in set(topics) - existing]
+        for topic, future in admin.create_topics(missing).items() if missing else []:
+            try:
+                future.result(REQUEST_TIMEOUT)
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+                logger.debug("topic %s already exists", topic)
