@@ -75,8 +75,13 @@ class ConfluentSource(Source):
         if self._pending_seeks:
             self._apply_seeks()
         pending = self._pending_seeks
+        # librdkafka's consume waits for max_records or the timeout: under a light load that would
+        # hold every event for up to the timeout. So: take what is there; if nothing, wait for one.
+        records = self.consumer.consume(max_records, 0)
+        if not records:
+            records = self.consumer.consume(1, timeout)
         messages = []
-        for record in self.consumer.consume(max_records, timeout):
+        for record in records:
             error = record.error()
             if error is not None:
                 if error.fatal():

@@ -99,8 +99,8 @@ def validate_event(payload: Any, task: Task) -> Event:
                 raise InvalidEvent(f"feature {name!r} is not a finite number")
         elif kind is not int and kind is not str and kind is not bool:
             _check_feature_subclass(name, value)
-    unknown = payload.keys() - _EVENT_FIELDS
-    if unknown:
+    if not _EVENT_FIELDS.issuperset(payload):
+        unknown = payload.keys() - _EVENT_FIELDS
         raise InvalidEvent(f"unknown field(s): {', '.join(sorted(unknown))}")
     event_id = payload.get("id")
     if event_id is not None and (isinstance(event_id, bool) or not isinstance(event_id, str | int)):
