@@ -296,6 +296,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         axis.bar([i + index * width for i in range(len(models))], values, width, label=name)
     axis.set_xticks([i + width * (len(paths) - 1) / 2 for i in range(len(models))], models)
     axis.set_ylabel("events/s relative to the bare River loop")
+    axis.set_ylim(0, 1.35)  # room for the legend above the bars
     axis.axhline(1.0, color="grey", linewidth=0.8)
     axis.legend(fontsize=7, ncol=3)
     axis.set_title("throughput, same events and models (median of runs)")
