@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from connectors import BACKENDS
 from connectors.local_broker import LocalBroker
 from stream.checkpoint import partition_key, restore_point
 from stream.cli import app
@@ -89,8 +90,11 @@ def test_twenty_thousand_events_are_each_predicted_once_and_match_replay(kafka, 
     assert len(seen) == 20_000 and {json.loads(line)["id"] for line in seen} == set(ids)
 
 
-def test_sigkill_at_five_random_points_changes_neither_the_model_nor_the_predictions(kafka, tmp_path):
-    config = service_config(kafka.bootstrap_servers, tmp_path)
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_sigkill_at_five_random_points_changes_neither_the_model_nor_the_predictions(
+    kafka, tmp_path, backend
+):
+    config = service_config(kafka.bootstrap_servers, tmp_path, kafka={"backend": backend})
     topics = config["kafka"]
     events = drifting_events(20_000, seed=7)
     publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events])
@@ -128,11 +132,12 @@ def test_sigkill_at_five_random_points_changes_neither_the_model_nor_the_predict
     assert max(relearned) > 0, "no restart had to re-learn: the fallback path was not exercised"
 
 
-def test_a_twenty_second_broker_outage_loses_nothing(tmp_path):
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_twenty_second_broker_outage_loses_nothing(tmp_path, backend):
     broker = LocalBroker(data_dir=tmp_path / "broker")
     broker.start()
     try:
-        config = service_config(broker.bootstrap_servers, tmp_path)
+        config = service_config(broker.bootstrap_servers, tmp_path, kafka={"backend": backend})
         topics = config["kafka"]
         events = drifting_events(6_000, seed=3)
         publish(
@@ -208,11 +213,14 @@ def test_malformed_and_hostile_messages_go_to_the_dead_letter_topic(kafka, tmp_p
     assert state.errors == len(hostile) and state.labelled == 200
 
 
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_when_one_of_two_instances_dies_its_partitions_continue_from_the_right_state(
-    kafka, tmp_path, new_topic
+    kafka, tmp_path, new_topic, backend
 ):
     input_topic = new_topic(partitions=3, prefix="events")
-    config = service_config(kafka.bootstrap_servers, tmp_path, kafka={"input_topic": input_topic})
+    config = service_config(
+        kafka.bootstrap_servers, tmp_path, kafka={"input_topic": input_topic, "backend": backend}
+    )
     topics = config["kafka"]
     events = drifting_events(9_000, keys=30)
     values = [json.dumps(e).encode() for e in events]
