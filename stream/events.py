@@ -6,8 +6,9 @@ An event is ``{"id": "e-1", "x": {"f1": 0.3, "color": "red"}, "y": true, "key": 
 
 The pydantic models :class:`EventModel` and :class:`PredictionRecord` document the contract and
 validate at the API boundary. The hot loop uses :func:`decode_event`, plain Python that accepts
-and rejects exactly what :class:`EventModel` does (a test checks that they agree) at a fraction
-of the cost (``benchmarks/engine.py`` measures it).
+and rejects what :class:`EventModel` does (a test checks that they agree; integers beyond 64 bits
+aside, which orjson reads as floats) at a fraction of the cost (``benchmarks/engine.py`` measures
+it).
 
 >>> event = decode_event(b'{"id": "e-1", "x": {"f1": 0.3, "color": "red"}, "y": true}', "binary")
 >>> event.id, event.x, event.y
