@@ -107,21 +107,22 @@ class Run:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
         return self.process
 
-    def failed(self) -> bool:
-        """True if the process exited with an error (not reaped, so its /proc entry stays readable)."""
+    def _exit(self) -> os.waitid_result | None:
+        """How the process exited, or None while it runs; not reaped, so /proc stays readable."""
         assert self.process is not None
-        info = os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        return info is not None and info.si_status != 0
+        return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
 
     def check(self) -> None:
-        if self.failed():
+        """Raise if the process exited with an error."""
+        exited = self._exit()
+        if exited is not None and exited.si_status != 0:
             raise RuntimeError(f"{self.path} failed; see {self.log_path}")
 
     def stop(self) -> float:
         """Read the process's last peak RSS, SIGTERM it if it still runs, and reap it."""
         assert self.process is not None
         rss = peak_rss_mb(self.process.pid)
-        if os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        if self._exit() is None:
             self.process.send_signal(signal.SIGTERM)
         self.process.wait(60)
         return rss

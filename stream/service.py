@@ -31,7 +31,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -332,7 +332,7 @@ class Service:
         self.counters.checkpoints += 1
         self._commit(snapshotted)
 
-    def _commit(self, snapshotted: set[TopicPartition] | None = None) -> None:
+    def _commit(self, snapshotted: Collection[TopicPartition] = ()) -> None:
         """Make the predictions so far visible and commit each partition's next offset.
 
         A commit names the partition's last checkpoint snapshot, at or before the committed
@@ -345,7 +345,7 @@ class Service:
         positions: dict[TopicPartition, Position] = {
             tp: (owned.next_offset, owned.checkpoint_id)
             for tp, owned in self.partitions.items()
-            if owned.uncommitted or (snapshotted and tp in snapshotted)
+            if owned.uncommitted or tp in snapshotted
         }
         if self.sink.transactional:
             self.sink.commit(positions, self.source)
