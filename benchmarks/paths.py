@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,9 @@ KAFKA_PATHS = (
 )
 # How often every path that commits on a timer commits: the service's default, and Quix is set to it.
 COMMIT_INTERVAL = 0.2
+# A path that shows no progress for this long has failed (start-up and a group join take seconds).
+STALL_SECONDS = 120.0
+LOG_TAIL_LINES = 30
 
 
 def engine_config(model: str, snapshots: str, **service: Any) -> dict[str, Any]:
@@ -116,7 +120,24 @@ class Run:
         """Raise if the process exited with an error."""
         exited = self._exit()
         if exited is not None and exited.si_status != 0:
-            raise RuntimeError(f"{self.path} failed; see {self.log_path}")
+            raise RuntimeError(self.failure(f"exited with status {exited.si_status}"))
+
+    def check_progress(self, progress_at: float, state: str) -> None:
+        """Raise if the process failed, or if nothing has progressed for ``STALL_SECONDS``
+        (``progress_at`` is the ``time.monotonic()`` of the last progress)."""
+        self.check()
+        stalled = time.monotonic() - progress_at
+        if stalled > STALL_SECONDS:
+            running = "still running" if self._exit() is None else "exited"
+            raise RuntimeError(self.failure(f"no progress for {stalled:.0f} s ({state}; {running})"))
+
+    def failure(self, what: str) -> str:
+        """``what`` went wrong, with the end of the process's log."""
+        try:
+            tail = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except FileNotFoundError:
+            tail = []
+        return "\n".join([f"{self.path} ({self.name}): {what}; its log, {self.log_path}, ends:", *tail])
 
     def stop(self) -> float:
         """Read the process's last peak RSS, SIGTERM it if it still runs, and reap it."""

@@ -17,7 +17,12 @@ pytestmark = pytest.mark.kafka
 def _benchmark(out, *options: str) -> tuple[dict, str]:
     command = [sys.executable, "-m", "benchmarks.run", "--repeats", "1", "--models", "lr", "--out", str(out),
                *options]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    try:  # within pytest's own timeout, so that a hang shows what the benchmark printed
+        result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=480)
+    except subprocess.TimeoutExpired as expired:
+        # Bytes here, even with text=True.
+        printed = b"\n".join(part or b"" for part in (expired.stdout, expired.stderr))
+        pytest.fail(f"the benchmark ran over 480 s; it printed:\n{printed.decode(errors='replace')}")
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads((out / "results.json").read_text()), result.stdout
 

@@ -19,9 +19,13 @@ from benchmarks.models import MODELS
 def main(bootstrap: str, input_topic: str, output_topic: str, model_name: str, count: int) -> None:
     model = MODELS[model_name]()
     consumer = KafkaConsumer(
-        input_topic, bootstrap_servers=bootstrap, group_id=f"peer-{input_topic}",
+        bootstrap_servers=bootstrap, group_id=f"peer-{input_topic}",
         auto_offset_reset="earliest", enable_auto_commit=False,
     )  # fmt: skip
+    # Metadata first: a first join that precedes it is followed by a second one, which kafka-python
+    # 3.0.12 can drop for good (the service works around it: connectors/kafka.py).
+    consumer.partitions_for_topic(input_topic)
+    consumer.subscribe([input_topic])
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     seen = 0
     while seen < count:
