@@ -75,12 +75,14 @@ class KafkaSource(Source):
         precedes the metadata that names its topic) outlives a short poll; once the leader has
         computed the assignment, ``need_rejoin()`` is False and no later poll collects the finished
         join. The member stays "rebalancing" with no partitions and no heartbeats. A rejoin request
-        makes the next poll join again. (Reads the client's private state; checked on each upgrade
-        by ``test_a_new_member_reads_when_polls_are_shorter_than_the_group_join``.)
+        makes the next poll join again. (Reads the client's private state, and does nothing if a
+        later release renames it; ``test_a_new_member_reads_when_polls_are_shorter_than_the_group_join``
+        tells whether that release still needs it.)
         """
         coordinator = self.consumer._coordinator
-        join = coordinator._join_task
-        if coordinator.rejoining and join is not None and join.is_done and not coordinator.need_rejoin():
+        join = getattr(coordinator, "_join_task", None)
+        dropped = getattr(coordinator, "rejoining", False) and join is not None and join.is_done
+        if dropped and not coordinator.need_rejoin():
             logger.info("kafka-python dropped a finished group join; joining again")
             coordinator.request_rejoin()
 
