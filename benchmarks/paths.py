@@ -116,19 +116,15 @@ class Run:
         assert self.process is not None
         return os.waitid(os.P_PID, self.process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
 
-    def check(self) -> None:
-        """Raise if the process exited with an error."""
+    def check_progress(self, progress_at: float, state: str) -> None:
+        """Raise if the process exited with an error, or if nothing has progressed for
+        ``STALL_SECONDS`` (``progress_at`` is the ``time.monotonic()`` of the last progress)."""
         exited = self._exit()
         if exited is not None and exited.si_status != 0:
             raise RuntimeError(self.failure(f"exited with status {exited.si_status}"))
-
-    def check_progress(self, progress_at: float, state: str) -> None:
-        """Raise if the process failed, or if nothing has progressed for ``STALL_SECONDS``
-        (``progress_at`` is the ``time.monotonic()`` of the last progress)."""
-        self.check()
         stalled = time.monotonic() - progress_at
         if stalled > STALL_SECONDS:
-            running = "still running" if self._exit() is None else "exited"
+            running = "still running" if exited is None else "exited"
             raise RuntimeError(self.failure(f"no progress for {stalled:.0f} s ({state}; {running})"))
 
     def failure(self, what: str) -> str:
