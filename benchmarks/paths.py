@@ -163,6 +163,12 @@ class Run:
         return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 0})
 
 
+def take(reader: Consumer, timeout: float) -> list[Any]:
+    """The records that have arrived, else wait up to ``timeout`` for one. (``consume(n, timeout)``
+    waits for n records or the whole timeout: what it returns would be seen that much late.)"""
+    return [m for m in reader.consume(10_000, 0) or reader.consume(1, timeout) if m.error() is None]
+
+
 def peak_rss_mb(pid: int | str = "self") -> float:
     """A process's peak resident memory (VmHWM), in MB; 0.0 once it has gone.
 

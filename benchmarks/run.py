@@ -56,7 +56,7 @@ from river import metrics
 
 from benchmarks.latency import measure_latency, measure_memory, measure_recovery
 from benchmarks.models import LABELS, MODELS
-from benchmarks.paths import KAFKA_PATHS, Run, engine_config, peak_rss_mb, publish
+from benchmarks.paths import KAFKA_PATHS, Run, engine_config, peak_rss_mb, publish, take
 from connectors.local_broker import REPO_ROOT, LocalBroker
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
@@ -113,12 +113,12 @@ def throughput(run: Run, lines: list[bytes]) -> tuple[float, float]:
     try:
         while not first_at:
             rss = max(rss, peak_rss_mb(process.pid))  # sampled while it runs (it may exit by itself)
-            if any(m.error() is None for m in produced.consume(1, 0.02)):
+            if take(produced, 0.02):
                 first_at = time.monotonic()
             run.check_progress(progress_at, "no prediction yet")
         while seen < len(lines):
             rss = max(rss, peak_rss_mb(process.pid))
-            arrived = sum(m.error() is None for m in committed.consume(10_000, 0.2))
+            arrived = len(take(committed, 0.2))
             if arrived:
                 seen, progress_at = seen + arrived, time.monotonic()
             run.check_progress(progress_at, f"{seen} of {len(lines)} predictions committed")

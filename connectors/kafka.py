@@ -29,6 +29,8 @@ from connectors.base import Connector, Message, Position, Sink, Source, TopicPar
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Blocking client calls raise after this instead of waiting forever (kafka-python's default).
+REQUEST_TIMEOUT_MS = 30_000
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -93,19 +95,22 @@ class KafkaSource(Source):
         self.consumer.seek(KafkaTopicPartition(*partition), offset)
 
     def committed(self, partition: TopicPartition) -> Position | None:
-        committed = self.consumer.committed(KafkaTopicPartition(*partition), metadata=True)
+        committed = self.consumer.committed(
+            KafkaTopicPartition(*partition), metadata=True, timeout_ms=REQUEST_TIMEOUT_MS
+        )
         return None if committed is None else (committed.offset, committed.metadata or "")
 
     def beginning_offset(self, partition: TopicPartition) -> int:
         tp = KafkaTopicPartition(*partition)
-        return self.consumer.beginning_offsets([tp])[tp]
+        return self.consumer.beginning_offsets([tp], timeout_ms=REQUEST_TIMEOUT_MS)[tp]
 
     def lag(self) -> dict[TopicPartition, int]:
         result = {}
         for tp in self.consumer.assignment():
             highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                result[(tp.topic, tp.partition)] = max(0, highwater - self.consumer.position(tp))
+            position = self.consumer.position(tp, timeout_ms=0)  # for status: what is known, no round trip
+            if highwater is not None and position is not None:
+                result[(tp.topic, tp.partition)] = max(0, highwater - position)
         return result
 
     def read_range(
@@ -140,7 +145,7 @@ class KafkaSource(Source):
             reader.close()
 
     def commit(self, positions: dict[TopicPartition, Position]) -> None:
-        self.consumer.commit(_kafka_offsets(positions))
+        self.consumer.commit(_kafka_offsets(positions), timeout_ms=REQUEST_TIMEOUT_MS)
 
     def pause(self, partitions: list[TopicPartition]) -> None:
         self.consumer.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
