@@ -121,9 +121,14 @@ def create_app(service: Service) -> FastAPI:
         except TimeoutError:
             raise HTTPException(503, "the service did not answer in time (is it recovering?)") from None
 
-    @app.get("/health", summary="Liveness: the process answers")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/health", summary="Liveness: the service loop comes round (503 once it has stalled)")
+    def health() -> JSONResponse:
+        # A client call that never returns (say, a Kafka client bug) stops the loop without
+        # crashing the process; this is how a supervisor's liveness probe can tell.
+        stalled = time.monotonic() - service.alive_at
+        if stalled > service.config.service.stall_seconds:
+            return JSONResponse({"status": "stalled", "seconds": round(stalled, 1)}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/ready", summary="Readiness: Kafka connected, partitions assigned, models loaded")
     def ready() -> JSONResponse:

@@ -124,6 +124,9 @@ class ServiceConfig(_Section):
     )
     status_every_seconds: float = Field(default=10.0, gt=0)
     max_event_bytes: int = Field(default=1_000_000, ge=1)
+    stall_seconds: float = Field(
+        default=120.0, gt=0, description="/health answers 503 once the service loop has stalled this long"
+    )
 
 
 class ApiConfig(_Section):

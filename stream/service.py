@@ -102,6 +102,7 @@ class Service:
         self._rebalances: queue.SimpleQueue[tuple[str, list[TopicPartition]]] = queue.SimpleQueue()
         self._commands: queue.SimpleQueue[tuple[Callable[[Service], Any], Future[Any]]] = queue.SimpleQueue()
         self._last_refresh = 0.0
+        self.alive_at = time.monotonic()  # the service thread's last round of its loop or retry wait
         self._produced_ms = -1
         self.telemetry = Telemetry()
         self.telemetry.watch(lambda: self.latest_status)
@@ -149,6 +150,7 @@ class Service:
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._stopping and time.monotonic() < deadline:
+            self.alive_at = time.monotonic()
             time.sleep(0.1)
 
     def _connect(self) -> None:
@@ -177,6 +179,7 @@ class Service:
         assert self.source is not None
         service = self.config.service
         while not self._stopping:
+            self.alive_at = time.monotonic()
             messages = self.source.poll(timeout=0.2, max_records=500)
             if self._apply_rebalances():
                 continue  # every owned partition was re-positioned: the batch will be fetched again

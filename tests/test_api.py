@@ -163,6 +163,25 @@ def test_the_openapi_schema_lists_every_endpoint(running):
         assert path in paths
 
 
+def test_health_fails_once_the_service_loop_has_stalled(tmp_path):
+    """Liveness alone, on a service object that never connects (no broker involved)."""
+    config = Config.model_validate(
+        {"snapshots": {"directory": str(tmp_path)}, "api": {"port": 0}, "service": {"stall_seconds": 5}}
+    )
+    service = Service(config, KafkaPythonConnector("127.0.0.1:1"), "unit")
+    server = ApiServer(service)
+    port = server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            assert client.get("/health").json() == {"status": "ok"}
+            service.alive_at = time.monotonic() - 6  # as if a client call had blocked for 6 s
+            stalled = client.get("/health")
+            assert stalled.status_code == 503 and stalled.json()["status"] == "stalled"
+            assert stalled.json()["seconds"] >= 6
+    finally:
+        server.stop()
+
+
 def test_without_a_configured_token_state_changes_are_disabled(tmp_path):
     """Auth alone, on a service object that never connects (no broker involved)."""
     config = Config.model_validate({"snapshots": {"directory": str(tmp_path)}, "api": {"port": 0}})
