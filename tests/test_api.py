@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -163,37 +165,34 @@ def test_the_openapi_schema_lists_every_endpoint(running):
         assert path in paths
 
 
-def test_health_fails_once_the_service_loop_has_stalled(tmp_path):
-    """Liveness alone, on a service object that never connects (no broker involved)."""
-    config = Config.model_validate(
-        {"snapshots": {"directory": str(tmp_path)}, "api": {"port": 0}, "service": {"stall_seconds": 5}}
-    )
-    service = Service(config, KafkaPythonConnector("127.0.0.1:1"), "unit")
+@contextlib.contextmanager
+def _offline_api(tmp_path: Path, **sections: dict) -> Iterator[tuple[Service, httpx.Client]]:
+    """The API of a service object that never connects (no broker involved), and a client of it."""
+    sections = {"snapshots": {"directory": str(tmp_path)}, "api": {"port": 0}, **sections}
+    service = Service(Config.model_validate(sections), KafkaPythonConnector("127.0.0.1:1"), "unit")
     server = ApiServer(service)
     port = server.start()
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            assert client.get("/health").json() == {"status": "ok"}
-            service.alive_at = time.monotonic() - 6  # as if a client call had blocked for 6 s
-            stalled = client.get("/health")
-            assert stalled.status_code == 503 and stalled.json()["status"] == "stalled"
-            assert stalled.json()["seconds"] >= 6
+            yield service, client
     finally:
         server.stop()
+
+
+def test_health_fails_once_the_service_loop_has_stalled(tmp_path):
+    with _offline_api(tmp_path, service={"stall_seconds": 5}) as (service, client):
+        assert client.get("/health").json() == {"status": "ok"}
+        service.alive_at = time.monotonic() - 6  # as if a client call had blocked for 6 s
+        stalled = client.get("/health")
+        assert stalled.status_code == 503 and stalled.json()["status"] == "stalled"
+        assert stalled.json()["seconds"] >= 6
 
 
 def test_without_a_configured_token_state_changes_are_disabled(tmp_path):
-    """Auth alone, on a service object that never connects (no broker involved)."""
-    config = Config.model_validate({"snapshots": {"directory": str(tmp_path)}, "api": {"port": 0}})
-    server = ApiServer(Service(config, KafkaPythonConnector("127.0.0.1:1"), "unit"))
-    port = server.start()
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            assert client.post("/api/snapshots", headers=AUTH).status_code == 403
-            assert client.post("/api/snapshots/x/rollback", headers=AUTH).status_code == 403
-            assert client.get("/ready").status_code == 503
-    finally:
-        server.stop()
+    with _offline_api(tmp_path) as (_, client):
+        assert client.post("/api/snapshots", headers=AUTH).status_code == 403
+        assert client.post("/api/snapshots/x/rollback", headers=AUTH).status_code == 403
+        assert client.get("/ready").status_code == 503
 
 
 def test_the_readme_curl_examples_work_as_written(running):

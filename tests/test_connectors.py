@@ -20,10 +20,10 @@ def backend(request) -> str:
     return request.param
 
 
-def _poll_until(source, count: int, timeout: float = 30.0) -> list:
+def _poll_until(source, count: int, timeout: float = 30.0, poll_timeout: float = 0.2) -> list:
     messages, deadline = [], time.monotonic() + timeout
     while len(messages) < count and time.monotonic() < deadline:
-        messages += source.poll(timeout=0.2, max_records=500)
+        messages += source.poll(timeout=poll_timeout, max_records=500)
     return messages
 
 
@@ -167,7 +167,5 @@ def test_a_new_member_reads_when_polls_are_shorter_than_the_group_join(kafka, hu
     # kafka-python 3.0.12 drops that second join's result when the poll that started it has
     # returned (here: 1 ms polls), and then never reads; the source must get its partitions anyway.
     for source in _new_members(create_connector(backend, kafka.bootstrap_servers), hundred_events):
-        messages, deadline = [], time.monotonic() + 30
-        while len(messages) < 100 and time.monotonic() < deadline:
-            messages += source.poll(timeout=0.001, max_records=500)
+        messages = _poll_until(source, 100, poll_timeout=0.001)
         assert [m.offset for m in messages] == list(range(100))
