@@ -42,13 +42,13 @@ tools: $(VENV)/.installed
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing ..."; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
-	@$(BIN)/python -m connectors.local_broker fetch
+	@$(BIN)/python -m kafka_local fetch
 
 broker-start: setup
-	$(BIN)/python -m connectors.local_broker start
+	$(BIN)/python -m kafka_local start
 
 broker-stop:
-	$(BIN)/python -m connectors.local_broker stop
+	$(BIN)/python -m kafka_local stop
 
 clean:
 	rm -rf $(VENV) .kafka-local .pytest_cache .ruff_cache

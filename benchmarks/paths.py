@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from benchmarks import REPO_ROOT
 from benchmarks.models import FACTORIES
 from connectors import create_connector
-from connectors.local_broker import REPO_ROOT
 
 KAFKA_PATHS = (
     "service-eos",

@@ -54,10 +54,11 @@ import kafka
 import river
 from river import metrics
 
+from benchmarks import REPO_ROOT
 from benchmarks.latency import measure_latency, measure_memory, measure_recovery
 from benchmarks.models import LABELS, MODELS
 from benchmarks.paths import KAFKA_PATHS, Run, engine_config, peak_rss_mb, publish, take
-from connectors.local_broker import REPO_ROOT, LocalBroker
+from kafka_local import LocalBroker
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
 from stream.events import decode_event, encode_record

@@ -42,6 +42,10 @@ class Source(ABC):
     on_revoke: Callable[[list[TopicPartition]], None]
 
     @abstractmethod
+    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
+        """Join ``group_id`` as the static member ``instance_id`` and subscribe to ``topics``."""
+
+    @abstractmethod
     def poll(self, timeout: float, max_records: int) -> list[Message]: ...
 
     @abstractmethod
@@ -72,10 +76,9 @@ class Source(ABC):
         """Commit positions directly (at-least-once); exactly-once commits through the sink."""
 
     @abstractmethod
-    def pause(self, partitions: list[TopicPartition]) -> None: ...
-
-    @abstractmethod
-    def resume(self, partitions: list[TopicPartition]) -> None: ...
+    def group_metadata(self) -> object:
+        """The consumer's group metadata (opaque), which a transactional commit of offsets needs
+        so that the broker fences a zombie member of an older generation."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -87,6 +90,10 @@ class Sink(ABC):
     transactional: bool
 
     @abstractmethod
+    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
+        """A transactional producer with ``transactional_id`` (fencing older ones), or a plain one."""
+
+    @abstractmethod
     def send(
         self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None
     ) -> None: ...
@@ -96,8 +103,9 @@ class Sink(ABC):
         """Open a transaction (no-op when not transactional)."""
 
     @abstractmethod
-    def commit(self, positions: dict[TopicPartition, Position], source: Source) -> None:
-        """Make everything sent since ``begin`` visible; with a transaction, commit ``positions`` in it."""
+    def commit(self, positions: dict[TopicPartition, Position], group_metadata: object) -> None:
+        """Make everything sent since ``begin`` visible; with a transaction, commit ``positions`` in it
+        for the group ``group_metadata`` names (:meth:`Source.group_metadata`)."""
 
     @abstractmethod
     def abort(self) -> None: ...
@@ -125,10 +133,10 @@ class Connector(ABC):
         self.options = {self.bootstrap_option: bootstrap_servers, **(client_options or {})}
 
     def source(self, topics: list[str], group_id: str, instance_id: str) -> Source:
-        return self.source_class(topics, group_id, instance_id, self.options)  # type: ignore[call-arg]
+        return self.source_class(topics, group_id, instance_id, self.options)
 
     def sink(self, transactional_id: str | None) -> Sink:
-        return self.sink_class(transactional_id, self.options)  # type: ignore[call-arg]
+        return self.sink_class(transactional_id, self.options)
 
     @abstractmethod
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None: ...

@@ -177,11 +177,8 @@ class ConfluentSource(Source):
     def commit(self, positions: dict[TopicPartition, Position]) -> None:
         self.consumer.commit(offsets=_kafka_offsets(positions), asynchronous=False)
 
-    def pause(self, partitions: list[TopicPartition]) -> None:
-        self.consumer.pause([KafkaTopicPartition(*tp) for tp in partitions])
-
-    def resume(self, partitions: list[TopicPartition]) -> None:
-        self.consumer.resume([KafkaTopicPartition(*tp) for tp in partitions])
+    def group_metadata(self) -> object:
+        return self.consumer.consumer_group_metadata()
 
     def close(self) -> None:
         self.consumer.close()
@@ -230,14 +227,13 @@ class ConfluentSink(Sink):
         if self.transactional:
             self.producer.begin_transaction()
 
-    def commit(self, positions: dict[TopicPartition, Position], source: Source) -> None:
+    def commit(self, positions: dict[TopicPartition, Position], group_metadata: object) -> None:
         if not self.transactional:
             self.flush()
             return
-        assert isinstance(source, ConfluentSource)
         if positions:
             self.producer.send_offsets_to_transaction(
-                _kafka_offsets(positions), source.consumer.consumer_group_metadata(), REQUEST_TIMEOUT
+                _kafka_offsets(positions), group_metadata, REQUEST_TIMEOUT
             )
         self.producer.commit_transaction(REQUEST_TIMEOUT)  # raises if any send in it failed
 

@@ -147,11 +147,8 @@ class KafkaSource(Source):
     def commit(self, positions: dict[TopicPartition, Position]) -> None:
         self.consumer.commit(_kafka_offsets(positions), timeout_ms=REQUEST_TIMEOUT_MS)
 
-    def pause(self, partitions: list[TopicPartition]) -> None:
-        self.consumer.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
-
-    def resume(self, partitions: list[TopicPartition]) -> None:
-        self.consumer.resume(*(KafkaTopicPartition(*tp) for tp in partitions))
+    def group_metadata(self) -> object:
+        return self.consumer.group_metadata()
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
@@ -195,15 +192,12 @@ class KafkaSink(Sink):
         if self.transactional:
             self.producer.begin_transaction()
 
-    def commit(self, positions: dict[TopicPartition, Position], source: Source) -> None:
+    def commit(self, positions: dict[TopicPartition, Position], group_metadata: object) -> None:
         if not self.transactional:
             self.flush()
             return
-        assert isinstance(source, KafkaSource)
         if positions:
-            self.producer.send_offsets_to_transaction(
-                _kafka_offsets(positions), source.consumer.group_metadata()
-            )
+            self.producer.send_offsets_to_transaction(_kafka_offsets(positions), group_metadata)
         self.producer.commit_transaction()  # raises if any send in the transaction failed
 
     def abort(self) -> None:

@@ -1,7 +1,7 @@
 """The HTTP API and dashboard of a running service (FastAPI, served by uvicorn in a thread).
 
-Reading endpoints use the service's ``latest_status`` and the snapshot files; endpoints that
-change state (take, pin, roll back a snapshot) run on the service thread through
+Reading endpoints use the service's latest :class:`~stream.status.ServiceStatus` and the snapshot
+files; endpoints that change state (take, pin, roll back a snapshot) run on the service thread through
 ``Service.submit`` and need the bearer token from ``api.token`` (no token configured: 403).
 No endpoint accepts a pickle or a path; snapshot ids are checked by the store.
 """
@@ -23,10 +23,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from stream.config import Config
-from stream.events import EventModel, InvalidEvent
+from stream.errors import InvalidEvent, NotOwnedError, SnapshotError, SnapshotNotFound
+from stream.events import EventModel
 from stream.prequential import Engine
 from stream.service import Service
-from stream.snapshots import SnapshotError, SnapshotManifest, SnapshotStore
+from stream.snapshots import SnapshotManifest, SnapshotStore
+from stream.status import ServiceStatus
 
 STATIC = Path(__file__).parent / "static"
 LOADED_SNAPSHOTS_KEPT = 4
@@ -98,7 +100,7 @@ def create_app(service: Service) -> FastAPI:
     def scope_of(partition: str | None) -> str:
         scopes = sorted(p.name for p in Path(config.snapshots.directory).glob("*") if p.is_dir())
         if partition is None:
-            owned = service.latest_status.get("partitions", {})
+            owned = service.status.latest.partitions
             if len(owned) == 1:
                 return next(iter(owned))
             if len(scopes) == 1:
@@ -114,8 +116,8 @@ def create_app(service: Service) -> FastAPI:
     def on_service_thread(command: Any) -> Any:
         try:
             return service.submit(command)
-        except KeyError as error:
-            raise HTTPException(409, str(error.args[0])) from None
+        except NotOwnedError as error:
+            raise HTTPException(409, str(error)) from None
         except SnapshotError as error:
             raise HTTPException(422, str(error)) from None
         except TimeoutError:
@@ -132,33 +134,27 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/ready", summary="Readiness: Kafka connected, partitions assigned, models loaded")
     def ready() -> JSONResponse:
-        status = service.latest_status
-        body = {
-            "ready": bool(status.get("ready")),
-            "connected": bool(status.get("connected")),
-            "partitions": sorted(status.get("partitions", {})),
-        }
+        status = service.status.latest
+        body = {"ready": status.ready, "connected": status.connected, "partitions": sorted(status.partitions)}
         return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics() -> Response:
         return Response(service.telemetry.exposition(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/api/stats", summary="Counters, throughput and lag history, per-partition metrics and history")
-    def stats() -> dict[str, Any]:
-        return service.latest_status
+    @app.get(
+        "/api/stats",
+        summary="Counters, throughput and lag history, per-partition metrics and history",
+        response_model=ServiceStatus,
+    )
+    def stats() -> ServiceStatus:
+        return service.status.latest
 
     @app.get("/api/drift", summary="Drifts and the policy's decisions with the candidates' scores")
     def drift() -> dict[str, Any]:
         return {
-            scope: {
-                "drifts": summary["drifts"],
-                "warnings": summary["warnings"],
-                "rollbacks": summary["rollbacks"],
-                "resets": summary["resets"],
-                "decisions": summary["decisions"],
-            }
-            for scope, summary in service.latest_status.get("partitions", {}).items()
+            scope: partition.model_dump(include={"drifts", "warnings", "rollbacks", "resets", "decisions"})
+            for scope, partition in service.status.latest.partitions.items()
         }
 
     @app.get(
@@ -203,7 +199,7 @@ def create_app(service: Service) -> FastAPI:
         try:
             state = loaded.get(store, scope, snapshot_id)
         except SnapshotError as error:
-            raise HTTPException(404 if "no snapshot" in str(error) else 422, str(error)) from None
+            raise HTTPException(404 if isinstance(error, SnapshotNotFound) else 422, str(error)) from None
         engine = Engine(config, store, state)
         predictions = []
         for number, event_model in enumerate(events, start=1):
@@ -249,7 +245,7 @@ def create_app(service: Service) -> FastAPI:
         )
 
     def scope_of_owned(partition: str | None) -> str:
-        owned = sorted(service.latest_status.get("partitions", {}))
+        owned = sorted(service.status.latest.partitions)
         if partition is None:
             if len(owned) != 1:
                 raise HTTPException(400, f"say which partition (?partition=...): this instance owns {owned}")

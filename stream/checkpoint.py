@@ -1,12 +1,48 @@
-"""Checkpoints: where a partition's model state meets the consumer offsets.
+"""The processing guarantee: restore, learn, checkpoint and commit, in one place.
 
-Every snapshot records, per source partition, the offset of the next event it has not learned.
-Each commit of consumer offsets names, in its metadata, the partition's last durable checkpoint
-snapshot, taken at or before the committed offset; so on (re)start the right state is always
-there: that snapshot, or if it is damaged or gone, the newest valid snapshot at or before the
-committed offset. Events between the restored snapshot and the committed offset are re-learned
-silently (their predictions were already published); events from the committed offset on are
-processed normally. Learning is deterministic, so the re-learned state equals the lost one.
+This module is the whole exactly-once protocol; the README points here. Terms:
+
+- a **partition's state** is its engine's :class:`~stream.prequential.LearnerState`, which records,
+  for the partition, the offset of the next event it has not learned (``state.offsets[key]``);
+- a **checkpoint** is a snapshot of that state made durable (written, fsynced, renamed);
+- a **commit** makes the predictions and dead letters sent so far visible and stores the
+  partition's next offset in the consumer group, with the id of its last checkpoint as the
+  offset's metadata.
+
+The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Checkpointer`:
+
+1. **Claim.** Before an event is processed its offset is recorded in the state as learned, so a
+   snapshot taken while learning it (warning, drift) never makes a restore learn it twice.
+2. **Commit** (every ``service.commit_every_seconds``). ``exactly_once``: the open Kafka
+   transaction holds every prediction and dead letter since the last commit; the consumer
+   offsets are added to it (``send_offsets_to_transaction``) and it commits, so a
+   ``read_committed`` reader sees an event's output exactly when its offset is committed.
+   ``at_least_once``: the producer is flushed, then the offsets are committed; outputs sent after
+   the last commit are sent again after a crash.
+3. **Checkpoint** (every ``service.checkpoint_every_events`` or ``_seconds``, at shutdown, and after
+   a manual rollback): each partition that learned since its last checkpoint is snapshotted
+   durably, then committed at once, naming the new snapshot. A commit always names a
+   checkpoint at or before the committed offset, so checkpoints bound the re-learning and
+   commits need no snapshot of their own.
+4. **Restore** (start, reconnect, and any rebalance that revokes a partition). The committed
+   offset and the checkpoint it names are read; :func:`restore_point` loads that snapshot (or,
+   if it is damaged or gone, the newest valid one at or before the committed offset); the events
+   from the snapshot's offset to the committed one are re-learned through the same per-record
+   step without publishing (their outputs are already committed); processing resumes at the
+   committed offset. Snapshots beyond the committed offset belong to a commit that never
+   happened and are never restored. Learning is deterministic, so the restored model equals the
+   one that crashed, and predictions after the restore are byte-identical to an uninterrupted
+   run.
+5. **Rebalance.** A revocation aborts the open transaction (its outputs may cover events the new
+   owner will process) and rebuilds every owned partition from its last commit as in 4.
+
+Partitions are named one way, :class:`PartitionId`:
+
+>>> partition = PartitionId("events", 0)
+>>> partition.key, partition.scope, partition == ("events", 0)
+('events:0', 'events-0', True)
+
+and a restore point is chosen as described in 4:
 
 >>> import tempfile
 >>> from types import SimpleNamespace as State
@@ -24,21 +60,42 @@ processed normally. Learning is deterministic, so the re-learned state equals th
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from stream.snapshots import SnapshotError, SnapshotManifest, SnapshotStore
+from connectors.base import Message, Position, Sink, Source, TopicPartition
+from stream.config import Config
+from stream.errors import NotOwnedError, SnapshotError
+from stream.prequential import Engine
+from stream.snapshots import Reason, SnapshotManifest, SnapshotStore
+from stream.status import Counters
+from stream.step import RecordStep
 
 logger = logging.getLogger(__name__)
 
 
-def partition_key(topic: str, partition: int) -> str:
-    """How offsets are keyed in snapshot manifests: ``"topic:partition"``."""
-    return f"{topic}:{partition}"
+class PartitionId(NamedTuple):
+    """A source partition; equal to the connectors' ``(topic, partition)`` tuple."""
 
+    topic: str
+    partition: int
 
-def snapshot_scope(topic: str, partition: int) -> str:
-    """The folder of a partition's snapshots under ``snapshots.directory`` (and its API name)."""
-    return f"{topic}-{partition}"
+    @property
+    def key(self) -> str:
+        """How the partition's offset is keyed in a state and a snapshot manifest."""
+        return f"{self.topic}:{self.partition}"
+
+    @property
+    def scope(self) -> str:
+        """The partition's folder under ``snapshots.directory``, and its name in the API."""
+        return f"{self.topic}-{self.partition}"
+
+    @property
+    def id_prefix(self) -> str:
+        """What an event without an id is named after: ``topic-partition-`` and its offset."""
+        return f"{self.topic}-{self.partition}-"
 
 
 def restore_point(
@@ -64,3 +121,167 @@ def restore_point(
             continue
         return manifest, state
     return None
+
+
+@dataclass
+class OwnedPartition:
+    """A partition this instance owns: its engine, and how far it is checkpointed and committed."""
+
+    id: PartitionId
+    engine: Engine
+    checkpoint_id: str = ""  # what commits name: restore from it, then re-learn up to the commit
+    since_checkpoint: int = 0  # events claimed since the last checkpoint
+    uncommitted: int = 0  # events claimed since the last commit
+
+    @property
+    def next_offset(self) -> int:
+        return self.engine.state.offsets[self.id.key]
+
+    def claim(self, offset: int) -> None:
+        """Record the event at ``offset`` as learned, before it is processed (protocol step 1)."""
+        self.engine.state.offsets[self.id.key] = offset + 1
+        self.since_checkpoint += 1
+        self.uncommitted += 1
+
+    def checkpoint(self, reason: Reason) -> None:
+        self.checkpoint_id = self.engine.snapshot(reason).id
+        self.since_checkpoint = 0
+
+
+class Checkpointer:
+    """Runs the protocol above for every partition one instance owns, over one source and sink."""
+
+    def __init__(
+        self, config: Config, source: Source, sink: Sink, step: RecordStep, counters: Counters
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.sink = sink
+        self.step = step
+        self.counters = counters
+        self.partitions: dict[TopicPartition, OwnedPartition] = {}  # keyed by PartitionId
+        self._last_checkpoint = self._last_commit = time.monotonic()
+
+    def owner(self, message: Message) -> OwnedPartition | None:
+        """The owned partition of ``message``; None if it was revoked while its batch was in flight."""
+        return self.partitions.get((message.topic, message.partition))
+
+    def owned(self, scope: str) -> OwnedPartition:
+        """The owned partition named ``scope`` (``topic-partition``)."""
+        for owned in self.partitions.values():
+            if owned.id.scope == scope:
+                return owned
+        raise NotOwnedError(f"this instance does not own {scope!r}; it owns {self.scopes()}")
+
+    def scopes(self) -> list[str]:
+        return sorted(owned.id.scope for owned in self.partitions.values())
+
+    # -- partitions come and go ------------------------------------------------------------
+
+    def rebalance(self, revoked: bool) -> None:
+        """Follow the source's assignment (protocol step 5); then every owned partition is
+        positioned at its next event."""
+        if revoked:
+            if self.sink.transactional:
+                self.sink.abort()
+                self.sink.begin()
+            self.partitions = {}
+        assignment = {PartitionId(*tp) for tp in self.source.assignment()}
+        for partition in list(self.partitions):
+            if partition not in assignment:
+                del self.partitions[partition]
+        for partition in sorted(assignment - self.partitions.keys()):
+            self.partitions[partition] = self._restore(partition)
+        for partition, owned in self.partitions.items():
+            self.source.seek(partition, owned.next_offset)
+        logger.info("assignment: %s", sorted(owned.id.key for owned in self.partitions.values()))
+
+    def _restore(self, partition: PartitionId) -> OwnedPartition:
+        """The partition's state at its committed offset: snapshot, then silent re-learning (step 4)."""
+        source = self.source
+        position = source.committed(partition)
+        committed, checkpoint_id = position if position else (source.beginning_offset(partition), "")
+        store = SnapshotStore.from_config(self.config.snapshots, partition.scope)
+        restored = restore_point(store, partition.key, committed, checkpoint_id)
+        if restored is None:
+            engine = Engine(self.config, store)
+            start = source.beginning_offset(partition)
+            origin = "a new model"
+        else:
+            manifest, state = restored
+            engine = Engine(self.config, store, state)
+            start = manifest.offsets[partition.key]
+            origin = f"snapshot {manifest.id}"
+        engine.state.offsets[partition.key] = start
+        owned = OwnedPartition(partition, engine, restored[0].id if restored else "")
+        messages = source.read_range(partition, start, committed)
+        for message in messages:
+            owned.claim(message.offset)
+            # A refused record was dead-lettered when it was first processed; now it only counts.
+            self.step(engine, message.value, partition.id_prefix, message.offset)
+        owned.since_checkpoint = owned.uncommitted = 0
+        engine.state.offsets[partition.key] = max(owned.next_offset, committed)
+        self.counters.relearned += len(messages)
+        logger.info(
+            "restored %s from %s at offset %d; re-learned %d events up to the committed offset %d",
+            partition.key, origin, start, len(messages), committed,
+        )  # fmt: skip
+        return owned
+
+    # -- checkpoints and commits -----------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Checkpoint or commit if one is due (protocol steps 2 and 3)."""
+        service = self.config.service
+        pending = sum(owned.since_checkpoint for owned in self.partitions.values())
+        if pending >= service.checkpoint_every_events or (
+            pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
+        ):
+            self.checkpoint("checkpoint")
+        elif now - self._last_commit >= service.commit_every_seconds and any(
+            owned.uncommitted for owned in self.partitions.values()
+        ):
+            self.commit()
+
+    def checkpoint(self, reason: Reason) -> None:
+        """Snapshot every partition that learned since its last checkpoint (durably), then commit."""
+        snapshotted = []
+        for owned in self.partitions.values():
+            if owned.since_checkpoint or reason == "shutdown":
+                owned.checkpoint(reason)
+                snapshotted.append(owned.id)
+        self._last_checkpoint = time.monotonic()
+        self.counters.checkpoints += 1
+        self.commit(snapshotted)
+
+    def commit(self, snapshotted: Collection[TopicPartition] = ()) -> None:
+        """Make the outputs so far visible and commit each partition's next offset (step 2).
+
+        A partition with a new snapshot is always committed, so that a rollback, which no event
+        reproduces, sticks.
+        """
+        positions: dict[TopicPartition, Position] = {
+            partition: (owned.next_offset, owned.checkpoint_id)
+            for partition, owned in self.partitions.items()
+            if owned.uncommitted or partition in snapshotted
+        }
+        if self.sink.transactional:
+            self.sink.commit(positions, self.source.group_metadata())
+            self.sink.begin()
+        else:
+            self.sink.flush()
+            if positions:
+                self.source.commit(positions)
+        for owned in self.partitions.values():
+            owned.uncommitted = 0
+        self._last_commit = time.monotonic()
+        self.counters.commits += 1
+
+    def rollback(self, scope: str, snapshot_id: str) -> SnapshotManifest:
+        """Switch a partition's model to a snapshot's and checkpoint that at once."""
+        owned = self.owned(scope)
+        manifest = owned.engine.rollback(snapshot_id)
+        owned.since_checkpoint += 1  # the rollback must be part of the checkpoint
+        self.checkpoint("checkpoint")
+        logger.info("rolled %s back to %s", owned.id.key, snapshot_id)
+        return manifest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,9 +16,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from stream.config import Config, ConfigError, load_config
-from stream.models import ModelError
-from stream.snapshots import SnapshotError, SnapshotManifest, SnapshotStore
+from stream.config import Config, load_config
+from stream.errors import ConfigError, ModelError, SnapshotError
+from stream.prequential import LearnerSummary
+from stream.snapshots import SnapshotManifest, SnapshotStore
 
 app = typer.Typer(
     help="Online learning on Kafka event streams with River: predict, publish, then learn.",
@@ -50,13 +52,37 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+# This project's loggers follow --log-level; every other one (kafka-python's connection and
+# metadata chatter, uvicorn, httpx) stays at WARNING unless the level is debug.
+OWN_LOGGERS = ("stream", "connectors", "kafka_local")
+
+
+def configure_logging(level: LogLevel) -> None:
+    numeric = logging.getLevelName(level.value.upper())
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(numeric if level is LogLevel.debug else max(numeric, logging.WARNING))
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(numeric)
+
+
 @app.callback()
 def main(
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            case_sensitive=False,
+            help="This project's log level; other libraries log warnings only, except at debug.",
+        ),
+    ] = LogLevel.info,
 ) -> None:
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(log_level)
 
 
 @app.command()
@@ -92,9 +118,8 @@ def replay(
             result = replay_file(input_path, config, output, dead_letters, on_progress)
         except (ModelError, FileNotFoundError) as error:
             raise _fail(str(error)) from None
-    text = json.dumps(result, indent=2, default=str)
     if summary:
-        summary.write_text(text + "\n")
+        summary.write_text(result.model_dump_json(indent=2) + "\n")
     _print_summary(result)
 
 
@@ -106,11 +131,11 @@ def _count_lines(path: Path) -> int | None:
         return None
 
 
-def _print_summary(result: dict[str, Any]) -> None:
+def _print_summary(result: LearnerSummary) -> None:
     table = Table(title="summary", show_header=False)
     for key in ("events", "labelled", "errors", "warnings", "drifts", "snapshots", "rollbacks", "resets"):
-        table.add_row(key, str(result[key]))
-    for name, value in result["metrics"].items():
+        table.add_row(key, str(getattr(result, key)))
+    for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}")
     out.print(table)
 

@@ -21,6 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from stream.errors import ConfigError
+
 Task = Literal["binary", "multiclass", "regression", "anomaly"]
 PolicyName = Literal["none", "snapshot", "reset", "rollback", "best"]
 Guarantee = Literal["exactly_once", "at_least_once"]
@@ -34,10 +36,6 @@ DEFAULT_METRICS: dict[str, list[str]] = {
     "regression": ["MAE"],
     "anomaly": ["ROCAUC"],
 }
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names each bad key."""
 
 
 class _Section(BaseModel):

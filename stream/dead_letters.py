@@ -5,7 +5,8 @@ garbage survives the trip exactly; plus a text rendering for people). Both copie
 under ``max_bytes``: the original is cut at an eighth of it, since base64 adds a third and JSON
 escaping can make one byte six characters (``\u0000``), so a dead letter fits where its event did.
 
->>> record = dead_letter("malformed JSON", b"{oops", {"topic": "events", "partition": 0, "offset": 7})
+>>> source = {"topic": "events", "partition": 0, "offset": 7}
+>>> record = dead_letter("malformed JSON", b"{oops", source, max_bytes=1000)
 >>> record["error"], record["source"]["offset"], record["event"], record["event_base64"]
 ('malformed JSON', 7, '{oops', 'e29vcHM=')
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 
 def dead_letter(
-    reason: str, raw: bytes | dict[str, Any] | None, source: dict[str, Any], max_bytes: int = 1_000_000
+    reason: str, raw: bytes | dict[str, Any] | None, source: dict[str, Any], max_bytes: int
 ) -> dict[str, Any]:
     data = json.dumps(raw).encode() if isinstance(raw, dict) else (raw or b"")
     kept = data[: max_bytes // 8]

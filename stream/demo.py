@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kafka import KafkaConsumer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from connectors.kafka import KafkaPythonConnector
-from connectors.local_broker import BrokerError, LocalBroker
-from stream.checkpoint import partition_key, restore_point, snapshot_scope
+from connectors import create_connector
+from connectors.base import Connector, Source
+from kafka_local import BrokerError, LocalBroker
+from stream.checkpoint import PartitionId, restore_point
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
 from stream.events import validate_event
@@ -81,7 +81,8 @@ def run_demo(output: Path, segment: int = 5000, bootstrap_servers: str | None = 
     config_path = output / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     topics = config["kafka"]
-    connector = KafkaPythonConnector(bootstrap_servers)
+    kafka = Config.model_validate(config).kafka
+    connector = create_connector(kafka.backend, kafka.bootstrap_servers, kafka.client_options)
     connector.ensure_topics([topics["input_topic"], topics["predictions_topic"], topics["dead_letter_topic"]])
 
     log_path = output / "service.log"
@@ -97,9 +98,9 @@ def run_demo(output: Path, segment: int = 5000, bootstrap_servers: str | None = 
         events = [as_event(r) for r in records]
         _publish(console, connector, topics["input_topic"], events)
         predictions = _wait_for_predictions(
-            console, bootstrap_servers, topics["predictions_topic"], len(events), service
+            console, connector, topics["predictions_topic"], len(events), service
         )
-        dead_letters = _read_all(bootstrap_servers, topics["dead_letter_topic"])
+        dead_letters = _read_all(connector, topics["dead_letter_topic"])
     finally:
         if service.poll() is None:
             service.send_signal(signal.SIGTERM)
@@ -114,7 +115,7 @@ def run_demo(output: Path, segment: int = 5000, bootstrap_servers: str | None = 
     return 0
 
 
-def _publish(console: Console, connector: KafkaPythonConnector, topic: str, events: list[dict]) -> None:
+def _publish(console: Console, connector: Connector, topic: str, events: list[dict]) -> None:
     values = [json.dumps(event).encode() for event in events]
     for number, bad in enumerate(MALFORMED, start=1):  # spread through the stream
         values.insert(number * len(values) // (len(MALFORMED) + 1), bad)
@@ -131,34 +132,41 @@ def _publish(console: Console, connector: KafkaPythonConnector, topic: str, even
     console.print(f"[green]✓[/green] published {len(events)} events (+{len(MALFORMED)} malformed) to {topic}")
 
 
+def _reader(connector: Connector, topic: str) -> Source:
+    """A member of its own new group on ``topic``, reading from the start what is committed."""
+    return connector.source([topic], f"demo-reader-{uuid.uuid4().hex[:8]}", "demo-reader")
+
+
 def _wait_for_predictions(
-    console: Console, bootstrap: str, topic: str, expected: int, service: subprocess.Popen
+    console: Console, connector: Connector, topic: str, expected: int, service: subprocess.Popen
 ) -> list[dict]:
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", isolation_level="read_committed"
-    )
+    reader = _reader(connector, topic)
     predictions: list[dict] = []
     columns = (TextColumn("predicted (committed)"), BarColumn(), MofNCompleteColumn())
     deadline = time.monotonic() + 600
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("predict", total=expected)
         while len(predictions) < expected and time.monotonic() < deadline and service.poll() is None:
-            for batch in consumer.poll(timeout_ms=500).values():
-                predictions.extend(json.loads(record.value) for record in batch)
+            predictions.extend(json.loads(m.value or b"null") for m in reader.poll(0.5, 5000))
             progress.update(task, completed=len(predictions))
-    consumer.close()
+    reader.close()
     console.print(f"[green]✓[/green] {len(predictions)} predictions read back (read_committed)")
     return predictions
 
 
-def _read_all(bootstrap: str, topic: str) -> list[dict]:
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        isolation_level="read_committed", consumer_timeout_ms=3000,
-    )  # fmt: skip
-    letters = [json.loads(record.value) for record in consumer]
-    consumer.close()
-    return letters
+def _read_all(connector: Connector, topic: str, quiet_seconds: float = 3.0) -> list[dict]:
+    """Every record of ``topic``: read until nothing more comes for ``quiet_seconds``."""
+    reader = _reader(connector, topic)
+    records: list[dict] = []
+    quiet_since = time.monotonic()
+    deadline = quiet_since + 120
+    while time.monotonic() - quiet_since < quiet_seconds and time.monotonic() < deadline:
+        batch = reader.poll(0.5, 500)
+        if batch or not reader.assignment():  # the quiet time counts from joining the group
+            records.extend(json.loads(m.value or b"null") for m in batch)
+            quiet_since = time.monotonic()
+    reader.close()
+    return records
 
 
 def _baseline_accuracy(config: dict, records: list[dict]) -> list[bool]:
@@ -183,9 +191,10 @@ def _report(
     versions = [by_id[r["id"]]["model_version"] for r in records]
     baseline = _baseline_accuracy(config, records)
     topic = config["kafka"]["input_topic"]
-    scope = snapshot_scope(topic, 0)
+    partition = PartitionId(topic, 0)
+    scope = partition.scope
     store = SnapshotStore.from_config(Config.model_validate(config).snapshots, scope)
-    manifest, state = restore_point(store, partition_key(topic, 0), committed=10**12)
+    manifest, state = restore_point(store, partition.key, committed=10**12)
 
     table = Table(title="accuracy over time (windows of 500 events)")
     for column in ("events", "concept", "with policy", "", "no policy", "model", "what happened"):
@@ -224,7 +233,7 @@ def _report(
     summary.add_row("resets", str(state.resets))
     summary.add_row("final model", f"v{state.model_version}, shutdown snapshot {manifest.id}")
     console.print(summary)
-    engine_summary = Engine(Config.model_validate(config), store, state).summary()
+    engine_summary = Engine(Config.model_validate(config), store, state).summary().model_dump()
     result = {
         "accuracy": overall,
         "baseline_accuracy": sum(baseline) / len(baseline),

@@ -16,10 +16,16 @@ Which candidates compete depends on the policy: ``reset`` takes ``fresh``, ``rol
 snapshot, ``best`` the best of all (ties keep the current model).
 
 >>> from stream.config import DriftConfig
->>> monitor = DriftMonitor(DriftConfig(detector="drift.binary.DDM", policy="best"), "binary")
+>>> monitor = DriftMonitor.create(DriftConfig(detector="drift.binary.DDM", buffer_size=50), "binary")
 >>> signals = [monitor.update({"a": 1}, True, 0.0) for _ in range(100)]
->>> signals.count(NO_SIGNAL), monitor.detector.__class__.__name__
-(100, 'DDM')
+>>> signals.count(NO_SIGNAL), monitor.detector.__class__.__name__, monitor.buffer.maxlen
+(100, 'DDM', 50)
+
+The monitor is state only: the configuration is applied to it when it is made and again on
+every restore, so a restarted service follows the configuration it was started with.
+
+>>> monitor.configure(DriftConfig(detector="drift.binary.DDM", buffer_size=80)).buffer.maxlen
+80
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.config import DriftConfig, Task
-from stream.models import ModelError, build_step
+from stream.config import DriftConfig, PolicyName, StepSpec, Task
+from stream.errors import ModelError
+from stream.models import build_step
 
 NO_SIGNAL = "none"
 WARNING = "warning"
@@ -67,29 +74,48 @@ class Decision:
         }
 
 
+def _build_detector(spec: StepSpec, task: Task) -> Any:
+    path = spec if isinstance(spec, str) else next(iter(spec))
+    if not path.removeprefix("river.").startswith("drift."):
+        raise ModelError(f"drift.detector must be a class from river.drift, got {path!r}")
+    if task == "regression" and ".binary." in f".{path}":
+        raise ModelError(f"{path} takes 0/1 input; a regression loss needs e.g. drift.ADWIN")
+    return build_step(spec)
+
+
 @dataclass
 class DriftMonitor:
-    """The detector, the scoring buffer and the challenger of one model (pickled with it)."""
+    """The detector, the scoring buffer and the challenger of one model (pickled with it).
 
-    config: DriftConfig
+    Holds no configuration: :meth:`configure` applies it (buffer size, detector) on creation and
+    on every restore; the policy is passed to :meth:`choose`.
+    """
+
     task: Task
-    detector: Any = None
+    detector: Any
     buffer: deque = field(default_factory=deque)
     challenger: Any = None
     challenger_losses: list[float] = field(default_factory=list)
     in_warning: bool = False
     deciding: bool = False
 
-    def __post_init__(self) -> None:
-        if self.detector is None:
-            spec = self.config.detector
-            path = spec if isinstance(spec, str) else next(iter(spec))
-            if not path.removeprefix("river.").startswith("drift."):
-                raise ModelError(f"drift.detector must be a class from river.drift, got {path!r}")
-            if self.task == "regression" and ".binary." in f".{path}":
-                raise ModelError(f"{path} takes 0/1 input; a regression loss needs e.g. drift.ADWIN")
-            self.detector = build_step(spec)
-        self.buffer = deque(self.buffer, maxlen=self.config.buffer_size)
+    @classmethod
+    def create(cls, config: DriftConfig, task: Task) -> DriftMonitor:
+        return cls(task, _build_detector(config.detector, task)).configure(config)
+
+    def configure(self, config: DriftConfig) -> DriftMonitor:
+        """Apply ``config`` to this state: the buffer's size, and the detector if it changed.
+
+        A detector of another class or with other parameters starts afresh (its statistics
+        belong to the old one); the same detector keeps what it has seen.
+        """
+        configured = _build_detector(config.detector, self.task)
+        if type(configured) is not type(self.detector) or (
+            configured._get_params() != self.detector._get_params()
+        ):
+            self.detector = configured
+        self.buffer = deque(self.buffer, maxlen=config.buffer_size)
+        return self
 
     def update(self, x: dict, y: Any, loss: float) -> str:
         """Feed one labelled event's loss.
@@ -137,6 +163,7 @@ class DriftMonitor:
 
     def choose(
         self,
+        policy: PolicyName,
         event: int,
         current: Any,
         snapshots: list[tuple[str, Callable[[], Any]]],
@@ -146,7 +173,6 @@ class DriftMonitor:
 
         ``snapshots`` are (id, loader) pairs, loaded only when the policy needs them.
         """
-        policy = self.config.policy
         scores: dict[str, float] = {}
         models: dict[str, Any] = {}
         if not self.buffer:

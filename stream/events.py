@@ -16,7 +16,7 @@ it).
 >>> decode_event(b'{"x": {"f1": NaN}}', "binary")
 Traceback (most recent call last):
 ...
-stream.events.InvalidEvent: feature 'f1' is not a finite number
+stream.errors.InvalidEvent: feature 'f1' is not a finite number
 """
 
 from __future__ import annotations
@@ -30,13 +30,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from stream.config import Task
+from stream.errors import InvalidEvent
 
 FeatureValue = float | int | str | bool
 Label = bool | int | float | str
-
-
-class InvalidEvent(ValueError):
-    """An event that cannot be used; the message is the reason recorded with the dead letter."""
 
 
 @dataclass(slots=True)

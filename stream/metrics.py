@@ -16,9 +16,7 @@ from typing import Any
 
 from river import metrics, utils
 
-
-class MetricError(ValueError):
-    """An unknown metric name."""
+from stream.errors import MetricError
 
 
 def _metric_class(name: str) -> type[metrics.base.Metric]:

@@ -30,12 +30,9 @@ from typing import Any
 from river import base
 
 from stream.config import ModelConfig, StepSpec, Task
+from stream.errors import ModelError
 
 _CLASS_PATH = re.compile(r"^(river\.)?([a-z_][a-z0-9_]*\.)+[A-Z][A-Za-z0-9_]*$")
-
-
-class ModelError(ValueError):
-    """A model specification that cannot be built or does not fit the task."""
 
 
 def resolve_river_class(path: str) -> type:

@@ -3,7 +3,8 @@
 One :class:`Engine` drives one model. Its whole mutable state is a :class:`LearnerState` (the
 model, its metrics, its drift monitor and counters); a snapshot is that state pickled, so
 restoring a snapshot resumes exactly where it was taken, and the same events, config and seeds
-always give byte-identical predictions.
+always give byte-identical predictions. The configuration is not part of the state: the engine
+applies its own to a restored state (drift buffer size, candidate count, detector).
 
 >>> import tempfile
 >>> from stream.config import Config
@@ -26,6 +27,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel
 
 from stream.config import Config
 from stream.drift import DECIDE, DRIFT, WARNING, DriftMonitor, loss_of
@@ -66,6 +69,23 @@ class LearnerState:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
+class LearnerSummary(BaseModel):
+    """What an engine has done so far: counters, metrics, the policy's decisions, metric history."""
+
+    events: int
+    labelled: int
+    errors: int
+    metrics: dict[str, float]
+    warnings: int
+    drifts: int
+    snapshots: int
+    rollbacks: int
+    resets: int
+    model_version: int
+    decisions: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+
+
 def _finite(values: dict[str, float]) -> dict[str, float]:
     return {name: value for name, value in values.items() if math.isfinite(value)}
 
@@ -78,19 +98,26 @@ class Engine:
         self.task = config.model.task
         self.store = store
         self.state = state or self.new_state()
+        self._configure()
         self._bind_model()
 
     def new_state(self) -> LearnerState:
         config = self.config
         # Anomaly detectors have no loss to watch; with policy "none" drifts are still counted.
-        monitor = None if self.task == "anomaly" else DriftMonitor(config.drift, self.task)
+        monitor = None if self.task == "anomaly" else DriftMonitor.create(config.drift, self.task)
         return LearnerState(
             model=build_model(config.model),
             metrics=MetricTracker(config.metrics.resolved_names(self.task), config.metrics.rolling_window),
             monitor=monitor,
             next_sequence=self.store.next_sequence(),
-            recent_snapshots=deque(maxlen=config.drift.candidates),
         )
+
+    def _configure(self) -> None:
+        """Apply this engine's configuration to its state (new or restored from a snapshot)."""
+        state = self.state
+        state.recent_snapshots = deque(state.recent_snapshots, maxlen=self.config.drift.candidates)
+        if state.monitor is not None:
+            state.monitor.configure(self.config.drift)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -220,7 +247,9 @@ class Engine:
         candidates = [
             (snapshot_id, self._model_loader(snapshot_id)) for snapshot_id in state.recent_snapshots
         ]
-        decision, winner = state.monitor.choose(state.events, state.model, candidates, state.model.clone())
+        decision, winner = state.monitor.choose(
+            policy, state.events, state.model, candidates, state.model.clone()
+        )
         state.decisions.append(decision.as_dict())
         del state.decisions[:-MAX_DECISIONS_KEPT]
         logger.info("drift decision at event %d: %s (%s)", state.events, decision.winner, decision.candidates)
@@ -292,19 +321,19 @@ class Engine:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> LearnerSummary:
         state = self.state
-        return {
-            "events": state.events,
-            "labelled": state.labelled,
-            "errors": state.errors,
-            "metrics": _finite(state.metrics.values()),
-            "warnings": state.warnings,
-            "drifts": state.drifts,
-            "snapshots": state.snapshots,
-            "rollbacks": state.rollbacks,
-            "resets": state.resets,
-            "model_version": state.model_version,
-            "decisions": list(state.decisions),
-            "history": list(state.history),
-        }
+        return LearnerSummary(
+            events=state.events,
+            labelled=state.labelled,
+            errors=state.errors,
+            metrics=_finite(state.metrics.values()),
+            warnings=state.warnings,
+            drifts=state.drifts,
+            snapshots=state.snapshots,
+            rollbacks=state.rollbacks,
+            resets=state.resets,
+            model_version=state.model_version,
+            decisions=list(state.decisions),
+            history=list(state.history),
+        )

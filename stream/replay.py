@@ -1,8 +1,10 @@
 """Replay: the engine over a file of events, without Kafka.
 
-Each record is decoded and validated, predicted, written, then learned. Records that cannot be
-used become dead letters (reason, position, original text) and are counted; they never stop the
-run. The summary holds the counts, metrics, drifts, snapshots and rollbacks.
+Each record goes through the same per-record step as the service (:class:`stream.step.RecordStep`:
+size check, decode and validate, default id, predict, write, learn). Records that cannot be used
+become dead letters (reason, position, original text) and are counted; they never stop the run.
+An event without an ``id`` is named after its position in the file (line or row number). The
+summary holds the counts, metrics, drifts, snapshots and rollbacks.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import IO, Any
 from connectors.files import read_events
 from stream.config import Config
 from stream.dead_letters import dead_letter
-from stream.events import InvalidEvent, decode_event, encode_record, validate_event
-from stream.prequential import Engine
+from stream.events import encode_record
+from stream.prequential import Engine, LearnerSummary
 from stream.snapshots import SnapshotStore
+from stream.step import RecordStep
 
 logger = logging.getLogger(__name__)
+REJECTIONS_LOGGED = 10
 
 
 def run_replay(
@@ -29,24 +33,20 @@ def run_replay(
     predictions: IO[str] | None = None,
     dead_letters: IO[str] | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Drive ``engine`` over ``records``; return the engine's summary."""
-    task = engine.task
+) -> LearnerSummary:
+    """Drive ``engine`` over ``(position, record)`` pairs; return the engine's summary."""
+    step = RecordStep(engine.config)
+    # Written before learning, as the service publishes it: a prediction that cannot be written
+    # is the event's fault, and the model does not learn the event.
     emit = None if predictions is None else lambda p: predictions.write(encode_record(p).decode() + "\n")
+    max_bytes = engine.config.service.max_event_bytes
     for position, raw in records:
-        try:
-            event = decode_event(raw, task) if isinstance(raw, bytes) else validate_event(raw, task)
-            if event.id is None:
-                event.id = str(position)
-            # Written before learning, as the service publishes it: a prediction that cannot be
-            # written is the event's fault, and the model does not learn the event.
-            engine.process(event, emit)
-        except InvalidEvent as error:
-            engine.record_error()
-            if engine.state.errors <= 10:
-                logger.warning("record %d rejected: %s", position, error)
+        reason = step(engine, raw, "", position, emit)
+        if reason is not None:
+            if engine.state.errors <= REJECTIONS_LOGGED:
+                logger.warning("record %d rejected: %s", position, reason)
             if dead_letters is not None:
-                record = dead_letter(str(error), raw, {"position": position})
+                record = dead_letter(reason, raw, {"position": position}, max_bytes)
                 dead_letters.write(encode_record(record).decode() + "\n")
             continue
         if on_progress is not None:
@@ -60,7 +60,7 @@ def replay_file(
     output: Path | None = None,
     dead_letters: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> LearnerSummary:
     """Replay a JSONL/CSV file with ``config``; predictions and dead letters go to files if given."""
     engine = Engine(config, SnapshotStore.from_config(config.snapshots))
     with (

@@ -34,6 +34,7 @@ import river
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.config import SnapshotConfig
+from stream.errors import SnapshotError, SnapshotNotFound
 
 Reason = Literal["periodic", "warning", "drift", "manual", "rollback", "shutdown", "checkpoint"]
 # Reasons whose snapshots rotate (the last ``keep_last`` of each are kept); the others stay
@@ -43,10 +44,6 @@ logger = logging.getLogger(__name__)
 
 PAYLOAD = "state.pkl"
 MANIFEST = "manifest.json"
-
-
-class SnapshotError(RuntimeError):
-    """A snapshot that is missing, damaged, tampered with or from another River version."""
 
 
 def python_version() -> str:
@@ -187,7 +184,7 @@ class SnapshotStore:
     def delete(self, snapshot_id: str) -> None:
         path = self.directory / snapshot_id
         if not (path / MANIFEST).exists():
-            raise SnapshotError(f"no snapshot {snapshot_id!r} in {self.directory}")
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.directory}")
         shutil.rmtree(path)
 
     def _apply_retention(self, reason: str) -> None:
@@ -218,7 +215,7 @@ class SnapshotStore:
     def get(self, snapshot_id: str) -> SnapshotManifest:
         path = self.directory / snapshot_id / MANIFEST
         if "/" in snapshot_id or snapshot_id.startswith(".") or not path.exists():
-            raise SnapshotError(f"no snapshot {snapshot_id!r} in {self.directory}")
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.directory}")
         try:
             return SnapshotManifest.model_validate_json(path.read_bytes())
         except ValidationError as error:

@@ -1,8 +1,9 @@
 """Prometheus metrics for the service, in its own registry.
 
-Counters and gauges are read at scrape time from the service's ``latest_status`` (rebuilt every
-second on the service thread), so the hot loop pays only for the latency histogram, a plain list
-of bucket counts (a third of the cost of prometheus-client's locked ``Histogram.observe``).
+Counters and gauges are read at scrape time from the service's latest
+:class:`~stream.status.ServiceStatus` (rebuilt every second on the service thread), so the hot
+loop pays only for the latency histogram, a plain list of bucket counts (a third of the cost of
+prometheus-client's locked ``Histogram.observe``).
 """
 
 from __future__ import annotations
@@ -15,54 +16,55 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.status import PartitionStatus, ServiceStatus
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class _StatusCollector(Collector):
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, status: Callable[[], ServiceStatus]) -> None:
         self.status = status
 
     def collect(self) -> Iterator[Any]:
         status = self.status()
-        partitions = status.get("partitions", {})
         totals = {
-            "stream_predictions": ("predictions published (events out)", status.get("predictions", 0)),
-            "stream_dead_letters": ("events sent to the dead-letter topic", status.get("dead_letters", 0)),
-            "stream_recoveries": ("restarts of the clients after a failure", status.get("recoveries", 0)),
-            "stream_commits": ("commits of predictions and offsets", status.get("commits", 0)),
-            "stream_checkpoints": ("checkpoint snapshots taken", status.get("checkpoints", 0)),
+            "stream_predictions": ("predictions published (events out)", status.predictions),
+            "stream_dead_letters": ("events sent to the dead-letter topic", status.dead_letters),
+            "stream_recoveries": ("restarts of the clients after a failure", status.recoveries),
+            "stream_commits": ("commits of predictions and offsets", status.commits),
+            "stream_checkpoints": ("checkpoint snapshots taken", status.checkpoints),
         }
         for name, (help_text, value) in totals.items():
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], value)
             yield counter
-        per_partition = {
-            "stream_events": ("events consumed (events in)", "events"),
-            "stream_errors": ("events that could not be used", "errors"),
-            "stream_drifts": ("drifts detected", "drifts"),
-            "stream_snapshots": ("snapshots taken", "snapshots"),
-            "stream_rollbacks": ("rollbacks (policy or manual)", "rollbacks"),
+        per_partition: dict[str, tuple[str, Callable[[PartitionStatus], int]]] = {
+            "stream_events": ("events consumed (events in)", lambda p: p.events + p.errors),
+            "stream_errors": ("events that could not be used", lambda p: p.errors),
+            "stream_drifts": ("drifts detected", lambda p: p.drifts),
+            "stream_snapshots": ("snapshots taken", lambda p: p.snapshots),
+            "stream_rollbacks": ("rollbacks (policy or manual)", lambda p: p.rollbacks),
         }
-        for name, (help_text, field) in per_partition.items():
+        for name, (help_text, read) in per_partition.items():
             counter = CounterMetricFamily(name, help_text, labels=["partition"])
-            for scope, summary in partitions.items():
-                counter.add_metric([scope], summary[field] + (summary["errors"] if field == "events" else 0))
+            for scope, partition in status.partitions.items():
+                counter.add_metric([scope], read(partition))
             yield counter
         lag = GaugeMetricFamily("stream_lag", "records behind the end of the partition", labels=["partition"])
         metric = GaugeMetricFamily(
             "stream_rolling_metric", "the rolling model metric", labels=["partition", "metric"]
         )
         version = GaugeMetricFamily("stream_model_version", "model switches + 1", labels=["partition"])
-        for scope, summary in partitions.items():
-            lag.add_metric([scope], summary["lag"])
-            name = summary["rolling_metric"]
-            metric.add_metric([scope, name], summary["metrics"].get(name, 0.0))
-            version.add_metric([scope], summary["model_version"])
+        for scope, partition in status.partitions.items():
+            lag.add_metric([scope], partition.lag)
+            name = partition.rolling_metric
+            metric.add_metric([scope, name], partition.metrics.get(name, 0.0))
+            version.add_metric([scope], partition.model_version)
         yield lag
         yield metric
         yield version
         ready = GaugeMetricFamily("stream_ready", "1 when connected, assigned and with a model")
-        ready.add_metric([], 1.0 if status.get("ready") else 0.0)
+        ready.add_metric([], 1.0 if status.ready else 0.0)
         yield ready
 
 
@@ -107,7 +109,7 @@ class Telemetry:
         self.latency = LatencyHistogram()
         self.registry.register(self.latency)
 
-    def watch(self, status: Callable[[], dict[str, Any]]) -> None:
+    def watch(self, status: Callable[[], ServiceStatus]) -> None:
         self.registry.register(_StatusCollector(status))
 
     def exposition(self) -> bytes:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from connectors.local_broker import BrokerError, LocalBroker
+from kafka_local import BrokerError, LocalBroker
 
 HOW_TO_GET_A_BROKER = (
     "No Kafka broker could be started for the tests. Either run `make setup` (fetches the "

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from benchmarks.paths import KAFKA_PATHS
-from connectors.local_broker import REPO_ROOT
+from tests import REPO_ROOT
 
 pytestmark = pytest.mark.kafka
 

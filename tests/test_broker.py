@@ -10,7 +10,8 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from connectors.local_broker import REPO_ROOT, kafka_version
+from kafka_local import kafka_version
+from tests import REPO_ROOT
 
 
 def _consume_all(bootstrap: str, topic: str, expected: int, **options) -> list[bytes]:
@@ -149,7 +150,7 @@ def test_pom_pins_a_kafka_4_broker():
 
 
 def test_cluster_ids_never_start_with_a_dash_the_storage_tool_would_read_as_an_option():
-    from connectors.local_broker import cluster_id
+    from kafka_local import cluster_id
 
     ids = [cluster_id() for _ in range(5000)]  # about 78 of 5,000 raw ids would start with "-"
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)

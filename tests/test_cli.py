@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import logging
 
+import pytest
 from typer.testing import CliRunner
 
 from stream.cli import app
@@ -107,3 +109,23 @@ def test_every_command_has_help_with_an_example():
     for command in commands:
         result = runner.invoke(app, [*command, "--help"])
         assert result.exit_code == 0 and "Example" in result.output, command
+
+
+@pytest.fixture
+def logger_levels():
+    names = ("", "kafka", "stream", "connectors")
+    saved = {name: logging.getLogger(name).level for name in names}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+def test_other_libraries_log_warnings_only_unless_the_level_is_debug(tmp_path, logger_levels):
+    assert runner.invoke(app, ["config"]).exit_code == 0
+    assert logging.getLogger("kafka.conn").getEffectiveLevel() == logging.WARNING
+    assert logging.getLogger("stream.service").getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("connectors.kafka").getEffectiveLevel() == logging.INFO
+
+    assert runner.invoke(app, ["--log-level", "DEBUG", "config"]).exit_code == 0
+    assert logging.getLogger("kafka.conn").getEffectiveLevel() == logging.DEBUG
+    assert runner.invoke(app, ["--log-level", "loud", "config"]).exit_code == 2

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from stream.config import ConfigError, load_config
+from stream.config import load_config
+from stream.errors import ConfigError
 
 
 def test_missing_file_gives_all_defaults():

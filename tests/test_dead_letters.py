@@ -13,5 +13,5 @@ def test_a_dead_letter_fits_in_the_size_its_event_was_allowed():
 
 
 def test_a_small_event_is_kept_whole():
-    record = dead_letter("bad", b"{oops", {"position": 3})
+    record = dead_letter("bad", b"{oops", {"position": 3}, 1_000_000)
     assert record["event"] == "{oops" and not record["truncated"]

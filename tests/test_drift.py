@@ -7,8 +7,8 @@ import pytest
 from stream.config import Config, DriftConfig
 from stream.datasets import as_event, recurring_concepts
 from stream.drift import DECIDE, DRIFT, NO_SIGNAL, DriftMonitor
+from stream.errors import ModelError
 from stream.events import validate_event
-from stream.models import ModelError
 from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
 
@@ -54,7 +54,7 @@ def test_every_decision_records_each_candidate_score():
         assert decision["winner"] in decision["candidates"]
         assert decision["candidates"][decision["winner"]] == min(decision["candidates"].values())
         assert decision["buffer_size"] == 200
-    assert engine.summary()["decisions"] == engine.state.decisions
+    assert engine.summary().decisions == engine.state.decisions
 
 
 def test_policy_reset_switches_to_a_fresh_model_after_a_drift():
@@ -88,7 +88,7 @@ def test_a_warning_takes_a_snapshot_and_starts_a_challenger():
 
 
 def test_the_decision_waits_for_a_full_buffer_of_post_drift_events():
-    monitor = DriftMonitor(
+    monitor = DriftMonitor.create(
         DriftConfig(detector={"drift.PageHinkley": {"min_instances": 5}}, buffer_size=10), "binary"
     )
     signals = [monitor.update({"a": 1}, True, 0.0) for _ in range(50)]
@@ -101,6 +101,6 @@ def test_the_decision_waits_for_a_full_buffer_of_post_drift_events():
 
 def test_a_binary_detector_is_refused_for_regression():
     with pytest.raises(ModelError, match="0/1 input"):
-        DriftMonitor(DriftConfig(detector="drift.binary.DDM"), "regression")
+        DriftMonitor.create(DriftConfig(detector="drift.binary.DDM"), "regression")
     with pytest.raises(ModelError, match=r"class from river\.drift"):
-        DriftMonitor(DriftConfig(detector="linear_model.LinearRegression"), "binary")
+        DriftMonitor.create(DriftConfig(detector="linear_model.LinearRegression"), "binary")

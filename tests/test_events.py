@@ -5,7 +5,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from stream.events import EventModel, InvalidEvent, PredictionRecord, decode_event
+from stream.errors import InvalidEvent
+from stream.events import EventModel, PredictionRecord, decode_event
 
 VALID = [
     b'{"id": "e-1", "x": {"f1": 0.3, "color": "red", "flag": true}, "y": true, "key": "k", "ts": "2026"}',

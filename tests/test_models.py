@@ -6,7 +6,8 @@ import pytest
 from river import linear_model, preprocessing
 
 from stream.config import ModelConfig
-from stream.models import ModelError, build_model, predict_one_is_argmax, resolve_river_class
+from stream.errors import ModelError
+from stream.models import build_model, predict_one_is_argmax, resolve_river_class
 
 
 def test_class_paths_resolve_inside_river_only():

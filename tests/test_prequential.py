@@ -7,7 +7,8 @@ import pytest
 from river import anomaly, datasets, evaluate, linear_model, metrics, preprocessing, tree
 
 from stream.config import Config
-from stream.events import Event, InvalidEvent, encode_record, validate_event
+from stream.errors import InvalidEvent
+from stream.events import Event, encode_record, validate_event
 from stream.prequential import Engine
 from stream.replay import run_replay
 from stream.snapshots import SnapshotStore
@@ -28,7 +29,7 @@ def _replay_metric(config: Config, data: bytes, tmp_path) -> float:
     engine = Engine(config, SnapshotStore(tmp_path / "snapshots"))
     records = ((n, line) for n, line in enumerate(data.splitlines(), start=1))
     summary = run_replay(records, engine)
-    return summary["metrics"][config.metrics.names[0]]
+    return summary.metrics[config.metrics.names[0]]
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_same_input_and_config_give_byte_identical_predictions(tmp_path):
     first, summary = _replay_bytes(data, config, tmp_path / "a")
     second, _ = _replay_bytes(data, config, tmp_path / "b")
     assert first == second
-    assert summary["drifts"] >= 1  # the run exercised the drift policy, not just the model
+    assert summary.drifts >= 1  # the run exercised the drift policy, not just the model
 
 
 def test_bad_records_are_counted_and_do_not_stop_the_loop(tmp_path):
@@ -112,8 +113,8 @@ def test_bad_records_are_counted_and_do_not_stop_the_loop(tmp_path):
     engine = Engine(config, SnapshotStore(tmp_path))
     data = _drifting_jsonl(500)
     summary = run_replay(enumerate(data.splitlines(), 1), engine, None, dead)
-    assert summary["errors"] == 2
-    assert summary["events"] == 1501 and summary["labelled"] == 1500
+    assert summary.errors == 2
+    assert summary.events == 1501 and summary.labelled == 1500
     reasons = [json.loads(line)["error"] for line in dead.getvalue().splitlines()]
     assert reasons[0].startswith("malformed JSON") and "feature 'a'" in reasons[1]
 
@@ -186,7 +187,7 @@ def test_an_event_the_model_cannot_use_is_rejected_with_the_model_reason(tmp_pat
         (3, b'{"x": {"a": 2.0}, "y": false}'),
     ]
     summary = run_replay(records, engine, None, dead)
-    assert summary["errors"] == 1 and summary["labelled"] == 2
+    assert summary.errors == 1 and summary.labelled == 2
     assert "the model cannot learn this event: TypeError" in dead.getvalue()
 
 

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from connectors import BACKENDS
-from connectors.local_broker import LocalBroker
-from stream.checkpoint import partition_key, restore_point
+from kafka_local import LocalBroker
+from stream.checkpoint import PartitionId, restore_point
 from stream.cli import app
 from stream.config import Config
 from stream.events import encode_record, validate_event
@@ -45,7 +45,7 @@ def _reference(config: dict, events: list[dict]) -> tuple[list[str], Engine]:
 
 def _final_state(config: dict, topic: str, partition: int = 0):
     store = SnapshotStore(Path(config["snapshots"]["directory"]) / f"{topic}-{partition}")
-    restored = restore_point(store, partition_key(topic, partition), committed=10**12)
+    restored = restore_point(store, PartitionId(topic, partition).key, committed=10**12)
     assert restored is not None, "the service left no snapshot"
     return restored
 
@@ -77,7 +77,7 @@ def test_twenty_thousand_events_are_each_predicted_once_and_match_replay(kafka, 
     assert [encode_record(p) for p in predictions] == expected  # byte for byte what replay predicts
     manifest, state = _final_state(config, topics["input_topic"])
     assert manifest.reason == "shutdown"
-    assert manifest.metrics == reference.summary()["metrics"]
+    assert manifest.metrics == reference.summary().metrics
     assert state.drifts == reference.state.drifts >= 1
 
     kcat = shutil.which("kcat")

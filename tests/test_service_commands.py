@@ -8,8 +8,8 @@ import pytest
 
 from connectors.kafka import KafkaPythonConnector
 from stream.config import Config
+from stream.errors import NotOwnedError, SnapshotError
 from stream.service import Service
-from stream.snapshots import SnapshotError
 
 
 def _service(tmp_path) -> Service:
@@ -39,15 +39,31 @@ def test_a_command_runs_on_the_service_thread_and_returns_its_result(tmp_path):
     assert threads == [threading.get_ident()]
 
 
+def _serve_one(service: Service, command) -> tuple[str, str | None]:
+    """Submit ``command`` from another thread while this one runs the service's commands: what
+    the caller got (the result, or the error's name), and what the service thread raised."""
+    outcome: list[str] = []
+
+    def call() -> None:
+        try:
+            outcome.append(service.submit(command, timeout=5))
+        except Exception as error:
+            outcome.append(type(error).__name__)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    raised = None
+    try:
+        while caller.is_alive():
+            service._run_commands()
+    except Exception as error:
+        raised = type(error).__name__
+    caller.join()
+    return outcome[0], raised
+
+
 def test_request_errors_go_back_to_the_caller_and_infrastructure_errors_also_stop_the_loop(tmp_path):
     service = _service(tmp_path)
-    results = []
-
-    def call(command):
-        try:
-            results.append(service.submit(command, timeout=5))
-        except Exception as error:
-            results.append(type(error).__name__)
 
     def unknown_snapshot(svc):
         raise SnapshotError("no snapshot 'x'")
@@ -55,16 +71,13 @@ def test_request_errors_go_back_to_the_caller_and_infrastructure_errors_also_sto
     def disk_full(svc):
         raise OSError(28, "No space left on device")
 
-    caller = threading.Thread(target=call, args=(unknown_snapshot,))
-    caller.start()
-    while caller.is_alive():
-        service._run_commands()
-    assert results == ["SnapshotError"]
+    assert _serve_one(service, unknown_snapshot) == ("SnapshotError", None)
+    assert _serve_one(service, disk_full) == ("OSError", "OSError")
 
-    caller = threading.Thread(target=call, args=(disk_full,))
-    caller.start()
-    with pytest.raises(OSError):
-        while caller.is_alive():
-            service._run_commands()
-    caller.join()
-    assert results == ["SnapshotError", "OSError"]
+
+def test_a_request_for_a_partition_not_owned_is_the_callers_fault_but_a_key_error_is_a_bug(tmp_path):
+    service = _service(tmp_path)
+    # Not connected, it owns nothing: the caller is told and the loop goes on.
+    not_owned = _serve_one(service, lambda svc: svc.rollback("events-9", "00000001-drift"))
+    assert not_owned == ("NotOwnedError", None) and not issubclass(NotOwnedError, KeyError)
+    assert _serve_one(service, lambda svc: {}["a bug"]) == ("KeyError", "KeyError")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.snapshots import MANIFEST, PAYLOAD, SnapshotError, SnapshotStore
+from stream.errors import SnapshotError
+from stream.snapshots import MANIFEST, PAYLOAD, SnapshotStore
 
 
 class _Tripwire:

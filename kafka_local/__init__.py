@@ -1,15 +1,16 @@
 """A real single-node Apache Kafka broker (KRaft) on the local JVM, for machines without Docker.
 
-The broker jars come from Maven Central through ``docker/kafka-local/pom.xml`` and are cached
+Development tooling, installed with the package so that ``stream demo`` works from an installed
+copy too. The broker jars come from Maven Central through this package's ``pom.xml`` and are cached
 once per Kafka version; after that no network is needed. The broker binds to 127.0.0.1 on free
 ports, formats its own storage, and stops cleanly on SIGTERM.
 
 Command line (also ``docker/kafka-local/kafka-local``)::
 
-    python -m connectors.local_broker fetch          # download the jars (idempotent)
-    python -m connectors.local_broker run            # start, print the address, wait for Ctrl-C
-    python -m connectors.local_broker start          # start in the background (state in .kafka-local/)
-    python -m connectors.local_broker stop           # stop the background broker
+    python -m kafka_local fetch          # download the jars (idempotent)
+    python -m kafka_local run            # start, print the address, wait for Ctrl-C
+    python -m kafka_local start          # start in the background (state in .kafka-local/)
+    python -m kafka_local stop           # stop the background broker
 
 From Python::
 
@@ -34,9 +35,8 @@ import time
 import uuid
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-POM_PATH = REPO_ROOT / "docker" / "kafka-local" / "pom.xml"
-DEFAULT_STATE_DIR = REPO_ROOT / ".kafka-local"
+POM_PATH = Path(__file__).resolve().parent / "pom.xml"
+DEFAULT_STATE_DIR = Path(".kafka-local")  # of the working directory (``make`` runs in the repository)
 READY_LINE = "Kafka Server started"
 
 
@@ -383,7 +383,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kafka-local: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The errors this package raises on purpose, under one base.
+
+Each names whose fault it is, so callers catch what they can act on and let the rest (a bug, a
+lost broker, a full disk) go to the recovery that handles those:
+
+- :class:`ConfigError`, :class:`ModelError`, :class:`MetricError`: the configuration; the
+  service refuses to start.
+- :class:`InvalidEvent`: one event; it becomes a dead letter with the message as its reason.
+- :class:`SnapshotError`: a snapshot that is missing (:class:`SnapshotNotFound`), damaged,
+  tampered with or from another River version; a restore skips it, a request is refused.
+- :class:`NotOwnedError`: a request for a partition another instance owns (HTTP 409).
+
+>>> issubclass(SnapshotNotFound, StreamError), issubclass(NotOwnedError, KeyError)
+(True, False)
+"""
+
+from __future__ import annotations
+
+
+class StreamError(Exception):
+    """Base of every error raised on purpose by this package."""
+
+
+class ConfigError(StreamError, ValueError):
+    """A configuration that cannot be used; the message names each bad key."""
+
+
+class ModelError(StreamError, ValueError):
+    """A model specification that cannot be built or does not fit the task."""
+
+
+class MetricError(StreamError, ValueError):
+    """An unknown metric name."""
+
+
+class InvalidEvent(StreamError, ValueError):
+    """An event that cannot be used; the message is the reason recorded with the dead letter."""
+
+
+class SnapshotError(StreamError, RuntimeError):
+    """A snapshot that is missing, damaged, tampered with or from another River version."""
+
+
+class SnapshotNotFound(SnapshotError):
+    """No snapshot with that id in the store."""
+
+
+class NotOwnedError(StreamError):
+    """The partition named by a request is not owned by this instance."""

@@ -1,0 +1,201 @@
+"""An in-memory Kafka behind the connector interface, that can die at any client call.
+
+It keeps what the protocol relies on: per-partition logs with offsets, a consumer group's
+committed offsets with metadata, transactions whose records and offsets become visible together
+on commit (and are dropped on abort or when the producer dies), read_committed reads, and
+producer buffers that a dead process never delivered. A :class:`CrashPlan` raises
+:class:`Killed` (a ``BaseException``, so no ``except Exception`` in the service can catch it, as
+no code survives a SIGKILL) at the n-th call of a named step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition
+
+
+class Killed(BaseException):
+    """The process died here."""
+
+
+@dataclass
+class CrashPlan:
+    """Die at the ``at``-th call of ``step`` (1-based); ``calls`` counts every step's calls."""
+
+    step: str = ""
+    at: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def reached(self, step: str) -> None:
+        self.calls[step] = self.calls.get(step, 0) + 1
+        if step == self.step and self.calls[step] == self.at:
+            raise Killed(f"killed at {step} #{self.at}")
+
+
+@dataclass
+class _Record:
+    key: bytes | None
+    value: bytes | None
+
+
+class FakeKafka:
+    """The broker: topics of one or more partitions, and committed group offsets."""
+
+    def __init__(self, partitions: int = 1, batch: int = 100) -> None:
+        self.default_partitions = partitions
+        self.batch = batch  # records per poll at most: small batches, many step boundaries
+        self.logs: dict[TopicPartition, list[_Record]] = {}
+        self.group_offsets: dict[tuple[str, TopicPartition], Position] = {}
+        self.plan = CrashPlan()
+        self.on_idle: Callable[[], None] = lambda: None  # called when a source has read everything
+
+    def create(self, topic: str, partitions: int | None = None) -> None:
+        for partition in range(partitions or self.default_partitions):
+            self.logs.setdefault((topic, partition), [])
+
+    def append(self, topic: str, values: list[bytes]) -> None:
+        self.create(topic)
+        partitions = sorted(tp for tp in self.logs if tp[0] == topic)
+        for number, value in enumerate(values):
+            self.logs[partitions[number % len(partitions)]].append(_Record(None, value))
+
+    def values(self, topic: str) -> list[bytes]:
+        """Everything a read_committed reader sees in ``topic``, partition by partition."""
+        return [
+            record.value or b""
+            for tp in sorted(tp for tp in self.logs if tp[0] == topic)
+            for record in self.logs[tp]
+        ]
+
+    def connector(self) -> FakeConnector:
+        return FakeConnector(self)
+
+
+class FakeSource(Source):
+    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
+        self.kafka: FakeKafka = options["fake"]
+        self.group_id = group_id
+        self.topics = topics
+        self.on_assign = lambda partitions: None
+        self.on_revoke = lambda partitions: None
+        self.positions: dict[TopicPartition, int] = {}
+        self._assigned = False
+
+    def poll(self, timeout: float, max_records: int) -> list[Message]:
+        self.kafka.plan.reached("poll")
+        if not self._assigned:
+            self._assigned = True
+            assigned = sorted(tp for tp in self.kafka.logs if tp[0] in self.topics)
+            for tp in assigned:
+                committed = self.committed(tp)
+                self.positions[tp] = committed[0] if committed else 0
+            self.on_assign(assigned)
+            return []
+        messages: list[Message] = []
+        max_records = min(max_records, self.kafka.batch)
+        for tp, position in self.positions.items():
+            log = self.kafka.logs[tp]
+            for offset in range(position, min(len(log), position + max_records - len(messages))):
+                messages.append(Message(tp[0], tp[1], offset, log[offset].key, log[offset].value))
+            self.positions[tp] = position + sum(1 for m in messages if (m.topic, m.partition) == tp)
+        if not messages:
+            self.kafka.on_idle()
+        return messages
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.positions)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.positions[partition] = offset
+
+    def committed(self, partition: TopicPartition) -> Position | None:
+        return self.kafka.group_offsets.get((self.group_id, partition))
+
+    def beginning_offset(self, partition: TopicPartition) -> int:
+        return 0
+
+    def lag(self) -> dict[TopicPartition, int]:
+        return {tp: len(self.kafka.logs[tp]) - position for tp, position in self.positions.items()}
+
+    def read_range(
+        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
+    ) -> list[Message]:
+        log = self.kafka.logs[partition]
+        return [
+            Message(*partition, offset, log[offset].key, log[offset].value) for offset in range(start, end)
+        ]
+
+    def commit(self, positions: dict[TopicPartition, Position]) -> None:
+        self.kafka.plan.reached("source.commit")
+        for tp, position in positions.items():
+            self.kafka.group_offsets[(self.group_id, tp)] = position
+
+    def group_metadata(self) -> object:
+        return self.group_id
+
+    def close(self) -> None:
+        pass
+
+
+class FakeSink(Sink):
+    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
+        self.kafka: FakeKafka = options["fake"]
+        self.transactional = transactional_id is not None
+        self.buffer: list[tuple[str, _Record]] = []  # sent, not yet delivered (or in the open transaction)
+        self.in_transaction = False
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+        self.kafka.plan.reached("send")
+        assert not self.transactional or self.in_transaction, "send outside a transaction"
+        self.buffer.append((topic, _Record(key, value)))
+
+    def _deliver(self) -> None:
+        for topic, record in self.buffer:
+            self.kafka.append(topic, [record.value or b""])
+        self.buffer = []
+
+    def begin(self) -> None:
+        self.kafka.plan.reached("begin")
+        if self.transactional:
+            assert not self.in_transaction, "a transaction is already open"
+            self.in_transaction = True
+
+    def commit(self, positions: dict[TopicPartition, Position], group_metadata: object) -> None:
+        if not self.transactional:
+            self.flush()
+            return
+        self.kafka.plan.reached("transaction.commit")
+        self._deliver()
+        for tp, position in positions.items():
+            self.kafka.group_offsets[(str(group_metadata), tp)] = position
+        self.in_transaction = False
+        self.kafka.plan.reached("transaction.committed")
+
+    def abort(self) -> None:
+        self.buffer, self.in_transaction = [], False
+
+    def flush(self) -> None:
+        self.kafka.plan.reached("flush")
+        self._deliver()
+        self.kafka.plan.reached("flushed")
+
+    def close(self) -> None:
+        if not self.transactional:
+            self._deliver()
+
+
+class FakeConnector(Connector):
+    source_class = FakeSource
+    sink_class = FakeSink
+    bootstrap_option = "bootstrap"
+
+    def __init__(self, kafka: FakeKafka) -> None:
+        super().__init__("fake", {"fake": kafka})
+        self.kafka = kafka
+
+    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
+        for topic in topics:
+            self.kafka.create(topic, partitions)

@@ -1,0 +1,161 @@
+"""The processing guarantee (stream/checkpoint.py) on an in-memory Kafka that dies at any step.
+
+Each case kills the service at one client call or snapshot file operation, starts a new one on
+the same broker and snapshot folder, and lets it finish. Exactly-once: what a read_committed
+reader sees is every event's prediction once, byte for byte what an uninterrupted run predicts,
+and the final model equals that run's. At-least-once: predictions may repeat, but never differ,
+and the model is the same. The broker tests (tests/test_service.py) prove the same end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import stream.snapshots
+from stream.checkpoint import PartitionId, restore_point
+from stream.config import Config
+from stream.events import encode_record, validate_event
+from stream.prequential import Engine
+from stream.service import Service
+from stream.snapshots import SnapshotStore
+from tests.fake_connector import FakeKafka, Killed
+from tests.kafka_helpers import drifting_events
+from tests.model_equality import canonical_pickle
+
+EVENTS = drifting_events(3_000, seed=11)
+# Where a crash can fall: every client call of the protocol and every file operation of a
+# snapshot (payload and manifest writes alternate; a rename puts a snapshot in place).
+EXACTLY_ONCE_STEPS = [
+    ("poll", 3), ("send", 1), ("send", 1_234), ("send", 2_999), ("begin", 2), ("begin", 9),
+    ("transaction.commit", 1), ("transaction.commit", 4), ("transaction.committed", 2),
+    ("transaction.committed", 5), ("snapshot.write", 1), ("snapshot.write", 2), ("snapshot.write", 5),
+    ("snapshot.rename", 1), ("snapshot.rename", 3),
+]  # fmt: skip
+AT_LEAST_ONCE_STEPS = [
+    ("send", 1_500), ("flush", 2), ("flushed", 3), ("source.commit", 1), ("source.commit", 4),
+    ("snapshot.write", 3), ("snapshot.rename", 2),
+]  # fmt: skip
+
+
+def _config(tmp_path: Path, guarantee: str, **drift: object) -> Config:
+    return Config.model_validate({
+        "model": {"task": "binary", "pipeline": ["tree.HoeffdingTreeClassifier"]},
+        "drift": {"policy": "best", **drift},
+        "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead"},
+        "snapshots": {"directory": str(tmp_path / "snapshots")},
+        "service": {"guarantee": guarantee, "checkpoint_every_events": 400, "commit_every_seconds": 0.001},
+    })  # fmt: skip
+
+
+def _reference(config: Config) -> tuple[list[bytes], Engine]:
+    engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="reference-")))
+    return [encode_record(engine.process(validate_event(e, "binary"))) for e in EVENTS], engine
+
+
+def _run(kafka: FakeKafka, config: Config) -> None:
+    service = Service(config, kafka.connector(), "test")
+    kafka.on_idle = service.request_stop
+    service.run()
+
+
+@pytest.fixture
+def file_steps(monkeypatch):
+    """Snapshot file operations report to the crash plan of the broker under test, once there is one."""
+    kafkas: list[FakeKafka] = []
+    write, rename = stream.snapshots._write_durably, os.rename
+
+    def reported_write(path, data):
+        if kafkas:
+            kafkas[0].plan.reached("snapshot.write")
+        write(path, data)
+
+    def reported_rename(source, target):
+        if kafkas:
+            kafkas[0].plan.reached("snapshot.rename")
+        rename(source, target)
+
+    monkeypatch.setattr(stream.snapshots, "_write_durably", reported_write)
+    monkeypatch.setattr(stream.snapshots.os, "rename", reported_rename)
+    return kafkas
+
+
+def _crash_then_finish(tmp_path: Path, guarantee: str, step: str, at: int, file_steps: list) -> FakeKafka:
+    kafka = FakeKafka()
+    file_steps.append(kafka)
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
+    config = _config(tmp_path, guarantee)
+    kafka.plan.step, kafka.plan.at = step, at
+    with pytest.raises(Killed):
+        _run(kafka, config)
+    kafka.plan.step = ""  # the restarted service runs to the end
+    _run(kafka, config)
+    return kafka
+
+
+def _final_model(config: Config):
+    store = SnapshotStore.from_config(config.snapshots, PartitionId("events", 0).scope)
+    manifest, state = restore_point(store, PartitionId("events", 0).key, committed=10**12)
+    assert manifest.reason == "shutdown"
+    return state
+
+
+def _decisions(state) -> list[tuple]:
+    """The policy's decisions, with snapshot ids reduced to their reason (the service's own
+    checkpoint snapshots take sequence numbers that a bare engine does not)."""
+
+    def name(candidate: str) -> str:
+        return candidate.split("-")[-1] if candidate.startswith("snapshot:") else candidate
+
+    return [
+        (d["event"], d["action"], name(d["winner"]), {name(c): loss for c, loss in d["candidates"].items()})
+        for d in state.decisions
+    ]
+
+
+@pytest.mark.parametrize(("step", "at"), EXACTLY_ONCE_STEPS)
+def test_exactly_once_survives_a_crash_at_every_protocol_step(tmp_path, file_steps, step, at):
+    config = _config(tmp_path, "exactly_once")
+    expected, reference = _reference(config)
+    kafka = _crash_then_finish(tmp_path, "exactly_once", step, at, file_steps)
+    assert kafka.values("predictions") == expected
+    state = _final_model(config)
+    assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)
+    assert _decisions(state) == _decisions(reference.state) and state.drifts >= 1
+
+
+@pytest.mark.parametrize(("step", "at"), AT_LEAST_ONCE_STEPS)
+def test_at_least_once_repeats_only_identical_predictions_after_a_crash(tmp_path, file_steps, step, at):
+    config = _config(tmp_path, "at_least_once")
+    expected, reference = _reference(config)
+    kafka = _crash_then_finish(tmp_path, "at_least_once", step, at, file_steps)
+    by_id = {json.loads(line)["id"]: line for line in expected}
+    published = kafka.values("predictions")
+    assert {json.loads(line)["id"] for line in published} == by_id.keys()
+    assert all(by_id[json.loads(line)["id"]] == line for line in published)
+    assert canonical_pickle(_final_model(config).model) == canonical_pickle(reference.state.model)
+
+
+def test_a_crash_point_that_is_never_reached_fails_the_run(tmp_path, file_steps):
+    with pytest.raises(pytest.fail.Exception):
+        _crash_then_finish(tmp_path, "exactly_once", "send", 10**9, file_steps)
+
+
+def test_a_restart_applies_the_new_drift_configuration_to_the_restored_state(tmp_path):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:1_500]])
+    _run(kafka, _config(tmp_path, "exactly_once", buffer_size=200, candidates=5))
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[1_500:]])
+    changed = _config(tmp_path, "exactly_once", policy="reset", buffer_size=50, candidates=2)
+    _run(kafka, changed)
+
+    state = _final_model(changed)
+    assert state.monitor.buffer.maxlen == 50 and state.recent_snapshots.maxlen == 2
+    after_restart = [d for d in state.decisions if d["event"] > 1_500]
+    assert after_restart, "the second run decided no drift: the test shows nothing"
+    assert all(d["policy"] == "reset" and set(d["candidates"]) == {"fresh"} for d in after_restart)
+    assert all(d["buffer_size"] == 50 for d in after_restart)
