@@ -159,3 +159,40 @@ def test_a_restart_applies_the_new_drift_configuration_to_the_restored_state(tmp
     assert after_restart, "the second run decided no drift: the test shows nothing"
     assert all(d["policy"] == "reset" and set(d["candidates"]) == {"fresh"} for d in after_restart)
     assert all(d["buffer_size"] == 50 for d in after_restart)
+
+
+def test_the_service_dead_letters_events_over_max_event_bytes_with_the_reason(tmp_path):
+    kafka = FakeKafka()
+    small = json.dumps(EVENTS[0]).encode()
+    large = json.dumps({**EVENTS[1], "id": "large", "x": {**EVENTS[1]["x"], "pad": "p" * 400}}).encode()
+    kafka.append("events", [small, large, small])
+    config = _config(tmp_path, "exactly_once").model_copy(deep=True)
+    config.service.max_event_bytes = 300
+    _run(kafka, config)
+    (letter,) = [json.loads(value) for value in kafka.values("dead")]
+    assert letter["error"] == f"event of {len(large)} bytes exceeds service.max_event_bytes=300"
+    assert letter["source"]["offset"] == 1 and len(kafka.values("predictions")) == 2
+
+
+def test_periodic_checkpoints_never_compete_as_rollback_candidates(tmp_path):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
+    config = _config(tmp_path, "exactly_once")
+    _run(kafka, config)
+    state = _final_model(config)
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    assert store.list(reason="checkpoint"), "no checkpoint was taken: the test shows nothing"
+    candidates = {name for decision in state.decisions for name in decision["candidates"]}
+    assert any(name.startswith("snapshot:") for name in candidates)
+    assert all(name.split("-")[-1] in ("warning", "drift", "manual") for name in candidates if ":" in name)
+
+
+def test_a_snapshot_whose_state_disagrees_with_its_manifest_is_not_restored(tmp_path):
+    from types import SimpleNamespace as State
+
+    store = SnapshotStore(tmp_path)
+    store.save(State(offsets={"events:0": 100}), reason="checkpoint", offsets={"events:0": 100})
+    # The manifest says 200 but the state has learned up to 150: restoring it would skip 50 events.
+    store.save(State(offsets={"events:0": 150}), reason="checkpoint", offsets={"events:0": 200})
+    manifest, state = restore_point(store, "events:0", committed=200)
+    assert manifest.id == "00000001-checkpoint" and state.offsets == {"events:0": 100}

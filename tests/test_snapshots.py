@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.config import Config
 from stream.errors import SnapshotError
 from stream.snapshots import MANIFEST, PAYLOAD, SnapshotStore
 
@@ -70,6 +71,37 @@ def test_a_tampered_manifest_hash_still_fails_with_a_signing_key(tmp_path):
     assert not tripwire.exists()
 
 
+def test_a_swapped_payload_under_an_untouched_signed_manifest_is_refused(tmp_path):
+    store = SnapshotStore(tmp_path, hmac_key="secret")
+    tripwire = tmp_path / "unpickled"
+    manifest = store.save("genuine", reason="manual")
+    (tmp_path / manifest.id / PAYLOAD).write_bytes(pickle.dumps(_Tripwire(str(tripwire))))
+    with pytest.raises(SnapshotError, match="SHA-256 does not match"):
+        store.load(manifest.id)
+    assert not tripwire.exists()
+
+
+def test_a_store_from_the_config_signs_with_the_configured_key_and_refuses_unsigned(tmp_path):
+    config = Config.model_validate({"snapshots": {"directory": str(tmp_path), "hmac_key": "k"}})
+    signed = SnapshotStore.from_config(config.snapshots, "events-0").save("s", reason="manual")
+    assert signed.hmac_sha256 is not None
+    SnapshotStore(tmp_path / "events-0").save("unsigned", reason="manual")
+    with pytest.raises(SnapshotError, match="not signed"):
+        SnapshotStore.from_config(config.snapshots, "events-0").load("00000002-manual")
+
+
+def test_a_snapshot_from_another_python_version_is_refused(tmp_path):
+    store = SnapshotStore(tmp_path)
+    tripwire = tmp_path / "unpickled"
+    manifest = store.save(_Tripwire(str(tripwire)), reason="manual")
+    tripwire.unlink(missing_ok=True)
+    path = tmp_path / manifest.id / MANIFEST
+    path.write_text(json.dumps({**json.loads(path.read_text()), "python_version": "2.7"}))
+    with pytest.raises(SnapshotError, match=r"Python 2\.7"):
+        store.load(manifest.id)
+    assert not tripwire.exists()
+
+
 def test_unsigned_snapshots_are_refused_when_a_key_is_set(tmp_path):
     SnapshotStore(tmp_path).save("unsigned", reason="manual")
     with pytest.raises(SnapshotError, match="not signed"):
@@ -106,16 +138,14 @@ def test_retention_keeps_the_last_k_rotating_and_every_drift_manual_or_pinned(tm
     store.pin("00000001-periodic")
     for n in range(2, 6):
         store.save(f"p{n}", reason="periodic")
-    store.save("d", reason="drift")
-    store.save("m", reason="manual")
+    for n in range(4):  # more of each than keep_last, each followed by rotating ones
+        store.save(f"d{n}", reason="drift")
+        store.save(f"m{n}", reason="manual")
+        store.save(f"p{n}", reason="periodic")
     ids = [m.id for m in store.list()]
-    assert ids == [
-        "00000001-periodic",  # pinned
-        "00000004-periodic",
-        "00000005-periodic",
-        "00000006-drift",
-        "00000007-manual",
-    ]
+    kept = (("drift", 6), ("manual", 7))  # sequences 6 + 3n and 7 + 3n
+    drifts_and_manual = [f"{first + 3 * n:08d}-{reason}" for n in range(4) for reason, first in kept]
+    assert ids == sorted(["00000001-periodic", *drifts_and_manual, "00000014-periodic", "00000017-periodic"])
 
 
 def test_saving_an_existing_sequence_again_is_idempotent(tmp_path):
@@ -140,12 +170,27 @@ def test_pin_unpin_delete_and_unknown_ids(tmp_path):
             store.get(bad)
 
 
-def test_payload_is_fsynced_before_the_rename(tmp_path, monkeypatch):
-    synced: list[int] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+def test_payload_and_manifest_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(source, target) -> None:
+        events.append(("rename", str(target)))
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
     SnapshotStore(tmp_path).save("x", reason="manual")
-    assert len(synced) >= 3  # payload, manifest, directory
+    final = str(tmp_path / "00000001-manual")
+    kinds = [(kind, Path(path).name if kind == "fsync" else path) for kind, path in events]
+    assert kinds[:2] == [("fsync", PAYLOAD), ("fsync", MANIFEST)]
+    staging = Path(events[0][1]).parent
+    assert events[2] == ("fsync", str(staging)) and events[3] == ("rename", final)
+    assert events[4] == ("fsync", str(tmp_path))  # the rename itself made durable
 
 
 def test_the_signature_covers_the_offsets_a_restore_trusts(tmp_path):
