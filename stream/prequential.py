@@ -26,7 +26,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
@@ -84,6 +84,9 @@ class LearnerSummary(BaseModel):
     model_version: int
     decisions: list[dict[str, Any]]
     history: list[dict[str, Any]]
+
+
+Summary = TypeVar("Summary", bound=LearnerSummary)
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
@@ -321,9 +324,17 @@ class Engine:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def summary(self) -> LearnerSummary:
+    @overload
+    def summary(self) -> LearnerSummary: ...
+
+    @overload
+    def summary(self, model: type[Summary], **extra: Any) -> Summary: ...
+
+    def summary(self, model: type[LearnerSummary] = LearnerSummary, **extra: Any) -> LearnerSummary:
+        """The summary as ``model`` (a :class:`LearnerSummary` or a subclass, whose further fields
+        ``extra`` gives), validated once."""
         state = self.state
-        return LearnerSummary(
+        return model(
             events=state.events,
             labelled=state.labelled,
             errors=state.errors,
@@ -336,4 +347,5 @@ class Engine:
             model_version=state.model_version,
             decisions=list(state.decisions),
             history=list(state.history),
+            **extra,
         )

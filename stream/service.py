@@ -63,7 +63,6 @@ class Service:
         self.status = StatusBoard(self.instance_id, config.service.guarantee)
         self.telemetry.watch(lambda: self.status.latest)
         self.checkpointer: Checkpointer | None = None  # with the clients, while connected
-        self.publisher: Publisher | None = None
         self.alive_at = time.monotonic()  # the service thread's last round of its loop or retry wait
         self._stopping = False
         self._last_status, self._last_refresh = time.monotonic(), 0.0
@@ -92,9 +91,9 @@ class Service:
         backoff = 1.0
         while not self._stopping:
             try:
-                checkpointer = self._connect()
+                checkpointer, publisher = self._connect()
                 backoff = 1.0
-                self._loop(checkpointer)
+                self._loop(checkpointer, publisher)
                 checkpointer.checkpoint("shutdown")
                 self._close()
                 break
@@ -113,21 +112,21 @@ class Service:
             self.alive_at = time.monotonic()
             time.sleep(0.1)
 
-    def _connect(self) -> Checkpointer:
+    def _connect(self) -> tuple[Checkpointer, Publisher]:
         kafka = self.config.kafka
         exactly_once = self.config.service.guarantee == "exactly_once"
         sink = self.connector.sink(f"{kafka.group_id}-{self.instance_id}" if exactly_once else None)
-        self.publisher = Publisher(self.config, sink, self.counters, self.telemetry.latency)
+        publisher = Publisher(self.config, sink, self.counters, self.telemetry.latency)
         sink.begin()
         source = self.connector.source([kafka.input_topic], kafka.group_id, self.instance_id)
         # Called on the client's I/O thread: only take note; the loop acts on it after the poll.
         source.on_assign = lambda partitions: self._rebalances.put(False)
         source.on_revoke = lambda partitions: self._rebalances.put(bool(partitions))
         self.checkpointer = Checkpointer(self.config, source, sink, self.step, self.counters)
-        return self.checkpointer
+        return self.checkpointer, publisher
 
     def _close(self) -> None:
-        checkpointer, self.checkpointer, self.publisher = self.checkpointer, None, None
+        checkpointer, self.checkpointer = self.checkpointer, None
         if checkpointer is not None:
             for client in (checkpointer.source, checkpointer.sink):
                 try:
@@ -136,7 +135,7 @@ class Service:
                     logger.debug("closing %s: %s", type(client).__name__, error)
         self.status.disconnected()
 
-    def _loop(self, checkpointer: Checkpointer) -> None:
+    def _loop(self, checkpointer: Checkpointer, publisher: Publisher) -> None:
         source = checkpointer.source
         service = self.config.service
         while not self._stopping:
@@ -145,7 +144,7 @@ class Service:
             if self._apply_rebalances(checkpointer):
                 continue  # every owned partition was re-positioned: the batch will be fetched again
             for message in messages:
-                self._handle(checkpointer, message)
+                self._handle(checkpointer, publisher, message)
             self._run_commands()
             now = time.monotonic()
             checkpointer.tick(now)
@@ -164,14 +163,12 @@ class Service:
             checkpointer.rebalance(revoked)
         return changed
 
-    def _handle(self, checkpointer: Checkpointer, message: Message) -> None:
+    def _handle(self, checkpointer: Checkpointer, publisher: Publisher, message: Message) -> None:
         """One record: claim it, run the step, publish its prediction or dead letter."""
         owned = checkpointer.owner(message)
         if owned is None:  # revoked while the batch was in flight
             return
         owned.claim(message.offset)
-        publisher = self.publisher
-        assert publisher is not None
         publisher.produced_ms = message.timestamp_ms
         reason = self.step(
             owned.engine, message.value, owned.id.id_prefix, message.offset, publisher.prediction
@@ -236,12 +233,11 @@ class Service:
         lag: dict[TopicPartition, int] = checkpointer.source.lag() if checkpointer else {}
         partitions = {}
         for partition, owned in (checkpointer.partitions if checkpointer else {}).items():
-            state = owned.engine.state
-            partitions[owned.id.scope] = PartitionStatus(
-                **owned.engine.summary().model_dump(),
+            partitions[owned.id.scope] = owned.engine.summary(
+                PartitionStatus,
                 offset=owned.next_offset,
                 lag=lag.get(partition, 0),
-                rolling_metric=state.metrics.primary_rolling[0],
+                rolling_metric=owned.engine.state.metrics.primary_rolling[0],
             )
         self.status.refresh(
             now, time.time(), self.counters, partitions, sum(lag.values()), checkpointer is not None

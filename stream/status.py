@@ -16,7 +16,7 @@ rate and the lag are worked out there, once.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pydantic import BaseModel, Field
 
@@ -104,12 +104,7 @@ class StatusBoard:
             connected=connected,
             instance_id=self.instance_id,
             guarantee=self.guarantee,
-            predictions=counters.predictions,
-            dead_letters=counters.dead_letters,
-            relearned=counters.relearned,
-            commits=counters.commits,
-            checkpoints=counters.checkpoints,
-            recoveries=counters.recoveries,
+            **asdict(counters),
             events_per_second=rate,
             lag=lag,
             partitions=partitions,
