@@ -189,7 +189,6 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
         return Config(**data)
     except ValidationError as error:
         problems = "\n".join(
-            f"  {'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg']}"
-            for item in error.errors()
+            f"  {'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
         )
         raise ConfigError(f"invalid configuration ({source}):\n{problems}") from None

@@ -6,9 +6,9 @@ An event is ``{"id": "e-1", "x": {"f1": 0.3, "color": "red"}, "y": true, "key": 
 
 The pydantic models :class:`EventModel` and :class:`PredictionRecord` document the contract and
 validate at the API boundary. The hot loop uses :func:`decode_event`, plain Python that accepts
-and rejects what :class:`EventModel` does (a test checks that they agree; integers beyond 64 bits
-aside, which orjson reads as floats) at a fraction of the cost (``benchmarks/engine.py`` measures
-it).
+and rejects what :class:`EventModel` does (property tests check that they agree on any JSON;
+integers beyond 64 bits aside, which orjson reads as floats) at a fraction of the cost
+(``benchmarks/engine.py`` measures it).
 
 >>> event = decode_event(b'{"id": "e-1", "x": {"f1": 0.3, "color": "red"}, "y": true}', "binary")
 >>> event.id, event.x, event.y
@@ -99,7 +99,7 @@ def validate_event(payload: Any, task: Task) -> Event:
             _check_feature_subclass(name, value)
     if not _EVENT_FIELDS.issuperset(payload):
         unknown = payload.keys() - _EVENT_FIELDS
-        raise InvalidEvent(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise InvalidEvent(f"unknown field(s): {', '.join(map(repr, sorted(unknown)))}")
     event_id = payload.get("id")
     if event_id is not None and (isinstance(event_id, bool) or not isinstance(event_id, str | int)):
         raise InvalidEvent("'id' must be a string or an integer")
@@ -107,8 +107,12 @@ def validate_event(payload: Any, task: Task) -> Event:
     if key is not None and not isinstance(key, str):
         raise InvalidEvent("'key' must be a string")
     ts = payload.get("ts")
-    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, str | int | float)):
-        raise InvalidEvent("'ts' must be a string or a number")
+    if ts is not None and (
+        isinstance(ts, bool)
+        or not isinstance(ts, str | int | float)
+        or (type(ts) is float and not isfinite(ts))
+    ):
+        raise InvalidEvent("'ts' must be a string or a finite number")
     return Event(
         x=x,
         y=_check_label(payload.get("y"), task),
@@ -125,9 +129,9 @@ def decode_event(raw: bytes | str, task: Task) -> Event:
     """Parse one JSON event and validate it; raises :class:`InvalidEvent` with the reason.
 
     orjson parses (about 7x faster than :mod:`json` here). What it refuses goes to :mod:`json`,
-    which accepts a little more (``NaN``, lone surrogates, a byte-order mark) and words the error
-    when there is one; so the only difference from plain :mod:`json` is that integers beyond 64
-    bits are read as floats.
+    which words the error, or reads ``NaN`` and ``Infinity`` (refused then as numbers that are not
+    finite). Text must be UTF-8 without lone surrogates or a byte-order mark, as for the pydantic
+    contract: a string that cannot be written back as UTF-8 would break whatever carries it on.
     """
     try:
         payload = orjson.loads(raw)
@@ -138,7 +142,8 @@ def decode_event(raw: bytes | str, task: Task) -> Event:
 
 def _decode_with_json(raw: bytes | str) -> Any:
     try:
-        return json.loads(raw)
+        payload = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        lone_surrogate = _has_lone_surrogate(payload)
     except UnicodeDecodeError:
         raise InvalidEvent("not UTF-8 text") from None
     except json.JSONDecodeError as error:
@@ -147,6 +152,23 @@ def _decode_with_json(raw: bytes | str) -> Any:
         raise InvalidEvent("malformed JSON: nested too deeply") from None
     except ValueError as error:  # e.g. an integer literal over Python's digit limit
         raise InvalidEvent(f"malformed JSON: {error}") from None
+    if lone_surrogate:
+        raise InvalidEvent("not UTF-8 text: a string holds a lone surrogate")
+    return payload
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(key) or _has_lone_surrogate(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
 
 
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
@@ -190,10 +212,12 @@ class EventModel(BaseModel):
         for name, value in self.x.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"feature {name!r} is not a finite number")
+        if isinstance(self.ts, float) and not math.isfinite(self.ts):
+            raise ValueError("'ts' must be a string or a finite number")
         return self
 
     def to_event(self, task: Task) -> Event:
-        return validate_event(self.model_dump(exclude_none=True), task)
+        return validate_event(self.model_dump(), task)  # None and absent are the same to it
 
 
 class PredictionRecord(BaseModel):

@@ -50,7 +50,7 @@ class Publisher:
             self.dead_letter_topic,
             encode_record(record),
             key=message.key,
-            headers=[("error", reason[:ERROR_HEADER_CHARS].encode())],
+            headers=[("error", reason[:ERROR_HEADER_CHARS].encode("utf-8", "backslashreplace"))],
         )
         self.counters.dead_letters += 1
         logger.warning("dead letter %s:%d@%d: %s", message.topic, message.partition, message.offset, reason)

@@ -19,16 +19,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import logging
 import os
 import pickle
 import platform
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import river
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -40,10 +39,11 @@ Reason = Literal["periodic", "warning", "drift", "manual", "rollback", "shutdown
 # Reasons whose snapshots rotate (the last ``keep_last`` of each are kept); the others stay
 # until deleted: drift snapshots are the memory of past concepts that rollbacks return to.
 ROTATING_REASONS: frozenset[str] = frozenset({"periodic", "warning", "rollback", "shutdown", "checkpoint"})
-logger = logging.getLogger(__name__)
 
 PAYLOAD = "state.pkl"
 MANIFEST = "manifest.json"
+# What :meth:`SnapshotStore.save` names a snapshot: only such a name is ever turned into a path.
+SNAPSHOT_ID = re.compile(rf"[0-9]{{8,18}}-(?:{'|'.join(get_args(Reason))})")
 
 
 def python_version() -> str:
@@ -182,10 +182,14 @@ class SnapshotStore:
         return manifest
 
     def delete(self, snapshot_id: str) -> None:
-        path = self.directory / snapshot_id
-        if not (path / MANIFEST).exists():
+        shutil.rmtree(self._folder(snapshot_id))
+
+    def _folder(self, snapshot_id: str) -> Path:
+        """The folder of an existing snapshot; any other name (``..``, a path, junk) is not found."""
+        folder = self.directory / snapshot_id
+        if not SNAPSHOT_ID.fullmatch(snapshot_id) or not (folder / MANIFEST).exists():
             raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.directory}")
-        shutil.rmtree(path)
+        return folder
 
     def _apply_retention(self, reason: str) -> None:
         if reason not in ROTATING_REASONS:
@@ -213,9 +217,7 @@ class SnapshotStore:
         return manifests
 
     def get(self, snapshot_id: str) -> SnapshotManifest:
-        path = self.directory / snapshot_id / MANIFEST
-        if "/" in snapshot_id or snapshot_id.startswith(".") or not path.exists():
-            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.directory}")
+        path = self._folder(snapshot_id) / MANIFEST
         try:
             return SnapshotManifest.model_validate_json(path.read_bytes())
         except ValidationError as error:
@@ -235,7 +237,7 @@ class SnapshotStore:
                 f"this is Python {python_version()}"
             )
         try:
-            payload = (self.directory / snapshot_id / PAYLOAD).read_bytes()
+            payload = (self._folder(snapshot_id) / PAYLOAD).read_bytes()
         except FileNotFoundError:
             raise SnapshotError(f"snapshot {snapshot_id} has no payload file") from None
         if hashlib.sha256(payload).hexdigest() != manifest.sha256:
@@ -254,16 +256,3 @@ class SnapshotStore:
         """Unpickle a snapshot's state, only after :meth:`verify` passed."""
         _, payload = self.verify(snapshot_id)
         return pickle.loads(payload)
-
-    def latest_valid(
-        self, accept: Callable[[SnapshotManifest], bool] = lambda manifest: True
-    ) -> tuple[SnapshotManifest, Any] | None:
-        """The newest snapshot that ``accept`` admits and that verifies, loaded; None if none."""
-        for manifest in reversed(self.list()):
-            if not accept(manifest):
-                continue
-            try:
-                return manifest, self.load(manifest.id)
-            except SnapshotError as error:
-                logger.warning("skipping snapshot %s: %s", manifest.id, error)
-        return None

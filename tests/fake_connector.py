@@ -21,6 +21,16 @@ class Killed(BaseException):
     """The process died here."""
 
 
+class Misuse(BaseException):
+    """The service used a client as a real one would refuse: the test fails at once (a
+    ``BaseException``, so the service cannot take it for a lost broker and retry for ever)."""
+
+
+def require(condition: bool, what: str) -> None:
+    if not condition:
+        raise Misuse(what)
+
+
 @dataclass
 class CrashPlan:
     """Die at the ``at``-th call of ``step`` (1-based); ``calls`` counts every step's calls."""
@@ -36,9 +46,10 @@ class CrashPlan:
 
 
 @dataclass
-class _Record:
+class Record:
     key: bytes | None
     value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class FakeKafka:
@@ -47,7 +58,7 @@ class FakeKafka:
     def __init__(self, partitions: int = 1, batch: int = 100) -> None:
         self.default_partitions = partitions
         self.batch = batch  # records per poll at most: small batches, many step boundaries
-        self.logs: dict[TopicPartition, list[_Record]] = {}
+        self.logs: dict[TopicPartition, list[Record]] = {}
         self.group_offsets: dict[tuple[str, TopicPartition], Position] = {}
         self.plan = CrashPlan()
         self.on_idle: Callable[[], None] = lambda: None  # called when a source has read everything
@@ -60,15 +71,15 @@ class FakeKafka:
         self.create(topic)
         partitions = sorted(tp for tp in self.logs if tp[0] == topic)
         for number, value in enumerate(values):
-            self.logs[partitions[number % len(partitions)]].append(_Record(None, value))
+            self.logs[partitions[number % len(partitions)]].append(Record(None, value))
+
+    def records(self, topic: str) -> list[Record]:
+        """Everything a read_committed reader sees in ``topic``, with keys and headers."""
+        return [record for tp in sorted(tp for tp in self.logs if tp[0] == topic) for record in self.logs[tp]]
 
     def values(self, topic: str) -> list[bytes]:
-        """Everything a read_committed reader sees in ``topic``, partition by partition."""
-        return [
-            record.value or b""
-            for tp in sorted(tp for tp in self.logs if tp[0] == topic)
-            for record in self.logs[tp]
-        ]
+        """The values of :meth:`records`."""
+        return [record.value or b"" for record in self.records(topic)]
 
     def connector(self) -> FakeConnector:
         return FakeConnector(self)
@@ -144,23 +155,32 @@ class FakeSink(Sink):
     def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
         self.kafka: FakeKafka = options["fake"]
         self.transactional = transactional_id is not None
-        self.buffer: list[tuple[str, _Record]] = []  # sent, not yet delivered (or in the open transaction)
+        self.buffer: list[tuple[str, Record]] = []  # sent, not yet delivered (or in the open transaction)
         self.in_transaction = False
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
         self.kafka.plan.reached("send")
-        assert not self.transactional or self.in_transaction, "send outside a transaction"
-        self.buffer.append((topic, _Record(key, value)))
+        require(not self.transactional or self.in_transaction, "send outside a transaction")
+        # What the real clients accept, or they raise.
+        require(
+            isinstance(value, bytes) and (key is None or isinstance(key, bytes)), "value and key are bytes"
+        )
+        require(
+            all(isinstance(name, str) and isinstance(data, bytes) for name, data in headers or []),
+            "headers are (str, bytes) pairs",
+        )
+        self.buffer.append((topic, Record(key, value, list(headers or []))))
 
     def _deliver(self) -> None:
         for topic, record in self.buffer:
-            self.kafka.append(topic, [record.value or b""])
+            self.kafka.create(topic)
+            self.kafka.logs[(topic, 0)].append(record)
         self.buffer = []
 
     def begin(self) -> None:
         self.kafka.plan.reached("begin")
         if self.transactional:
-            assert not self.in_transaction, "a transaction is already open"
+            require(not self.in_transaction, "a transaction is already open")
             self.in_transaction = True
 
     def commit(self, positions: dict[TopicPartition, Position], group_metadata: object) -> None:
@@ -195,7 +215,15 @@ class FakeConnector(Connector):
     def __init__(self, kafka: FakeKafka) -> None:
         super().__init__("fake", {"fake": kafka})
         self.kafka = kafka
+        self.connected = False
 
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
         for topic in topics:
             self.kafka.create(topic, partitions)
+
+    def source(self, topics: list[str], group_id: str, instance_id: str) -> Source:
+        # The in-memory broker never fails; a service that connects twice recovered from an
+        # error of its own, which would otherwise be retried for ever.
+        require(not self.connected, "the service reconnected: one of its client calls raised")
+        self.connected = True
+        return super().source(topics, group_id, instance_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
@@ -43,7 +43,11 @@ def publish(
 def read_topic(
     bootstrap: str, topic: str, expected: int, timeout: float = 60.0, committed_only: bool = True
 ) -> list[Any]:
-    """Every record of ``topic`` (JSON-decoded values), waiting up to ``timeout`` for ``expected``."""
+    """Every record of ``topic`` (JSON-decoded values): at least ``expected`` within ``timeout``,
+    then the rest up to the topic's end, so a duplicate beyond ``expected`` is seen too.
+
+    Read after the writer has stopped, this is everything the topic will ever hold.
+    """
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -54,17 +58,31 @@ def read_topic(
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     records: list[Any] = []
+
+    def read(timeout_ms: int) -> None:
+        for batch in consumer.poll(timeout_ms=timeout_ms).values():
+            records.extend(json.loads(record.value) for record in batch)
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(records) < expected:
-        for batch in consumer.poll(timeout_ms=500).values():
-            records.extend(json.loads(record.value) for record in batch)
-    # Drain a little longer: anything beyond `expected` (a duplicate) must be seen too.
-    end = time.monotonic() + 1.5
-    while time.monotonic() < end:
-        for batch in consumer.poll(timeout_ms=200).values():
-            records.extend(json.loads(record.value) for record in batch)
+        read(500)
+    # The end (for read_committed, the last stable offset) as it is now; reading is done once the
+    # position of every partition has reached it.
+    ends = consumer.end_offsets([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    while time.monotonic() < deadline + 30 and any(consumer.position(tp) < end for tp, end in ends.items()):
+        read(200)
     consumer.close()
     return records
+
+
+def wait_for_records(bootstrap: str, topic: str, count: int, timeout: float = 120.0) -> None:
+    """Wait until ``topic`` holds ``count`` committed records (progress, not the final read)."""
+    watcher = ProgressWatcher(bootstrap, topic)
+    try:
+        seen = watcher.wait_for(count, timeout)
+    finally:
+        watcher.close()
+    assert seen >= count, f"only {seen} of {count} records reached {topic} in {timeout:.0f} s"
 
 
 class ProgressWatcher:

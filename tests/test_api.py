@@ -6,7 +6,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,29 +19,52 @@ from stream.events import validate_event
 from stream.prequential import Engine
 from stream.service import Service
 from stream.snapshots import SnapshotStore
-from tests.kafka_helpers import ServiceProcess, drifting_events, publish, read_topic, service_config
+from tests.kafka_helpers import ServiceProcess, drifting_events, publish, service_config, wait_for_records
 
 pytestmark = pytest.mark.kafka
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture(scope="module")
-def running(kafka, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("api")
+@contextlib.contextmanager
+def _service_with_api(kafka, workdir: Path) -> Iterator[tuple[httpx.Client, dict, ServiceProcess]]:
+    """A service that has predicted 6,000 drifting events, and a client of its API."""
     config = service_config(kafka.bootstrap_servers, workdir, api={"port": 0, "token": TOKEN})
     topics = config["kafka"]
     events = drifting_events(6_000)
     publish(kafka.bootstrap_servers, topics["input_topic"], [json.dumps(e).encode() for e in events])
     service = ServiceProcess(workdir, config).start()
-    read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
-    client = httpx.Client(base_url=service.api_url(), timeout=30)
-    deadline = time.monotonic() + 20  # the status the API serves is refreshed every second
-    while time.monotonic() < deadline and client.get("/api/stats").json()["predictions"] < 6_000:
+    try:
+        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
+        with httpx.Client(base_url=service.api_url(), timeout=30) as client:
+            # The status the API serves is refreshed every second.
+            _wait_until(
+                lambda: client.get("/api/stats").json()["predictions"] == 6_000, "stats never caught up"
+            )
+            yield client, config, service
+    finally:
+        assert service.stop() == 0, service.log()
+
+
+def _wait_until(condition: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
         time.sleep(0.2)
-    yield client, config, service
-    client.close()
-    assert service.stop() == 0, service.log()
+
+
+@pytest.fixture(scope="module")
+def running(kafka, tmp_path_factory):
+    """Shared by the tests that only read: none of them changes the service's state."""
+    with _service_with_api(kafka, tmp_path_factory.mktemp("api")) as running:
+        yield running
+
+
+@pytest.fixture
+def own_service(kafka, tmp_path):
+    """A service of its own, for a test that changes state (snapshots, pins, rollbacks)."""
+    with _service_with_api(kafka, tmp_path) as running:
+        yield running
 
 
 def test_health_and_readiness(running):
@@ -128,31 +151,32 @@ def test_bad_bodies_get_clear_json_errors(running):
     assert client.post("/api/snapshots/nope/predict", json={"x": {"a": 1}}).status_code == 404
 
 
-def test_state_changes_need_the_token(running):
-    client, _, _ = running
+def test_state_changes_need_the_token(own_service):
+    client, _, _ = own_service
     assert client.post("/api/snapshots").status_code == 401
     assert client.post("/api/snapshots", headers={"Authorization": "Bearer wrong"}).status_code == 401
     taken = client.post("/api/snapshots", headers=AUTH)
     assert taken.status_code == 200 and taken.json()["reason"] == "manual"
     pinned = client.post(f"/api/snapshots/{taken.json()['id']}/pin", headers=AUTH)
     assert pinned.json()["pinned"] is True
-    assert client.get("/api/snapshots", params={"pinned": True}).json()[0]["id"] == taken.json()["id"]
+    assert [m["id"] for m in client.get("/api/snapshots", params={"pinned": True}).json()] == [
+        taken.json()["id"]
+    ]
 
 
-def test_a_rollback_changes_the_live_model(running):
-    client, _, _ = running
+def test_a_rollback_changes_the_live_model(own_service):
+    client, _, _ = own_service
     version = next(iter(client.get("/api/stats").json()["partitions"].values()))["model_version"]
     target = client.get("/api/snapshots", params={"reason": "drift"}).json()[0]["id"]
     response = client.post(f"/api/snapshots/{target}/rollback", headers=AUTH)
     assert response.status_code == 200, response.text
     assert response.json()["model_version"] == version + 1
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        now = next(iter(client.get("/api/stats").json()["partitions"].values()))["model_version"]
-        if now == version + 1:
-            break
-        time.sleep(0.2)
-    assert now == version + 1
+    _wait_until(
+        lambda: (
+            next(iter(client.get("/api/stats").json()["partitions"].values()))["model_version"] == version + 1
+        ),
+        "the status never showed the new model version",
+    )
     assert client.post("/api/snapshots/nope/rollback", headers=AUTH).status_code == 422
 
 
@@ -195,8 +219,8 @@ def test_without_a_configured_token_state_changes_are_disabled(tmp_path):
         assert client.get("/ready").status_code == 503
 
 
-def test_the_readme_curl_examples_work_as_written(running):
-    client, _, _ = running
+def test_the_readme_curl_examples_work_as_written(own_service):
+    client, _, _ = own_service
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme.split("## HTTP API, metrics and dashboard", 1)[1]
     script = section.split("```bash\n", 1)[1].split("```", 1)[0]

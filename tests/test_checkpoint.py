@@ -9,6 +9,7 @@ and the model is the same. The broker tests (tests/test_service.py) prove the sa
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -19,6 +20,7 @@ import pytest
 import stream.snapshots
 from stream.checkpoint import PartitionId, restore_point
 from stream.config import Config
+from stream.errors import NotOwnedError
 from stream.events import encode_record, validate_event
 from stream.prequential import Engine
 from stream.service import Service
@@ -27,17 +29,17 @@ from tests.fake_connector import FakeKafka, Killed
 from tests.kafka_helpers import drifting_events
 from tests.model_equality import canonical_pickle
 
-EVENTS = drifting_events(3_000, seed=11)
+EVENTS = drifting_events(1_200, seed=11)  # three concepts: at least one drift, several checkpoints
 # Where a crash can fall: every client call of the protocol and every file operation of a
 # snapshot (payload and manifest writes alternate; a rename puts a snapshot in place).
 EXACTLY_ONCE_STEPS = [
-    ("poll", 3), ("send", 1), ("send", 1_234), ("send", 2_999), ("begin", 2), ("begin", 9),
+    ("poll", 3), ("send", 1), ("send", 567), ("send", 1_199), ("begin", 2), ("begin", 9),
     ("transaction.commit", 1), ("transaction.commit", 4), ("transaction.committed", 2),
     ("transaction.committed", 5), ("snapshot.write", 1), ("snapshot.write", 2), ("snapshot.write", 5),
     ("snapshot.rename", 1), ("snapshot.rename", 3),
 ]  # fmt: skip
 AT_LEAST_ONCE_STEPS = [
-    ("send", 1_500), ("flush", 2), ("flushed", 3), ("source.commit", 1), ("source.commit", 4),
+    ("send", 600), ("flush", 2), ("flushed", 3), ("source.commit", 1), ("source.commit", 4),
     ("snapshot.write", 3), ("snapshot.rename", 2),
 ]  # fmt: skip
 
@@ -53,6 +55,13 @@ def _config(tmp_path: Path, guarantee: str, **drift: object) -> Config:
 
 
 def _reference(config: Config) -> tuple[list[bytes], Engine]:
+    """An uninterrupted run of the same model (computed once per model and drift configuration)."""
+    return _reference_of(config.model_dump_json(include={"model", "drift", "metrics"}))
+
+
+@functools.cache
+def _reference_of(config_json: str) -> tuple[list[bytes], Engine]:
+    config = Config.model_validate_json(config_json)
     engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="reference-")))
     return [encode_record(engine.process(validate_event(e, "binary"))) for e in EVENTS], engine
 
@@ -147,15 +156,15 @@ def test_a_crash_point_that_is_never_reached_fails_the_run(tmp_path, file_steps)
 
 def test_a_restart_applies_the_new_drift_configuration_to_the_restored_state(tmp_path):
     kafka = FakeKafka()
-    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:1_500]])
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:600]])
     _run(kafka, _config(tmp_path, "exactly_once", buffer_size=200, candidates=5))
-    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[1_500:]])
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[600:]])
     changed = _config(tmp_path, "exactly_once", policy="reset", buffer_size=50, candidates=2)
     _run(kafka, changed)
 
     state = _final_model(changed)
     assert state.monitor.buffer.maxlen == 50 and state.recent_snapshots.maxlen == 2
-    after_restart = [d for d in state.decisions if d["event"] > 1_500]
+    after_restart = [d for d in state.decisions if d["event"] > 600]
     assert after_restart, "the second run decided no drift: the test shows nothing"
     assert all(d["policy"] == "reset" and set(d["candidates"]) == {"fresh"} for d in after_restart)
     assert all(d["buffer_size"] == 50 for d in after_restart)
@@ -196,3 +205,72 @@ def test_a_snapshot_whose_state_disagrees_with_its_manifest_is_not_restored(tmp_
     store.save(State(offsets={"events:0": 150}), reason="checkpoint", offsets={"events:0": 200})
     manifest, state = restore_point(store, "events:0", committed=200)
     assert manifest.id == "00000001-checkpoint" and state.offsets == {"events:0": 100}
+
+
+def test_a_manual_rollback_is_checkpointed_at_once_and_survives_a_crash(tmp_path):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:900]])
+    config = _config(tmp_path, "exactly_once")
+    service = Service(config, kafka.connector(), "test")
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    rolled: list[str] = []
+
+    def roll_back_then_die() -> None:
+        with pytest.raises(NotOwnedError):
+            service.rollback("events-1", "00000001-drift")
+        target = store.list(reason="drift")[0].id
+        manifest = service.rollback("events-0", target)
+        rolled.extend([target, manifest.id])
+        raise Killed("right after the rollback")
+
+    kafka.on_idle = roll_back_then_die
+    with pytest.raises(Killed):
+        service.run()
+    target, rollback_snapshot = rolled
+    # The restart finds the rolled-back model, not the one the events had taught.
+    restarted = Service(config, kafka.connector(), "test")
+    restored: list = []
+
+    def look_then_stop() -> None:
+        restored.append(restarted.owned("events-0").engine.state)
+        restarted.request_stop()
+
+    kafka.on_idle = look_then_stop
+    restarted.run()
+    assert canonical_pickle(restored[0].model) == canonical_pickle(store.load(target).model)
+    assert restored[0].rollbacks == 1 and restored[0].model_version == 2
+    assert store.get(rollback_snapshot).note == f"manual rollback to {target}"
+    # What it predicts next says which model made the prediction.
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[900:]])
+    _run(kafka, config)
+    predictions = [json.loads(value) for value in kafka.values("predictions")]
+    assert {p["model_version"] for p in predictions[:900]} == {1}
+    assert predictions[900]["model_version"] == 2
+
+
+def test_the_restore_point_is_the_named_checkpoint_else_the_latest_valid_snapshot_not_beyond_the_commit(
+    tmp_path, caplog
+):
+    from types import SimpleNamespace as State
+
+    store = SnapshotStore(tmp_path)
+
+    def save(offset: int, reason: str = "checkpoint") -> str:
+        return store.save(State(offsets={"events:0": offset}), reason=reason, offsets={"events:0": offset}).id
+
+    older, drift, named, beyond = save(100), save(150, "drift"), save(200), save(300)
+    save(120, "manual")  # newer by sequence, older by offset
+    store.save(State(offsets={"events:1": 250}), reason="checkpoint", offsets={"events:1": 250})
+
+    assert restore_point(store, "events:0", committed=200, checkpoint_id=named)[0].id == named
+    # Without a name: the highest offset not beyond the commit (never `beyond`, never another partition's).
+    assert restore_point(store, "events:0", committed=299)[0].id == named
+    # The named one damaged: the next best, and the log says why.
+    (tmp_path / named / "state.pkl").write_bytes(b"damaged")
+    manifest, state = restore_point(store, "events:0", committed=200, checkpoint_id=named)
+    assert (manifest.id, state.offsets) == (drift, {"events:0": 150})
+    assert f"cannot restore from snapshot {named}: snapshot {named} is corrupted" in caplog.text
+    assert restore_point(store, "events:0", committed=120)[0].id.endswith("manual")
+    assert restore_point(store, "events:0", committed=110)[0].id == older
+    assert restore_point(store, "events:0", committed=300)[0].id == beyond
+    assert restore_point(store, "events:0", committed=99) is None

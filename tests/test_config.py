@@ -1,8 +1,15 @@
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
 
-from stream.config import load_config
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from stream.config import Config, load_config
 from stream.errors import ConfigError
 
 
@@ -46,6 +53,27 @@ def test_a_bad_value_is_named_in_the_error(tmp_path):
         load_config(path)
 
 
+def test_every_problem_is_listed_on_its_own_line_under_the_source(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("drift:\n  policy: sometimes\n  candidates: -1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    first, *problems = str(error.value).split("\n")
+    assert first == f"invalid configuration ({path}):"
+    assert [p.split(":")[0] for p in problems] == ["  drift.policy", "  drift.candidates"]
+    with pytest.raises(ConfigError, match=r"^invalid configuration \(defaults\):\n  drift.policy: "):
+        load_config(overrides={"drift.policy": "sometimes"})
+
+
+def test_a_file_must_hold_sections_and_an_empty_one_means_defaults(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("- model\n- drift\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of sections, not list"):
+        load_config(path)
+    path.write_text("# nothing set\n")
+    assert load_config(path) == load_config()
+
+
 def test_invalid_yaml_and_missing_file_are_reported(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("model: [unclosed\n")
@@ -58,3 +86,74 @@ def test_invalid_yaml_and_missing_file_are_reported(tmp_path):
 def test_factory_must_name_module_and_function():
     with pytest.raises(ConfigError, match="module:function"):
         load_config(overrides={"model.factory": "just_a_module"})
+
+
+# -- every key: unknown ones are named, every known one can be set from the environment -----------
+
+SECTIONS = {name: field.annotation for name, field in Config.model_fields.items()}
+
+
+def _scalar_leaves() -> list[tuple[str, str, Any]]:
+    """(section, key, a valid value other than the default) for every scalar key."""
+    leaves: list[tuple[str, str, Any]] = []
+    for section, model in SECTIONS.items():
+        for key, field in model.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            annotation = field.annotation
+            if get_origin(annotation) is Literal:
+                value = next(choice for choice in get_args(annotation) if choice != default)
+            elif annotation is bool:
+                value = not default
+            elif annotation in (int, float):
+                value = annotation(default) + 3
+            elif annotation in (str, Path) or default is None:
+                value = f"from_env:{key}"  # a factory must look like module:function
+            else:
+                continue  # lists, mappings and pipeline steps: JSON values, tested above by example
+            leaves.append((section, key, value))
+    return leaves
+
+
+SCALAR_LEAVES = _scalar_leaves()
+
+
+def test_every_key_but_the_structured_ones_is_covered():
+    every_key = {(section, key) for section, model in SECTIONS.items() for key in model.model_fields}
+    structured = {
+        ("model", "pipeline"),
+        ("metrics", "names"),
+        ("drift", "detector"),
+        ("kafka", "client_options"),
+    }
+    assert every_key - {(section, key) for section, key, _ in SCALAR_LEAVES} == structured
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"), SCALAR_LEAVES, ids=[f"{s}.{k}" for s, k, _ in SCALAR_LEAVES]
+)
+def test_every_scalar_key_can_be_set_from_the_environment(section, key, value, monkeypatch):
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    monkeypatch.setenv(f"STREAM__{section}__{key}".upper(), text)
+    config = load_config()
+    got = getattr(getattr(config, section), key)
+    got = got.get_secret_value() if isinstance(got, SecretStr) else got
+    assert got == (Path(value) if isinstance(got, Path) else value)
+
+
+names = st.text(st.characters(categories=["L", "N"], include_characters="_-."), min_size=1, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(section=st.sampled_from(sorted(SECTIONS)), key=names, value=st.integers() | st.text(max_size=5))
+def test_any_unknown_key_is_named_in_the_error(section, key, value):
+    assume(key.lower() not in SECTIONS[section].model_fields and "." not in key)
+    with pytest.raises(ConfigError, match=rf"\n  {re.escape(section)}\.{re.escape(key)}: Extra inputs"):
+        load_config(overrides={f"{section}.{key}": value})
+
+
+@settings(max_examples=100, deadline=None)
+@given(section=names)
+def test_any_unknown_section_is_named_in_the_error(section):
+    assume(section not in SECTIONS and "." not in section)
+    with pytest.raises(ConfigError, match=rf"\n  {re.escape(section)}: Extra inputs"):
+        load_config(overrides={f"{section}.key": 1})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +13,7 @@ from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.kafka_helpers import ServiceProcess, drifting_events, publish, read_topic, service_config
+from tests.kafka_helpers import ServiceProcess, drifting_events, publish, service_config, wait_for_records
 
 pytestmark = pytest.mark.kafka
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -47,7 +46,7 @@ def test_dashboard_charts_the_metric_and_rolls_back_through_the_page(kafka, tmp_
     )
     service = ServiceProcess(tmp_path, config).start()
     try:
-        read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
+        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
         url = service.api_url()
         browser.get(url + "/")
         wait = WebDriverWait(browser, 30)
@@ -71,13 +70,13 @@ def test_dashboard_charts_the_metric_and_rolls_back_through_the_page(kafka, tmp_
         wait.until(lambda b: "rolled back to" in b.find_element(By.ID, "message").text)
         assert target in browser.find_element(By.ID, "message").text
 
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            stats = httpx.get(url + "/api/stats").json()
-            if next(iter(stats["partitions"].values()))["model_version"] == version + 1:
-                break
-            time.sleep(0.2)
-        assert next(iter(stats["partitions"].values()))["model_version"] == version + 1
+        WebDriverWait(browser, 60, poll_frequency=0.2).until(
+            lambda _: (
+                next(iter(httpx.get(url + "/api/stats").json()["partitions"].values()))["model_version"]
+                == version + 1
+            ),
+            "the status never showed the rolled-back model",
+        )
         browser.save_screenshot(str(ARTIFACTS / "dashboard-after-rollback.png"))
     finally:
         assert service.stop() == 0, service.log()

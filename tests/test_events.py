@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from stream.config import Config
 from stream.errors import InvalidEvent
-from stream.events import EventModel, PredictionRecord, decode_event
+from stream.events import Event, EventModel, PredictionRecord, decode_event, encode_record, validate_event
+from stream.prequential import Engine
+from stream.snapshots import SnapshotStore
 
 VALID = [
     b'{"id": "e-1", "x": {"f1": 0.3, "color": "red", "flag": true}, "y": true, "key": "k", "ts": "2026"}',
@@ -47,15 +54,61 @@ def test_invalid_events_are_rejected_with_a_reason(raw, reason):
 @pytest.mark.parametrize("raw", VALID + [raw for raw, _ in INVALID[2:13]])
 def test_fast_decoder_and_pydantic_contract_agree(raw):
     """The hot-loop decoder accepts exactly what the public pydantic contract accepts."""
+    fast, slow = _decoded_both_ways(raw, "binary")
+    assert fast == slow
+
+
+def _decoded_both_ways(raw: bytes, task: str) -> tuple[Event | None, Event | None]:
+    """The event as the hot loop's decoder and as the pydantic contract read it (None: refused)."""
     try:
-        fast = decode_event(raw, "binary")
-    except InvalidEvent:
+        fast = decode_event(raw, task)
+    except InvalidEvent as error:
+        assert str(error), "a refusal always gives its reason"
         fast = None
     try:
-        slow = EventModel.model_validate_json(raw).to_event("binary")
-    except (ValidationError, InvalidEvent, ValueError):
+        slow = EventModel.model_validate_json(raw).to_event(task)
+    except (ValidationError, InvalidEvent):
         slow = None
-    assert fast == slow
+    return fast, slow
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"x": {"\\ud800": 1}}', b'{"x": {"a": "\\udc00"}}', b'{"x": {"a": 1}, "y": "\\ud83d", "ts": NaN}',
+     b'{"x": {"a": 1}, "key": ["\\ud800"]}', b'{"x": {"a": 1}, "ts": NaN, "\\ud800": 1}'],
+)  # fmt: skip
+def test_an_escaped_lone_surrogate_anywhere_is_refused(raw):
+    with pytest.raises(InvalidEvent, match=r"^not UTF-8 text: a string holds a lone surrogate$"):
+        decode_event(raw, "multiclass")
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_welcome():
+    assert decode_event(b'{"x": {"\\ud83d\\ude00": 1}, "ts": 1}', "binary").x == {"\U0001f600": 1}
+
+
+def test_the_reasons_are_worded_exactly():
+    for raw, reason in [
+        (b"\xff{}", "not UTF-8 text"),
+        (b"[" * 100_000, "malformed JSON: nested too deeply"),
+        (b'{"x": {"a": [1]}}', "feature 'a' must be a number, string or boolean, got list"),
+    ]:
+        with pytest.raises(InvalidEvent) as error:
+            decode_event(raw, "binary")
+        assert str(error.value) == reason
+
+
+def test_text_decodes_like_bytes():
+    assert decode_event('{"x": {"a": 1.5}, "ts": 2}', "binary").x == {"a": 1.5}
+    with pytest.raises(InvalidEvent, match="feature 'a' is not a finite number"):
+        decode_event('{"x": {"a": NaN}}', "binary")
+
+
+def test_a_number_of_a_float_subclass_is_checked_like_a_float():
+    assert validate_event({"x": {"a": np.float64(1.5)}}, "binary").x["a"] == 1.5
+    with pytest.raises(InvalidEvent, match=r"^feature 'a' is not a finite number$"):
+        validate_event({"x": {"a": np.float64("inf")}}, "binary")
+    with pytest.raises(InvalidEvent, match=r"^feature 'a' must be a number, string or boolean, got ndarray$"):
+        validate_event({"x": {"a": np.zeros(2)}}, "binary")
 
 
 def test_labels_are_checked_against_the_task():
@@ -68,11 +121,33 @@ def test_labels_are_checked_against_the_task():
         decode_event(b'{"x": {}, "y": 1.5}', "multiclass")
 
 
-def test_prediction_record_documents_the_output():
-    record = PredictionRecord.model_validate(
-        {"id": "e-1", "y_pred": True, "y_proba": {"true": 0.7, "false": 0.3}, "y": True, "model_version": 1}
+TASKS = [
+    ("binary", ["preprocessing.StandardScaler", "linear_model.LogisticRegression"], lambda n: n % 2 == 0,
+     {"y_pred", "y_proba"}),
+    ("multiclass", ["tree.HoeffdingTreeClassifier"], lambda n: f"class-{n % 3}", {"y_pred", "y_proba"}),
+    ("regression", ["linear_model.LinearRegression"], lambda n: n / 7, {"y_pred"}),
+    ("anomaly", ["anomaly.HalfSpaceTrees"], lambda n: n % 10 == 0, {"score"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("task", "pipeline", "label", "outputs"), TASKS, ids=[t[0] for t in TASKS])
+def test_what_the_engine_publishes_for_every_task_is_a_valid_prediction_record(
+    task, pipeline, label, outputs, tmp_path
+):
+    engine = Engine(
+        Config.model_validate({"model": {"task": task, "pipeline": pipeline}}), SnapshotStore(tmp_path)
     )
-    assert record.y_proba == {"true": 0.7, "false": 0.3}
+    for n in range(60):
+        event = validate_event(
+            {"id": f"e-{n}", "key": "k", "x": {"a": (n % 5) / 5, "b": n % 3}, "y": label(n)}, task
+        )
+        published = encode_record(engine.process(event))
+        record = PredictionRecord.model_validate_json(published)
+        assert record.id == f"e-{n}" and record.key == "k" and record.model_version == 1
+        assert record.y == event.y
+        if n > 0:  # a model that has learned something gives every output of its task
+            present = {name for name in ("y_pred", "y_proba", "score") if getattr(record, name) is not None}
+            assert present == outputs, published
 
 
 def test_numbers_python_cannot_hold_are_rejected_not_raised():
@@ -80,3 +155,61 @@ def test_numbers_python_cannot_hold_are_rejected_not_raised():
         decode_event(b'{"x": {"a": ' + b"9" * 5000 + b"}}", "binary")
     with pytest.raises(InvalidEvent, match="not a finite number"):
         decode_event(b'{"x": {"a": 1}, "y": ' + b"9" * 400 + b"}", "regression")
+
+
+# -- properties: the fast decoder against the pydantic contract, for any JSON -------------------
+
+# Integers stay within 64 bits: beyond, orjson reads them as floats (the documented difference).
+integers = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+json_values = st.recursive(
+    st.none() | st.booleans() | integers | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6,
+)
+feature_maps = st.dictionaries(st.text(max_size=6), json_values, max_size=4)
+# Each field is mostly of a type the contract allows, so that many events get past every check.
+scalars = st.booleans() | integers | st.floats() | st.text(max_size=6)
+labels = st.one_of(st.booleans(), st.integers(0, 1), st.text(max_size=3), scalars, json_values)
+valid_features = st.dictionaries(st.text(max_size=6), scalars, max_size=4)
+events = st.fixed_dictionaries(
+    {"x": st.one_of(valid_features, valid_features, valid_features, feature_maps, json_values)},
+    optional={
+        "y": labels,
+        "id": st.one_of(st.text(max_size=6), integers, json_values),
+        "key": st.one_of(st.text(max_size=6), st.text(max_size=6), json_values),
+        "ts": st.one_of(st.text(max_size=6), st.floats(), integers, json_values),
+    },
+)
+events_with_extra_fields = st.builds(lambda event, extra: {**extra, **event}, events, feature_maps)
+
+
+@settings(max_examples=1000, deadline=None)
+@example(payload={"x": {}, "ts": math.nan}, task="binary", ascii_only=True)
+@example(payload={"x": {"\ud800": 1}, "y": 1.5}, task="regression", ascii_only=False)
+@example(payload={"x": {"a": 1}, "y": -(2**63)}, task="multiclass", ascii_only=True)
+@given(
+    payload=st.one_of(events, events, events, events_with_extra_fields, json_values),
+    task=st.sampled_from(["binary", "multiclass", "regression", "anomaly"]),
+    ascii_only=st.booleans(),
+)
+def test_fast_decoder_agrees_with_the_pydantic_contract_on_any_json(payload, task, ascii_only):
+    """Same accept/refuse and the same values, for any JSON document and any task."""
+    raw = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    fast, slow = _decoded_both_ways(raw, task)
+    assert fast == slow
+
+
+@settings(max_examples=500, deadline=None)
+@example(raw=b'\xef\xbb\xbf{"x": {}}', task="binary")
+@example(raw=b'{"x": {"\xed\xa0\x80": 1}}', task="binary")
+@example(raw=b'{"x": {}, "y": 1, "y": true}', task="regression")
+@given(
+    raw=st.one_of(st.binary(max_size=60), st.text(max_size=60).map(str.encode)).map(
+        lambda tail: b'{"x": {}' + tail
+    )
+    | st.binary(max_size=60),
+    task=st.sampled_from(["binary", "regression"]),
+)
+def test_any_bytes_are_refused_or_accepted_alike_by_decoder_and_contract(raw, task):
+    fast, slow = _decoded_both_ways(raw, task)
+    assert fast == slow

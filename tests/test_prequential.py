@@ -173,6 +173,8 @@ def test_manual_rollback_restores_the_snapshot_model_and_bumps_the_version(tmp_p
     assert prediction["y_pred"] is True and prediction["model_version"] == 2
     assert engine.state.rollbacks == 1
     assert engine.store.list(reason="rollback")[0].note == f"manual rollback to {saved.id}"
+    engine.rollback(saved.id)
+    assert engine.state.rollbacks == 2 and engine.predict(Event(x={"a": 1.0}))["model_version"] == 3
 
 
 def test_an_event_the_model_cannot_use_is_rejected_with_the_model_reason(tmp_path):

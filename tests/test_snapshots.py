@@ -3,13 +3,17 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from stream.config import Config
-from stream.errors import SnapshotError
-from stream.snapshots import MANIFEST, PAYLOAD, SnapshotStore
+from stream.errors import SnapshotError, SnapshotNotFound
+from stream.snapshots import MANIFEST, PAYLOAD, SNAPSHOT_ID, Reason, SnapshotStore
 
 
 class _Tripwire:
@@ -41,7 +45,6 @@ def test_writes_leave_no_temporary_folders_and_an_interrupted_write_is_invisible
     (tmp_path / ".tmp-00000002-manual-x").mkdir()
     (tmp_path / ".tmp-00000002-manual-x" / PAYLOAD).write_bytes(b"partial")
     assert [m.id for m in store.list()] == ["00000001-manual"]
-    assert store.latest_valid()[0].id == "00000001-manual"
 
 
 @pytest.mark.parametrize("hmac_key", [None, "secret"], ids=["unsigned", "signed"])
@@ -104,16 +107,6 @@ def test_a_snapshot_from_another_river_or_python_version_is_refused(tmp_path, fi
     with pytest.raises(SnapshotError, match=message):
         store.load(manifest.id)
     assert not tripwire.exists()
-
-
-def test_latest_valid_skips_damaged_snapshots(tmp_path):
-    store = SnapshotStore(tmp_path)
-    store.save("old", reason="drift")
-    newest = store.save("new", reason="drift")
-    (tmp_path / newest.id / PAYLOAD).write_bytes(b"\x00")
-    manifest, state = store.latest_valid()
-    assert (manifest.id, state) == ("00000001-drift", "old")
-    assert store.latest_valid(lambda m: m.events_seen > 0) is None
 
 
 def test_retention_keeps_the_last_k_rotating_and_every_drift_manual_or_pinned(tmp_path):
@@ -198,3 +191,43 @@ def test_a_failed_write_leaves_no_temporary_folder(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         store.save("x", reason="manual")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- properties: only the store's own ids ever become paths ---------------------------------------
+
+SNAPSHOT_ROOT = Path(tempfile.mkdtemp(prefix="snapshot-ids-"))
+# A scope's store, a neighbour scope holding a real snapshot, and a manifest in the parent folder:
+# an id that escaped its folder would find one of them.
+ID_STORE = SnapshotStore(SNAPSHOT_ROOT / "events-0")
+NEIGHBOUR = SnapshotStore(SNAPSHOT_ROOT / "events-1").save("theirs", reason="manual")
+(SNAPSHOT_ROOT / MANIFEST).write_text(NEIGHBOUR.model_dump_json())
+(SNAPSHOT_ROOT / PAYLOAD).write_bytes(pickle.dumps("theirs"))
+
+
+@settings(max_examples=300, deadline=None)
+@example(snapshot_id=f"../events-1/{NEIGHBOUR.id}")
+@example(snapshot_id="..")
+@example(snapshot_id="")
+@example(snapshot_id="x" * 5000)
+@example(snapshot_id="a\x00b")
+@example(snapshot_id=f"{NEIGHBOUR.id}/../..")
+@given(
+    snapshot_id=st.text(st.characters(categories=["L", "N", "P", "S", "Cc", "Cs", "Zs"]), max_size=300)
+    | st.from_regex(SNAPSHOT_ID, fullmatch=True)
+    | st.builds("/".join, st.lists(st.sampled_from(["..", ".", "", "events-1", NEIGHBOUR.id]), max_size=4))
+)
+def test_any_id_the_store_did_not_write_is_not_found_and_touches_nothing(snapshot_id):
+    before = sorted(str(path) for path in SNAPSHOT_ROOT.rglob("*"))
+    for operation in (ID_STORE.get, ID_STORE.load, ID_STORE.pin, ID_STORE.delete):
+        with pytest.raises(SnapshotNotFound, match="no snapshot"):
+            operation(snapshot_id)
+    assert sorted(str(path) for path in SNAPSHOT_ROOT.rglob("*")) == before
+
+
+@settings(max_examples=50, deadline=None)
+@given(sequence=st.integers(1, 10**12), reason=st.sampled_from(sorted(get_args(Reason))))
+def test_every_id_the_store_writes_is_one_it_reads_back(sequence, reason):
+    manifest = ID_STORE.save([sequence], reason=reason, sequence=sequence)
+    assert SNAPSHOT_ID.fullmatch(manifest.id)
+    assert ID_STORE.load(manifest.id) == [sequence]
+    ID_STORE.delete(manifest.id)

@@ -1,0 +1,91 @@
+"""Publishing: predictions and dead letters as the sink receives them."""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+import time
+
+import orjson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from connectors.base import Message
+from stream.config import Config
+from stream.dead_letters import MIN_DEAD_LETTER_BYTES
+from stream.prequential import Engine
+from stream.publish import Publisher
+from stream.snapshots import SnapshotStore
+from stream.status import Counters
+from stream.step import RecordStep
+from stream.telemetry import LatencyHistogram
+from tests.fake_connector import FakeKafka
+
+CONFIG = Config.model_validate({"service": {"max_event_bytes": 10_000}})
+STORE = tempfile.mkdtemp(prefix="dead-letter-test-")
+
+
+def test_the_publisher_sends_the_dead_letter_with_the_key_and_the_reason_as_a_header(caplog):
+    kafka = FakeKafka()
+    sink = kafka.connector().sink(None)
+    counters = Counters()
+    publisher = Publisher(CONFIG, sink, counters, LatencyHistogram())
+    for offset in (7, 8):
+        publisher.dead_letter(Message("events", 0, offset, b"k", b"{oops"), "malformed JSON: " + "x" * 600)
+    sink.flush()
+    first, second = kafka.records(CONFIG.kafka.dead_letter_topic)
+    assert first.key == b"k" and first.headers == [("error", ("malformed JSON: " + "x" * 600)[:500].encode())]
+    assert (
+        orjson.loads(first.value)["event"] == "{oops" and orjson.loads(second.value)["source"]["offset"] == 8
+    )
+    assert counters.dead_letters == 2
+    assert "dead letter events:0@7: malformed JSON: xxx" in caplog.text
+
+
+any_text = st.text(st.characters(categories=["L", "N", "P", "Cc", "Cs"]), max_size=600)
+
+
+@settings(max_examples=300, deadline=None)
+@example(value=b'{"x": {}, "\\ud800": 1}', reason=None)
+@example(value=b'{"x": {"a": 1}, "y": "' + b"\xf0\x9f\x98\x80" * 3000 + b'"}', reason=None)
+@example(value=None, reason="empty message (no value)")
+@example(value=b"{}", reason="a lone surrogate \ud800 in the reason")
+@given(
+    value=st.binary(max_size=3000)
+    | any_text.map(lambda t: ('{"x": {}, "' + t + '": 1}').encode("utf-8", "surrogatepass")),
+    reason=st.none() | any_text,
+)
+def test_the_publisher_writes_a_dead_letter_for_any_refused_record(value, reason):
+    """Whatever the bytes and the reason, the dead letter is written: no encoding error escapes."""
+    if reason is None:  # the reason the service would give
+        reason = RecordStep(CONFIG)(Engine(CONFIG, SnapshotStore(STORE)), value, "events-0-", 7)
+    kafka = FakeKafka()
+    sink = kafka.connector().sink(None)
+    counters = Counters()
+    publisher = Publisher(CONFIG, sink, counters, LatencyHistogram())
+    publisher.dead_letter(Message("events", 0, 7, b"k", value), reason or "accepted, sent anyway")
+    sink.flush()
+    [written] = kafka.values(CONFIG.kafka.dead_letter_topic)
+    record = orjson.loads(written)
+    assert record["source"] == {"topic": "events", "partition": 0, "offset": 7}
+    assert (value or b"").startswith(base64.b64decode(record["event_base64"]))
+    assert len(written) <= max(CONFIG.service.max_event_bytes, MIN_DEAD_LETTER_BYTES)
+    assert counters.dead_letters == 1
+
+
+def test_the_publisher_sends_each_prediction_and_times_it_from_the_produce_time():
+    kafka = FakeKafka()
+    sink = kafka.connector().sink(None)
+    counters, latency = Counters(), LatencyHistogram()
+    publisher = Publisher(CONFIG, sink, counters, latency)
+    publisher.produced_ms = int(time.time() * 1000) - 250
+    publisher.prediction({"id": "e-1", "y_pred": True})
+    publisher.produced_ms = -1  # unknown: not timed
+    publisher.prediction({"id": "e-2", "y_pred": False})
+    sink.flush()
+    assert kafka.values(CONFIG.kafka.predictions_topic) == [
+        b'{"id":"e-1","y_pred":true}',
+        b'{"id":"e-2","y_pred":false}',
+    ]
+    assert counters.predictions == 2
+    assert sum(latency.counts) == 1 and 0.25 <= latency.total < 5
