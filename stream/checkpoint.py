@@ -116,7 +116,7 @@ def restore_point(
         except SnapshotError as error:
             logger.warning("cannot restore from snapshot %s: %s", manifest.id, error)
             continue
-        if getattr(state, "offsets", {}).get(key) != manifest.offsets[key]:
+        if state.offsets.get(key) != manifest.offsets[key]:
             logger.warning("snapshot %s: its state and manifest disagree on the offset; skipped", manifest.id)
             continue
         return manifest, state
@@ -131,7 +131,7 @@ class OwnedPartition:
     engine: Engine
     checkpoint_id: str = ""  # what commits name: restore from it, then re-learn up to the commit
     since_checkpoint: int = 0  # events claimed since the last checkpoint
-    uncommitted: int = 0  # events claimed since the last commit
+    uncommitted: bool = False  # an event was claimed since the last commit
 
     @property
     def next_offset(self) -> int:
@@ -141,7 +141,7 @@ class OwnedPartition:
         """Record the event at ``offset`` as learned, before it is processed (protocol step 1)."""
         self.engine.state.offsets[self.id.key] = offset + 1
         self.since_checkpoint += 1
-        self.uncommitted += 1
+        self.uncommitted = True
 
     def checkpoint(self, reason: Reason) -> None:
         self.checkpoint_id = self.engine.snapshot(reason).id
@@ -181,15 +181,14 @@ class Checkpointer:
     def rebalance(self, revoked: bool) -> None:
         """Follow the source's assignment (protocol step 5); then every owned partition is
         positioned at its next event."""
-        if revoked:
+        assignment = {PartitionId(*tp) for tp in self.source.assignment()}
+        if revoked or not assignment.issuperset(self.partitions):
+            # What is not committed yet may belong to a partition that is gone (announced or not):
+            # drop it all, and restore every partition from its commit.
             if self.sink.transactional:
                 self.sink.abort()
                 self.sink.begin()
             self.partitions = {}
-        assignment = {PartitionId(*tp) for tp in self.source.assignment()}
-        for partition in list(self.partitions):
-            if partition not in assignment:
-                del self.partitions[partition]
         for partition in sorted(assignment - self.partitions.keys()):
             self.partitions[partition] = self._restore(partition)
         for partition, owned in self.partitions.items():
@@ -219,7 +218,7 @@ class Checkpointer:
             owned.claim(message.offset)
             # A refused record was dead-lettered when it was first processed; now it only counts.
             self.step(engine, message.value, partition.id_prefix, message.offset)
-        owned.since_checkpoint = owned.uncommitted = 0
+        owned.since_checkpoint, owned.uncommitted = 0, False
         engine.state.offsets[partition.key] = max(owned.next_offset, committed)
         self.counters.relearned += len(messages)
         logger.info(
@@ -243,11 +242,12 @@ class Checkpointer:
         ):
             self.commit()
 
-    def checkpoint(self, reason: Reason) -> None:
-        """Snapshot every partition that learned since its last checkpoint (durably), then commit."""
+    def checkpoint(self, reason: Reason, include: Collection[TopicPartition] = ()) -> None:
+        """Snapshot every partition that learned since its last checkpoint (durably), and those in
+        ``include``, then commit."""
         snapshotted = []
         for owned in self.partitions.values():
-            if owned.since_checkpoint or reason == "shutdown":
+            if owned.since_checkpoint or owned.id in include or reason == "shutdown":
                 owned.checkpoint(reason)
                 snapshotted.append(owned.id)
         self._last_checkpoint = time.monotonic()
@@ -273,7 +273,7 @@ class Checkpointer:
             if positions:
                 self.source.commit(positions)
         for owned in self.partitions.values():
-            owned.uncommitted = 0
+            owned.uncommitted = False
         self._last_commit = time.monotonic()
         self.counters.commits += 1
 
@@ -281,7 +281,6 @@ class Checkpointer:
         """Switch a partition's model to a snapshot's and checkpoint that at once."""
         owned = self.owned(scope)
         manifest = owned.engine.rollback(snapshot_id)
-        owned.since_checkpoint += 1  # the rollback must be part of the checkpoint
-        self.checkpoint("checkpoint")
+        self.checkpoint("checkpoint", include=[owned.id])  # no event will reproduce the rollback
         logger.info("rolled %s back to %s", owned.id.key, snapshot_id)
         return manifest

@@ -12,9 +12,15 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from kafka_local import BrokerError, LocalBroker
+
+# Property tests try 500 examples each; a mutation run (`make mutate`) runs every survivor's
+# tests again, and 50 examples there keep it inside the hour.
+settings.register_profile("default", max_examples=500)
+settings.register_profile("mutation", max_examples=50)
 
 HOW_TO_GET_A_BROKER = (
     "No Kafka broker could be started for the tests. Either run `make setup` (fetches the "

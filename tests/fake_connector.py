@@ -60,6 +60,7 @@ class FakeKafka:
         self.batch = batch  # records per poll at most: small batches, many step boundaries
         self.logs: dict[TopicPartition, list[Record]] = {}
         self.group_offsets: dict[tuple[str, TopicPartition], Position] = {}
+        self.log_start: dict[TopicPartition, int] = {}  # where retention has left a log beginning
         self.plan = CrashPlan()
         self.on_idle: Callable[[], None] = lambda: None  # called when a source has read everything
 
@@ -102,7 +103,7 @@ class FakeSource(Source):
             assigned = sorted(tp for tp in self.kafka.logs if tp[0] in self.topics)
             for tp in assigned:
                 committed = self.committed(tp)
-                self.positions[tp] = committed[0] if committed else 0
+                self.positions[tp] = committed[0] if committed else self.beginning_offset(tp)
             self.on_assign(assigned)
             return []
         messages: list[Message] = []
@@ -116,6 +117,20 @@ class FakeSource(Source):
             self.kafka.on_idle()
         return messages
 
+    def rebalance(self, keep: list[TopicPartition], announced: bool = True) -> None:
+        """The group changed this member's partitions to ``keep``; ``announced=False``: the ones
+        taken away were lost without a revocation callback."""
+        gone = [tp for tp in self.positions if tp not in keep]
+        if gone and announced:
+            self.on_revoke(gone)
+        for tp in gone:
+            del self.positions[tp]
+        added = [tp for tp in keep if tp not in self.positions]
+        for tp in added:
+            committed = self.committed(tp)
+            self.positions[tp] = committed[0] if committed else self.beginning_offset(tp)
+        self.on_assign(added)
+
     def assignment(self) -> set[TopicPartition]:
         return set(self.positions)
 
@@ -126,7 +141,8 @@ class FakeSource(Source):
         return self.kafka.group_offsets.get((self.group_id, partition))
 
     def beginning_offset(self, partition: TopicPartition) -> int:
-        return 0
+        require(partition in self.kafka.logs, f"no partition {partition!r}")
+        return self.kafka.log_start.get(partition, 0)
 
     def lag(self) -> dict[TopicPartition, int]:
         return {tp: len(self.kafka.logs[tp]) - position for tp, position in self.positions.items()}

@@ -157,6 +157,12 @@ def test_state_changes_need_the_token(own_service):
     assert client.post("/api/snapshots", headers={"Authorization": "Bearer wrong"}).status_code == 401
     taken = client.post("/api/snapshots", headers=AUTH)
     assert taken.status_code == 200 and taken.json()["reason"] == "manual"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        assert client.post(f"/api/snapshots/{taken.json()['id']}/pin", headers=headers).status_code == 401
+        assert (
+            client.post(f"/api/snapshots/{taken.json()['id']}/rollback", headers=headers).status_code == 401
+        )
+    assert client.get("/api/snapshots", params={"pinned": True}).json() == []
     pinned = client.post(f"/api/snapshots/{taken.json()['id']}/pin", headers=AUTH)
     assert pinned.json()["pinned"] is True
     assert [m["id"] for m in client.get("/api/snapshots", params={"pinned": True}).json()] == [
@@ -216,6 +222,7 @@ def test_without_a_configured_token_state_changes_are_disabled(tmp_path):
     with _offline_api(tmp_path) as (_, client):
         assert client.post("/api/snapshots", headers=AUTH).status_code == 403
         assert client.post("/api/snapshots/x/rollback", headers=AUTH).status_code == 403
+        assert client.post("/api/snapshots/x/pin", headers=AUTH).status_code == 403
         assert client.get("/ready").status_code == 503
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -66,10 +68,11 @@ def _reference_of(config_json: str) -> tuple[list[bytes], Engine]:
     return [encode_record(engine.process(validate_event(e, "binary"))) for e in EVENTS], engine
 
 
-def _run(kafka: FakeKafka, config: Config) -> None:
+def _run(kafka: FakeKafka, config: Config) -> Service:
     service = Service(config, kafka.connector(), "test")
     kafka.on_idle = service.request_stop
     service.run()
+    return service
 
 
 @pytest.fixture
@@ -187,7 +190,13 @@ def test_periodic_checkpoints_never_compete_as_rollback_candidates(tmp_path):
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
     config = _config(tmp_path, "exactly_once")
-    _run(kafka, config)
+    service = _run(kafka, config)
+    # Every 400 events, and at the end; each commit is one transaction.
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    assert [m.offsets["events:0"] for m in store.list(reason="checkpoint")] == [400, 800, 1_200]
+    assert service.counters.checkpoints == len(EVENTS) // 400 + 1
+    assert service.counters.commits == kafka.plan.calls["transaction.committed"] > 4
+    assert service.counters.predictions == len(EVENTS) == len(kafka.values("predictions"))
     state = _final_model(config)
     store = SnapshotStore.from_config(config.snapshots, "events-0")
     assert store.list(reason="checkpoint"), "no checkpoint was taken: the test shows nothing"
@@ -196,7 +205,7 @@ def test_periodic_checkpoints_never_compete_as_rollback_candidates(tmp_path):
     assert all(name.split("-")[-1] in ("warning", "drift", "manual") for name in candidates if ":" in name)
 
 
-def test_a_snapshot_whose_state_disagrees_with_its_manifest_is_not_restored(tmp_path):
+def test_a_snapshot_whose_state_disagrees_with_its_manifest_is_not_restored(tmp_path, caplog):
     from types import SimpleNamespace as State
 
     store = SnapshotStore(tmp_path)
@@ -205,15 +214,19 @@ def test_a_snapshot_whose_state_disagrees_with_its_manifest_is_not_restored(tmp_
     store.save(State(offsets={"events:0": 150}), reason="checkpoint", offsets={"events:0": 200})
     manifest, state = restore_point(store, "events:0", committed=200)
     assert manifest.id == "00000001-checkpoint" and state.offsets == {"events:0": 100}
+    assert (
+        "snapshot 00000002-checkpoint: its state and manifest disagree on the offset; skipped" in caplog.text
+    )
 
 
-def test_a_manual_rollback_is_checkpointed_at_once_and_survives_a_crash(tmp_path):
+def test_a_manual_rollback_is_checkpointed_at_once_and_survives_a_crash(tmp_path, caplog):
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:900]])
     config = _config(tmp_path, "exactly_once")
     service = Service(config, kafka.connector(), "test")
     store = SnapshotStore.from_config(config.snapshots, "events-0")
     rolled: list[str] = []
+    caplog.set_level("INFO", logger="stream.checkpoint")
 
     def roll_back_then_die() -> None:
         with pytest.raises(NotOwnedError):
@@ -240,6 +253,7 @@ def test_a_manual_rollback_is_checkpointed_at_once_and_survives_a_crash(tmp_path
     assert canonical_pickle(restored[0].model) == canonical_pickle(store.load(target).model)
     assert restored[0].rollbacks == 1 and restored[0].model_version == 2
     assert store.get(rollback_snapshot).note == f"manual rollback to {target}"
+    assert f"rolled events:0 back to {target}" in caplog.text
     # What it predicts next says which model made the prediction.
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS[900:]])
     _run(kafka, config)
@@ -274,3 +288,123 @@ def test_the_restore_point_is_the_named_checkpoint_else_the_latest_valid_snapsho
     assert restore_point(store, "events:0", committed=110)[0].id == older
     assert restore_point(store, "events:0", committed=300)[0].id == beyond
     assert restore_point(store, "events:0", committed=99) is None
+
+
+def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_says_so(tmp_path, caplog):
+    kafka = FakeKafka(partitions=2)
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:400]])
+    kafka.log_start[("events", 1)] = 50  # retention took the first 50 records of partition 1
+    config = _config(tmp_path, "exactly_once")
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    _run(kafka, config)
+    assert (
+        "restored events:0 from a new model at offset 0; re-learned 0 events up to the committed offset 0"
+        in caplog.text
+    )
+    assert "restored events:1 from a new model at offset 50; re-learned 0 events" in caplog.text
+    assert len(kafka.values("predictions")) == 400 - 50
+
+    # Die mid-way through more events, after some commits that named no new checkpoint.
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[400:1_000]])
+    kafka.plan.step, kafka.plan.at = "send", 550
+    with pytest.raises(Killed):
+        _run(kafka, config)
+    kafka.plan.step = ""
+    committed = {p: kafka.group_offsets[("stream", ("events", p))] for p in (0, 1)}
+    stores = {p: SnapshotStore.from_config(config.snapshots, f"events-{p}") for p in (0, 1)}
+    # A snapshot at the same offset as the named checkpoint, newer, of another model: the commit's
+    # name decides.
+    offset, named = committed[0]
+    impostor = Engine(config, SnapshotStore(tempfile.mkdtemp())).state
+    impostor.offsets["events:0"] = stores[0].get(named).offsets["events:0"]
+    stores[0].save(impostor, reason="manual", offsets=dict(impostor.offsets))
+
+    expected = {
+        partition: (named, stores[partition].get(named).offsets[f"events:{partition}"], offset)
+        for partition, (offset, named) in committed.items()
+    }
+    caplog.clear()
+    # No checkpoint until it stops: every commit of the restarted service names the restored one.
+    unhurried = config.model_copy(
+        update={"service": config.service.model_copy(update={"checkpoint_every_events": 10**6})}
+    )
+    restarted = Service(unhurried, kafka.connector(), "test")
+    at_idle: list = []
+
+    def look_then_stop() -> None:
+        at_idle.append({p: kafka.group_offsets[("stream", ("events", p))] for p in (0, 1)})
+        restarted.request_stop()
+
+    kafka.on_idle = look_then_stop
+    restarted.run()
+    for partition, (named, start, offset) in expected.items():
+        assert (
+            f"restored events:{partition} from snapshot {named} at offset {start}; "
+            f"re-learned {offset - start} events up to the committed offset {offset}"
+        ) in caplog.text
+        assert at_idle[0][partition][1] == named and at_idle[0][partition][0] > offset
+    assert restarted.counters.relearned == sum(offset - start for _, start, offset in expected.values()) > 0
+
+
+@pytest.mark.parametrize("announced", [True, False], ids=["revoked", "lost"])
+def test_partitions_taken_away_and_given_back_lose_and_repeat_nothing(tmp_path, caplog, announced):
+    kafka = FakeKafka(partitions=2)
+    encoded = [json.dumps(event).encode() for event in EVENTS]
+    kafka.append("events", encoded[:600])
+    config = _config(tmp_path, "exactly_once")
+    service = Service(config, kafka.connector(), "test")
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    both = [("events", 0), ("events", 1)]
+    steps = iter([
+        lambda source: (source.rebalance(both[:1], announced), kafka.append("events", encoded[600:900])),
+        lambda source: source.rebalance(both),
+        lambda source: service.request_stop(),
+    ])  # fmt: skip
+    kafka.on_idle = lambda: next(steps)(service.checkpointer.source)
+    service.run()
+
+    published = [json.loads(value) for value in kafka.values("predictions")]
+    assert sorted(p["id"] for p in published) == sorted(e["id"] for e in EVENTS[:900])
+    for partition in (0, 1):  # each partition's predictions are those of an uninterrupted run of its own
+        engine = Engine(config, SnapshotStore(tempfile.mkdtemp()))
+        expected = [
+            encode_record(engine.process(validate_event(e, "binary"))) for e in EVENTS[partition:900:2]
+        ]
+        ids = {e["id"] for e in EVENTS[partition:900:2]}
+        assert [encode_record(p) for p in published if p["id"] in ids] == expected
+    assignments = re.findall(r"assignment: (\[.*\])", caplog.text)
+    assert assignments == ["['events:0', 'events:1']", "['events:0']", "['events:0', 'events:1']"]
+
+
+def test_with_a_long_commit_interval_only_checkpoints_commit(tmp_path):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
+    config = _config(tmp_path, "exactly_once")
+    config = config.model_copy(
+        update={"service": config.service.model_copy(update={"commit_every_seconds": 3600})}
+    )
+    service = _run(kafka, config)
+    assert (
+        service.counters.commits
+        == service.counters.checkpoints
+        == kafka.plan.calls["transaction.committed"]
+        == 4
+    )
+
+
+def test_an_idle_service_commits_nothing(tmp_path):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
+    config = _config(tmp_path, "exactly_once")
+    service = Service(config, kafka.connector(), "test")
+    idle_polls: list[int] = []
+
+    def idle() -> None:
+        idle_polls.append(kafka.plan.calls.get("transaction.committed", 0))
+        time.sleep(0.002)  # longer than commit_every_seconds
+        if len(idle_polls) == 20:
+            service.request_stop()
+
+    kafka.on_idle = idle
+    service.run()
+    assert idle_polls[1] == idle_polls[-1] > 0  # the last events' commit, then none while idle

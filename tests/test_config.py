@@ -143,7 +143,7 @@ def test_every_scalar_key_can_be_set_from_the_environment(section, key, value, m
 names = st.text(st.characters(categories=["L", "N"], include_characters="_-."), min_size=1, max_size=20)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(deadline=None)
 @given(section=st.sampled_from(sorted(SECTIONS)), key=names, value=st.integers() | st.text(max_size=5))
 def test_any_unknown_key_is_named_in_the_error(section, key, value):
     assume(key.lower() not in SECTIONS[section].model_fields and "." not in key)
@@ -151,7 +151,7 @@ def test_any_unknown_key_is_named_in_the_error(section, key, value):
         load_config(overrides={f"{section}.{key}": value})
 
 
-@settings(max_examples=100, deadline=None)
+@settings(deadline=None)
 @given(section=names)
 def test_any_unknown_section_is_named_in_the_error(section):
     assume(section not in SECTIONS and "." not in section)

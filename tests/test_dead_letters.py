@@ -43,7 +43,7 @@ def test_an_event_is_kept_whole_up_to_the_exact_limit():
     assert dead_letter("bad", raw, SOURCE, fits_exactly - 1)["truncated"]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @example(raw=b"\x00" * 300_000, reason="\x00" * 5000, max_bytes=1)
 @example(raw=b"\xff" * 300_000, reason="bad", max_bytes=MIN_DEAD_LETTER_BYTES * 4)
 @given(

@@ -104,3 +104,35 @@ def test_a_binary_detector_is_refused_for_regression():
         DriftMonitor.create(DriftConfig(detector="drift.binary.DDM"), "regression")
     with pytest.raises(ModelError, match=r"class from river\.drift"):
         DriftMonitor.create(DriftConfig(detector="linear_model.LinearRegression"), "binary")
+
+
+class _Constant:
+    """A model that predicts ``value``; with ``learns``, the last label it learned."""
+
+    def __init__(self, value, learns: bool = False) -> None:
+        self.value, self.learns = value, learns
+
+    def predict_one(self, x):
+        return self.value
+
+    def learn_one(self, x, y) -> None:
+        if self.learns:
+            self.value = y
+
+
+@pytest.mark.parametrize("task", ["binary", "regression"])
+def test_candidates_are_scored_by_their_mean_loss_on_the_buffer(task):
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), task)
+    labels = [True, True, False, True] if task == "binary" else [1.0, 3.0, 2.0, 6.0]
+    for label in labels:
+        monitor.buffer.append(({"a": 1.0}, label, 0.5))  # (x, y, the current model's loss)
+    decision, _ = monitor.choose(
+        "best", 100, _Constant(None), [("00000001-drift", lambda: _Constant(labels[0]))],
+        _Constant(labels[-1], learns=True),
+    )  # fmt: skip
+    if task == "binary":  # 0/1 loss: the snapshot misses one of four, the fresh model (last label, then
+        expected = {"snapshot:00000001-drift": 0.25, "fresh": 0.5}  # each previous one) two of four
+    else:  # absolute error: |1-1|+|3-1|+|2-1|+|6-1| and |1-6|+|3-1|+|2-3|+|6-2|
+        expected = {"snapshot:00000001-drift": 2.0, "fresh": 3.0}
+    assert decision.candidates == {"current": 0.5, **expected}
+    assert decision.winner == ("current" if task == "regression" else "snapshot:00000001-drift")

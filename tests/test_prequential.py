@@ -177,6 +177,26 @@ def test_manual_rollback_restores_the_snapshot_model_and_bumps_the_version(tmp_p
     assert engine.state.rollbacks == 2 and engine.predict(Event(x={"a": 1.0}))["model_version"] == 3
 
 
+@pytest.mark.parametrize("task", ["binary", "anomaly"])
+def test_a_model_switch_gives_the_new_model_a_fresh_detector_and_an_empty_buffer(tmp_path, task):
+    pipeline = ["anomaly.HalfSpaceTrees"] if task == "anomaly" else ["tree.HoeffdingTreeClassifier"]
+    engine = Engine(
+        _config(task, pipeline, "ROCAUC" if task == "anomaly" else "Accuracy"), SnapshotStore(tmp_path)
+    )
+    saved = engine.snapshot("manual")
+    for n in range(300):
+        engine.process(Event(x={"a": n % 7 / 7}, y=n % 3 == 0))
+    monitor = engine.state.monitor
+    if task != "anomaly":  # anomaly detectors have no per-event loss: nothing is watched
+        assert monitor.detector.width > 0
+    engine.rollback(saved.id)
+    assert engine.state.model_version == 2
+    if task != "anomaly":
+        assert engine.state.monitor.detector.width == 0 and not engine.state.monitor.buffer
+    else:
+        assert engine.state.monitor is None
+
+
 def test_an_event_the_model_cannot_use_is_rejected_with_the_model_reason(tmp_path):
     config = _config(
         "binary", ["preprocessing.StandardScaler", "linear_model.LogisticRegression"], "Accuracy"

@@ -204,7 +204,7 @@ NEIGHBOUR = SnapshotStore(SNAPSHOT_ROOT / "events-1").save("theirs", reason="man
 (SNAPSHOT_ROOT / PAYLOAD).write_bytes(pickle.dumps("theirs"))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @example(snapshot_id=f"../events-1/{NEIGHBOUR.id}")
 @example(snapshot_id="..")
 @example(snapshot_id="")
@@ -224,7 +224,7 @@ def test_any_id_the_store_did_not_write_is_not_found_and_touches_nothing(snapsho
     assert sorted(str(path) for path in SNAPSHOT_ROOT.rglob("*")) == before
 
 
-@settings(max_examples=50, deadline=None)
+@settings(deadline=None)
 @given(sequence=st.integers(1, 10**12), reason=st.sampled_from(sorted(get_args(Reason))))
 def test_every_id_the_store_writes_is_one_it_reads_back(sequence, reason):
     manifest = ID_STORE.save([sequence], reason=reason, sequence=sequence)
