@@ -119,7 +119,7 @@ def create_app(service: Service) -> FastAPI:
         except NotOwnedError as error:
             raise HTTPException(409, str(error)) from None
         except SnapshotError as error:
-            raise HTTPException(422, str(error)) from None
+            raise HTTPException(404 if isinstance(error, SnapshotNotFound) else 422, str(error)) from None
         except TimeoutError:
             raise HTTPException(503, "the service did not answer in time (is it recovering?)") from None
 

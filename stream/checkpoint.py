@@ -24,7 +24,7 @@ The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Chec
    durably, then committed at once, naming the new snapshot. A commit always names a
    checkpoint at or before the committed offset, so checkpoints bound the re-learning and
    commits need no snapshot of their own.
-4. **Restore** (start, reconnect, and any rebalance that revokes a partition). The committed
+4. **Restore** (start, reconnect, and any rebalance that takes a partition away). The committed
    offset and the checkpoint it names are read; :func:`restore_point` loads that snapshot (or,
    if it is damaged or gone, the newest valid one at or before the committed offset); the events
    from the snapshot's offset to the committed one are re-learned through the same per-record
@@ -33,8 +33,10 @@ The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Chec
    happened and are never restored. Learning is deterministic, so the restored model equals the
    one that crashed, and predictions after the restore are byte-identical to an uninterrupted
    run.
-5. **Rebalance.** A revocation aborts the open transaction (its outputs may cover events the new
-   owner will process) and rebuilds every owned partition from its last commit as in 4.
+5. **Rebalance.** A partition taken away — revoked, or found missing from the assignment without
+   a revocation — aborts the open transaction (its outputs may cover events the new owner will
+   process) and rebuilds every owned partition from its last commit as in 4; a partition added
+   is restored as in 4.
 
 Partitions are named one way, :class:`PartitionId`:
 
@@ -116,7 +118,7 @@ def restore_point(
         except SnapshotError as error:
             logger.warning("cannot restore from snapshot %s: %s", manifest.id, error)
             continue
-        if state.offsets.get(key) != manifest.offsets[key]:
+        if getattr(state, "offsets", {}).get(key) != manifest.offsets[key]:
             logger.warning("snapshot %s: its state and manifest disagree on the offset; skipped", manifest.id)
             continue
         return manifest, state

@@ -2,9 +2,9 @@
 
 The record holds the reason, where the event came from, and the original bytes (base64, so
 garbage survives the trip exactly; plus a text rendering for people). Encoded, it stays within
-``max_bytes`` (the size its event was allowed), or within :data:`MIN_DEAD_LETTER_BYTES` when
-``max_bytes`` is smaller than the reason and source need: the longest prefix of the original that
-fits is kept, and a reason longer than :data:`MAX_REASON_CHARS` is cut.
+``max_bytes`` (the size its event was allowed) with the longest prefix of the original that fits;
+when ``max_bytes`` is too small even for the reason and source, the record has those and an empty
+event. A reason longer than :data:`MAX_REASON_CHARS` is cut.
 
 >>> source = {"topic": "events", "partition": 0, "offset": 7}
 >>> record = dead_letter("malformed JSON", b"{oops", source, max_bytes=1000)
@@ -24,8 +24,6 @@ from typing import Any
 from stream.events import encode_record
 
 MAX_REASON_CHARS = 1000
-# Room for a reason of MAX_REASON_CHARS (six bytes each at worst, once escaped) and the source.
-MIN_DEAD_LETTER_BYTES = 8192
 
 
 def dead_letter(
@@ -36,7 +34,6 @@ def dead_letter(
     reason = reason.encode("utf-8", "backslashreplace").decode()  # a lone surrogate would be bad JSON
     if len(reason) > MAX_REASON_CHARS:
         reason = reason[:MAX_REASON_CHARS] + "..."
-    budget = max(max_bytes, MIN_DEAD_LETTER_BYTES)
 
     def record(kept: bytes) -> dict[str, Any]:
         return {
@@ -48,12 +45,17 @@ def dead_letter(
             "truncated": len(kept) < len(data),
         }
 
-    # The longest prefix that fits: its encoded size grows with its length, so bisect.
-    fits, too_long = 0, min(len(data), budget) + 1
-    while too_long - fits > 1:
-        middle = (fits + too_long) // 2
-        if len(encode_record(record(data[:middle]))) <= budget:
-            fits = middle
+    def fits(length: int) -> bool:
+        return len(encode_record(record(data[:length]))) <= max_bytes
+
+    # The encoded size grows with the prefix, but for a byte or two: completing a character
+    # replaces the 3-byte U+FFFD of its cut-off start. So bisect, then look a few bytes further.
+    longest, too_long = 0, min(len(data), max_bytes) + 1
+    while too_long - longest > 1:
+        middle = (longest + too_long) // 2
+        if fits(middle):
+            longest = middle
         else:
             too_long = middle
-    return record(data[:fits])
+    longest = max((n for n in range(longest, min(longest + 4, len(data)) + 1) if fits(n)), default=0)
+    return record(data[:longest])

@@ -174,27 +174,24 @@ class DriftMonitor:
         ``snapshots`` are (id, loader) pairs, loaded only when the policy needs them.
         """
         scores: dict[str, float] = {}
-        models: dict[str, Any] = {}
-        if not self.buffer:
-            return Decision(event, policy, {}, "current", "keep", 0), current
-        if policy == "best":
-            scores["current"] = sum(loss for *_, loss in self.buffer) / len(self.buffer)
-            models["current"] = current
-        if policy in ("rollback", "best"):
-            for snapshot_id, load in snapshots:
-                model = load()
-                if model is not None:
-                    scores[f"snapshot:{snapshot_id}"] = self._score_on_buffer(model)
-                    models[f"snapshot:{snapshot_id}"] = model
-        if policy in ("reset", "best"):
-            scores["fresh"] = self._train_fresh_on_buffer(fresh_model)
-            models["fresh"] = fresh_model
-        if policy == "best" and self.challenger is not None and self.challenger_losses:
-            scores["challenger"] = sum(self.challenger_losses) / len(self.challenger_losses)
-            models["challenger"] = self.challenger
-        if not scores:
-            return Decision(event, policy, {}, "current", "keep", len(self.buffer)), current
-        winner = min(scores, key=scores.__getitem__)  # first minimum: current wins ties
+        models: dict[str, Any] = {"current": current}
+        if self.buffer:  # nothing to score candidates on: the current model stays
+            if policy == "best":
+                scores["current"] = sum(loss for *_, loss in self.buffer) / len(self.buffer)
+            if policy in ("rollback", "best"):
+                for snapshot_id, load in snapshots:
+                    model = load()
+                    if model is not None:
+                        scores[f"snapshot:{snapshot_id}"] = self._score_on_buffer(model)
+                        models[f"snapshot:{snapshot_id}"] = model
+            if policy in ("reset", "best"):
+                scores["fresh"] = self._train_fresh_on_buffer(fresh_model)
+                models["fresh"] = fresh_model
+            if policy == "best" and self.challenger is not None and self.challenger_losses:
+                scores["challenger"] = sum(self.challenger_losses) / len(self.challenger_losses)
+                models["challenger"] = self.challenger
+        # The first minimum: the current model wins ties, and stays when nothing was scored.
+        winner = min(scores, key=scores.__getitem__, default="current")
         action = (
             "keep"
             if winner == "current"

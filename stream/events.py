@@ -125,7 +125,7 @@ def validate_event(payload: Any, task: Task) -> Event:
 _EVENT_FIELDS = frozenset({"id", "x", "y", "key", "ts"})
 
 
-def decode_event(raw: bytes | str, task: Task) -> Event:
+def decode_event(raw: bytes | bytearray | memoryview | str, task: Task) -> Event:
     """Parse one JSON event and validate it; raises :class:`InvalidEvent` with the reason.
 
     orjson parses (about 7x faster than :mod:`json` here). What it refuses goes to :mod:`json`,
@@ -140,9 +140,9 @@ def decode_event(raw: bytes | str, task: Task) -> Event:
     return validate_event(payload, task)
 
 
-def _decode_with_json(raw: bytes | str) -> Any:
+def _decode_with_json(raw: bytes | bytearray | memoryview | str) -> Any:
     try:
-        payload = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        payload = json.loads(raw if isinstance(raw, str) else str(raw, "utf-8"))
         lone_surrogate = _has_lone_surrogate(payload)
     except UnicodeDecodeError:
         raise InvalidEvent("not UTF-8 text") from None

@@ -210,6 +210,8 @@ class SnapshotStore:
                 manifest = SnapshotManifest.model_validate_json(path.read_bytes())
             except (OSError, ValidationError):
                 continue
+            if manifest.id != path.parent.name or not SNAPSHOT_ID.fullmatch(manifest.id):
+                continue  # a copied or renamed folder: its id would lead elsewhere
             if (reason is None or manifest.reason == reason) and (
                 pinned is None or manifest.pinned == pinned
             ):

@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,18 @@ def read_topic(
     return records
 
 
-def wait_for_records(bootstrap: str, topic: str, count: int, timeout: float = 120.0) -> None:
-    """Wait until ``topic`` holds ``count`` committed records (progress, not the final read)."""
+def wait_for_records(
+    bootstrap: str, topic: str, count: int, timeout: float = 120.0, log: Callable[[], str] | None = None
+) -> None:
+    """Wait until ``topic`` holds ``count`` committed records (progress, not the final read); on
+    failure the message ends with the tail of ``log()`` (the service's log, say)."""
     watcher = ProgressWatcher(bootstrap, topic)
     try:
         seen = watcher.wait_for(count, timeout)
     finally:
         watcher.close()
-    assert seen >= count, f"only {seen} of {count} records reached {topic} in {timeout:.0f} s"
+    tail = f"\n{log()[-6000:]}" if log else ""
+    assert seen >= count, f"only {seen} of {count} records reached {topic} in {timeout:.0f} s{tail}"
 
 
 class ProgressWatcher:

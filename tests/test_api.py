@@ -183,7 +183,8 @@ def test_a_rollback_changes_the_live_model(own_service):
         ),
         "the status never showed the new model version",
     )
-    assert client.post("/api/snapshots/nope/rollback", headers=AUTH).status_code == 422
+    assert client.post("/api/snapshots/nope/rollback", headers=AUTH).status_code == 404
+    assert client.post("/api/snapshots/00000999-drift/pin", headers=AUTH).status_code == 404
 
 
 def test_the_openapi_schema_lists_every_endpoint(running):

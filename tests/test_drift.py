@@ -6,7 +6,7 @@ import pytest
 
 from stream.config import Config, DriftConfig
 from stream.datasets import as_event, recurring_concepts
-from stream.drift import DECIDE, DRIFT, NO_SIGNAL, DriftMonitor
+from stream.drift import DECIDE, DRIFT, NO_SIGNAL, Decision, DriftMonitor
 from stream.errors import ModelError
 from stream.events import validate_event
 from stream.prequential import Engine
@@ -136,3 +136,45 @@ def test_candidates_are_scored_by_their_mean_loss_on_the_buffer(task):
         expected = {"snapshot:00000001-drift": 2.0, "fresh": 3.0}
     assert decision.candidates == {"current": 0.5, **expected}
     assert decision.winner == ("current" if task == "regression" else "snapshot:00000001-drift")
+
+
+def test_with_an_empty_buffer_the_decision_is_to_keep_the_current_model():
+    monitor = DriftMonitor.create(DriftConfig(), "binary")
+    current = _Constant(True)
+    decision, model = monitor.choose(
+        "best", 42, current, [("00000001-drift", lambda: _Constant(False))], None
+    )
+    assert (decision, model) == (Decision(42, "best", {}, "current", "keep", 0), current)
+
+
+def test_a_snapshot_that_cannot_be_loaded_is_no_candidate_and_the_log_says_why(tmp_path, caplog):
+    config = Config.model_validate({"drift": {"policy": "rollback"}})
+    engine = Engine(config, SnapshotStore(tmp_path))
+    manifest = engine.snapshot("drift")
+    (tmp_path / manifest.id / "state.pkl").write_bytes(b"damaged")
+    assert engine._model_loader(manifest.id)() is None
+    assert any(
+        m.startswith(f"snapshot {manifest.id} is not a candidate: snapshot {manifest.id} is corrupted")
+        for m in caplog.messages
+    )
+
+
+@pytest.mark.parametrize("policy", ["none", "snapshot", "reset", "best"])
+def test_the_challenger_competes_under_policy_best_alone_with_its_mean_loss(policy):
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), "binary")
+    for label in (True, True, False, True):
+        monitor.buffer.append(({"a": 1.0}, label, 0.5))
+    monitor.challenger, monitor.challenger_losses = _Constant(True), [0.0, 0.5, 0.0, 0.1]
+    current = _Constant(False)
+    decision, model = monitor.choose(policy, 7, current, [], _Constant(False))
+    expected = {
+        "none": {}, "snapshot": {}, "reset": {"fresh": 0.75},
+        "best": {"current": 0.5, "fresh": 0.75, "challenger": 0.15},
+    }[policy]  # fmt: skip
+    assert decision.candidates == expected and decision.buffer_size == 4
+    if policy == "best":
+        assert (decision.winner, decision.action, model) == ("challenger", "challenger", monitor.challenger)
+    elif policy == "reset":  # the only candidate wins, even when worse than the current model was
+        assert (decision.winner, decision.action) == ("fresh", "reset")
+    else:
+        assert (decision.winner, decision.action, model) == ("current", "keep", current)

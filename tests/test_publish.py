@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from connectors.base import Message
 from stream.config import Config
-from stream.dead_letters import MIN_DEAD_LETTER_BYTES
 from stream.prequential import Engine
 from stream.publish import Publisher
 from stream.snapshots import SnapshotStore
@@ -39,7 +38,7 @@ def test_the_publisher_sends_the_dead_letter_with_the_key_and_the_reason_as_a_he
         orjson.loads(first.value)["event"] == "{oops" and orjson.loads(second.value)["source"]["offset"] == 8
     )
     assert counters.dead_letters == 2
-    assert "dead letter events:0@7: malformed JSON: xxx" in caplog.text
+    assert any(m.startswith("dead letter events:0@7: malformed JSON: xxx") for m in caplog.messages)
 
 
 any_text = st.text(st.characters(categories=["L", "N", "P", "Cc", "Cs"]), max_size=600)
@@ -69,7 +68,7 @@ def test_the_publisher_writes_a_dead_letter_for_any_refused_record(value, reason
     record = orjson.loads(written)
     assert record["source"] == {"topic": "events", "partition": 0, "offset": 7}
     assert (value or b"").startswith(base64.b64decode(record["event_base64"]))
-    assert len(written) <= max(CONFIG.service.max_event_bytes, MIN_DEAD_LETTER_BYTES)
+    assert len(written) <= CONFIG.service.max_event_bytes
     assert counters.dead_letters == 1
 
 
@@ -89,4 +88,4 @@ def test_the_publisher_sends_each_prediction_and_times_it_from_the_produce_time(
         b'{"id":"e-2","y_pred":false}',
     ]
     assert counters.predictions == 3
-    assert sum(latency.counts) == 1 and 0.25 <= latency.total < 5
+    assert sum(latency.counts) == 1 and 0.25 <= latency.total < 0.9

@@ -54,15 +54,20 @@ def _final_state(config: dict, topic: str, partition: int = 0):
 
 
 def _committed(bootstrap: str, config: dict, topic: str, partition: int = 0) -> tuple[int, str]:
-    """The group's committed offset of a partition and the checkpoint id its metadata names."""
+    """The group's committed offset of a partition and the checkpoint id its metadata names, once
+    two reads a second apart agree (a transaction the killed process ended may still complete)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=config["kafka"]["group_id"])
+    reads: list[tuple[int, str]] = []
     try:
-        committed = consumer.committed(TopicPartition(topic, partition), metadata=True)
+        while len(reads) < 2 or reads[-1] != reads[-2]:
+            committed = consumer.committed(TopicPartition(topic, partition), metadata=True)
+            assert committed is not None and committed.metadata, "nothing committed yet"
+            # librdkafka stores the metadata string with its C terminator; kafka-python hands it back.
+            reads.append((committed.offset, committed.metadata.rstrip("\x00")))
+            time.sleep(1)
     finally:
         consumer.close()
-    assert committed is not None and committed.metadata, "nothing committed yet"
-    # librdkafka stores the metadata string with its C terminator; kafka-python hands it back.
-    return committed.offset, committed.metadata.rstrip("\x00")
+    return reads[-1]
 
 
 def _wait_for(condition, timeout: float, message: str) -> None:
@@ -132,7 +137,9 @@ def test_sigkill_at_five_random_points_changes_neither_the_model_nor_the_predict
     watcher.close()
     service.start()
     try:
-        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 20_000, timeout=180)
+        wait_for_records(
+            kafka.bootstrap_servers, topics["predictions_topic"], 20_000, timeout=180, log=service.log
+        )
     finally:
         assert service.stop() == 0, service.log()
     predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 20_000)
@@ -182,7 +189,9 @@ def test_a_twenty_second_broker_outage_loses_nothing(tmp_path, backend):
                 topics["input_topic"],
                 [json.dumps(e).encode() for e in events[3_000:]],
             )
-            wait_for_records(broker.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
+            wait_for_records(
+                broker.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120, log=service.log
+            )
         finally:
             assert service.stop() == 0, service.log()
         predictions = read_topic(broker.bootstrap_servers, topics["predictions_topic"], 6_000)
@@ -365,7 +374,15 @@ def test_at_least_once_may_repeat_predictions_but_never_learns_an_event_twice(ka
     watcher.close()
     service.start()
     try:
-        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 10_000, timeout=120)
+        # Repeats count as records: wait until every event has a prediction.
+        _wait_for(
+            lambda: (
+                len({p["id"] for p in read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 0)})
+                == 10_000
+            ),
+            120,
+            f"not every event was predicted:\n{service.log()[-6000:]}",
+        )
     finally:
         assert service.stop() == 0, service.log()
     predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 10_000)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from pathlib import Path
 from typing import get_args
@@ -227,7 +228,18 @@ def test_any_id_the_store_did_not_write_is_not_found_and_touches_nothing(snapsho
 @settings(deadline=None)
 @given(sequence=st.integers(1, 10**12), reason=st.sampled_from(sorted(get_args(Reason))))
 def test_every_id_the_store_writes_is_one_it_reads_back(sequence, reason):
-    manifest = ID_STORE.save([sequence], reason=reason, sequence=sequence)
-    assert SNAPSHOT_ID.fullmatch(manifest.id)
-    assert ID_STORE.load(manifest.id) == [sequence]
-    ID_STORE.delete(manifest.id)
+    with tempfile.TemporaryDirectory() as directory:
+        store = SnapshotStore(directory)
+        manifest = store.save([sequence], reason=reason, sequence=sequence)
+        assert SNAPSHOT_ID.fullmatch(manifest.id)
+        assert [m.id for m in store.list()] == [manifest.id] and store.load(manifest.id) == [sequence]
+        store.delete(manifest.id)
+        assert store.list() == []
+
+
+def test_a_copied_snapshot_folder_is_not_listed_so_its_id_never_leads_elsewhere(tmp_path):
+    store = SnapshotStore(tmp_path)
+    manifest = store.save("x", reason="drift")
+    shutil.copytree(tmp_path / manifest.id, tmp_path / "00000007-drift")  # same manifest, other folder
+    shutil.copytree(tmp_path / manifest.id, tmp_path / "backup")
+    assert [m.id for m in store.list()] == [manifest.id]
