@@ -32,6 +32,12 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 REQUEST_TIMEOUT = 30.0
 
 
+def _is_fatal(error: KafkaError) -> bool:
+    # A fatal consumer error (say, a static member fenced after an outage) arrives as an event
+    # whose code is _FATAL while its own fatal flag is not set; the client is then unusable.
+    return error.fatal() or error.code() == KafkaError._FATAL
+
+
 def _log_client_error(error: KafkaError) -> None:
     # Broker-down and similar errors librdkafka retries by itself; operations that need the broker
     # (commit, committed offsets) raise on their own when it stays away.
@@ -84,8 +90,8 @@ class ConfluentSource(Source):
         for record in records:
             error = record.error()
             if error is not None:
-                if error.fatal():
-                    raise KafkaException(error)
+                if _is_fatal(error):
+                    raise KafkaException(error)  # the service rebuilds its clients
                 logger.warning("kafka consumer: %s", error)
                 continue
             if pending and (record.topic(), record.partition()) in pending:
@@ -163,7 +169,7 @@ class ConfluentSource(Source):
                     )
                 for record in reader.consume(500, 0.5):
                     if record.error() is not None:
-                        if record.error().fatal():
+                        if _is_fatal(record.error()):
                             raise KafkaException(record.error())
                         continue
                     if record.offset() >= end:

