@@ -76,6 +76,14 @@ def read_topic(
     return records
 
 
+def wait_until(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    """Poll ``condition`` every 0.2 s until it holds; fail with ``message`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
 def wait_for_records(
     bootstrap: str, topic: str, count: int, timeout: float = 120.0, log: Callable[[], str] | None = None
 ) -> None:

@@ -6,7 +6,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,14 @@ from stream.events import validate_event
 from stream.prequential import Engine
 from stream.service import Service
 from stream.snapshots import SnapshotStore
-from tests.kafka_helpers import ServiceProcess, drifting_events, publish, service_config, wait_for_records
+from tests.kafka_helpers import (
+    ServiceProcess,
+    drifting_events,
+    publish,
+    service_config,
+    wait_for_records,
+    wait_until,
+)
 
 pytestmark = pytest.mark.kafka
 TOKEN = "test-token"
@@ -38,19 +45,12 @@ def _service_with_api(kafka, workdir: Path) -> Iterator[tuple[httpx.Client, dict
         wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
         with httpx.Client(base_url=service.api_url(), timeout=30) as client:
             # The status the API serves is refreshed every second.
-            _wait_until(
-                lambda: client.get("/api/stats").json()["predictions"] == 6_000, "stats never caught up"
+            wait_until(
+                lambda: client.get("/api/stats").json()["predictions"] == 6_000, 60, "stats never caught up"
             )
             yield client, config, service
     finally:
         assert service.stop() == 0, service.log()
-
-
-def _wait_until(condition: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +177,11 @@ def test_a_rollback_changes_the_live_model(own_service):
     response = client.post(f"/api/snapshots/{target}/rollback", headers=AUTH)
     assert response.status_code == 200, response.text
     assert response.json()["model_version"] == version + 1
-    _wait_until(
+    wait_until(
         lambda: (
             next(iter(client.get("/api/stats").json()["partitions"].values()))["model_version"] == version + 1
         ),
+        60,
         "the status never showed the new model version",
     )
     assert client.post("/api/snapshots/nope/rollback", headers=AUTH).status_code == 404

@@ -45,13 +45,14 @@ AT_LEAST_ONCE_STEPS = [
 ]  # fmt: skip
 
 
-def _config(tmp_path: Path, guarantee: str, **drift: object) -> Config:
+def _config(tmp_path: Path, guarantee: str, service: dict | None = None, **drift: object) -> Config:
     return Config.model_validate({
         "model": {"task": "binary", "pipeline": ["tree.HoeffdingTreeClassifier"]},
         "drift": {"policy": "best", **drift},
         "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead"},
         "snapshots": {"directory": str(tmp_path / "snapshots")},
-        "service": {"guarantee": guarantee, "checkpoint_every_events": 400, "commit_every_seconds": 0.001},
+        "service": {"guarantee": guarantee, "checkpoint_every_events": 400, "commit_every_seconds": 0.001,
+                    **(service or {})},
     })  # fmt: skip
 
 
@@ -177,8 +178,7 @@ def test_the_service_dead_letters_events_over_max_event_bytes_with_the_reason(tm
     small = json.dumps(EVENTS[0]).encode()
     large = json.dumps({**EVENTS[1], "id": "large", "x": {**EVENTS[1]["x"], "pad": "p" * 400}}).encode()
     kafka.append("events", [small, large, small])
-    config = _config(tmp_path, "exactly_once").model_copy(deep=True)
-    config.service.max_event_bytes = 300
+    config = _config(tmp_path, "exactly_once", service={"max_event_bytes": 300})
     _run(kafka, config)
     (letter,) = [json.loads(value) for value in kafka.values("dead")]
     assert letter["error"] == f"event of {len(large)} bytes exceeds service.max_event_bytes=300"
@@ -330,9 +330,7 @@ def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_say
     }
     caplog.clear()
     # No checkpoint until it stops: every commit of the restarted service names the restored one.
-    unhurried = config.model_copy(
-        update={"service": config.service.model_copy(update={"checkpoint_every_events": 10**6})}
-    )
+    unhurried = _config(tmp_path, "exactly_once", service={"checkpoint_every_events": 10**6})
     restarted = Service(unhurried, kafka.connector(), "test")
     at_idle: list = []
 
@@ -359,12 +357,9 @@ def test_partitions_taken_away_and_given_back_lose_and_repeat_nothing(tmp_path, 
     kafka = FakeKafka(partitions=2)
     encoded = [json.dumps(event).encode() for event in EVENTS]
     kafka.append("events", encoded[:600])
-    config = _config(tmp_path, "exactly_once")
     # Commits only with checkpoints (every 400 events): when the rebalance comes, the open
     # transaction still holds the last 200 events' predictions, partition 1's among them.
-    config = config.model_copy(
-        update={"service": config.service.model_copy(update={"commit_every_seconds": 3600})}
-    )
+    config = _config(tmp_path, "exactly_once", service={"commit_every_seconds": 3600})
     service = Service(config, kafka.connector(), "test")
     caplog.set_level("INFO", logger="stream.checkpoint")
     both = [("events", 0), ("events", 1)]
@@ -392,10 +387,7 @@ def test_partitions_taken_away_and_given_back_lose_and_repeat_nothing(tmp_path, 
 def test_with_a_long_commit_interval_only_checkpoints_commit(tmp_path):
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
-    config = _config(tmp_path, "exactly_once")
-    config = config.model_copy(
-        update={"service": config.service.model_copy(update={"commit_every_seconds": 3600})}
-    )
+    config = _config(tmp_path, "exactly_once", service={"commit_every_seconds": 3600})
     service = _run(kafka, config)
     assert (
         service.counters.commits

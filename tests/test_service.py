@@ -33,6 +33,7 @@ from tests.kafka_helpers import (
     read_topic,
     service_config,
     wait_for_records,
+    wait_until,
 )
 from tests.model_equality import canonical_pickle
 
@@ -68,15 +69,6 @@ def _committed(bootstrap: str, config: dict, topic: str, partition: int = 0) -> 
     finally:
         consumer.close()
     return reads[-1]
-
-
-def _wait_for(condition, timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(message)
 
 
 def test_twenty_thousand_events_are_each_predicted_once_and_match_replay(kafka, tmp_path):
@@ -183,7 +175,7 @@ def test_a_twenty_second_broker_outage_loses_nothing(tmp_path, backend):
             time.sleep(20)  # the outage itself (what is waited for below are outcomes)
             assert service.alive(), service.log()
             broker.start()
-            _wait_for(lambda: api.get("/ready").status_code == 200, 120, "the service never came back")
+            wait_until(lambda: api.get("/ready").status_code == 200, 120, "the service never came back")
             publish(
                 broker.bootstrap_servers,
                 topics["input_topic"],
@@ -269,7 +261,7 @@ def test_when_one_of_two_instances_dies_its_partitions_continue_from_the_right_s
     second = ServiceProcess(tmp_path, config, "second").start()
     try:
         # The group settles with both instances owning partitions, between them all three.
-        _wait_for(
+        wait_until(
             lambda: _assignment(first.log()) and _assignment(second.log())
             and _assignment(first.log()) | _assignment(second.log()) == every_partition,
             120,
@@ -375,7 +367,7 @@ def test_at_least_once_may_repeat_predictions_but_never_learns_an_event_twice(ka
     service.start()
     try:
         # Repeats count as records: wait until every event has a prediction.
-        _wait_for(
+        wait_until(
             lambda: (
                 len({p["id"] for p in read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 0)})
                 == 10_000
