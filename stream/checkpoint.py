@@ -19,9 +19,10 @@ The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Chec
    ``read_committed`` reader sees an event's output exactly when its offset is committed.
    ``at_least_once``: the producer is flushed, then the offsets are committed; outputs sent after
    the last commit are sent again after a crash.
-3. **Checkpoint** (every ``service.checkpoint_every_events`` or ``_seconds``, at shutdown, and after
-   a manual rollback): each partition that learned since its last checkpoint is snapshotted
-   durably, then committed at once, naming the new snapshot. A commit always names a
+3. **Checkpoint** (every ``service.checkpoint_every_events`` or ``_seconds``, and at shutdown):
+   each partition that learned since its last checkpoint is snapshotted durably, then committed
+   at once, naming the new snapshot. A manual rollback's snapshot and a manual snapshot are
+   checkpoints too, committed at once (no event reproduces them). A commit always names a
    checkpoint at or before the committed offset, so checkpoints bound the re-learning and
    commits need no snapshot of their own.
 4. **Restore** (start, reconnect, and any rebalance that takes a partition away). The committed
@@ -29,10 +30,11 @@ The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Chec
    if it is damaged or gone, the newest valid one at or before the committed offset); the events
    from the snapshot's offset to the committed one are re-learned through the same per-record
    step without publishing (their outputs are already committed); processing resumes at the
-   committed offset. Snapshots beyond the committed offset belong to a commit that never
-   happened and are never restored. Learning is deterministic, so the restored model equals the
-   one that crashed, and predictions after the restore are byte-identical to an uninterrupted
-   run.
+   committed offset. The snapshots written after the restored one are deleted first: the
+   re-learning writes those up to the committed offset again, and the others belong to a commit
+   that never happened (restored, or merely kept, they would change later drift decisions).
+   Learning is deterministic, so the restored model equals the one that crashed, and
+   predictions after the restore are byte-identical to an uninterrupted run.
 5. **Rebalance.** A partition taken away — revoked, or found missing from the assignment without
    a revocation — aborts the open transaction (its outputs may cover events the new owner will
    process) and rebuilds every owned partition from its last commit as in 4; a partition added
@@ -145,9 +147,13 @@ class OwnedPartition:
         self.since_checkpoint += 1
         self.uncommitted = True
 
-    def checkpoint(self, reason: Reason) -> None:
-        self.checkpoint_id = self.engine.snapshot(reason).id
-        self.since_checkpoint = 0
+    def checkpoint(self, reason: Reason) -> SnapshotManifest:
+        return self.checkpointed(self.engine.snapshot(reason))
+
+    def checkpointed(self, manifest: SnapshotManifest) -> SnapshotManifest:
+        """``manifest`` (a snapshot of the state as it is now) is what commits name from now on."""
+        self.checkpoint_id, self.since_checkpoint = manifest.id, 0
+        return manifest
 
 
 class Checkpointer:
@@ -210,6 +216,13 @@ class Checkpointer:
             origin = "a new model"
         else:
             manifest, state = restored
+            # What was written after the restore point is either written again by the re-learning
+            # below or belongs to a run whose commit never happened: gone, it cannot crowd the
+            # restored history's snapshots out of retention or stand in for one of them.
+            discarded = store.discard_after(manifest.sequence)
+            if discarded:
+                logger.info("%s: discarded %d snapshots written after %s: %s",
+                            partition.key, len(discarded), manifest.id, ", ".join(discarded))  # fmt: skip
             engine = Engine(self.config, store, state)
             start = manifest.offsets[partition.key]
             origin = f"snapshot {manifest.id}"
@@ -244,12 +257,12 @@ class Checkpointer:
         ):
             self.commit()
 
-    def checkpoint(self, reason: Reason, include: Collection[TopicPartition] = ()) -> None:
-        """Snapshot every partition that learned since its last checkpoint (durably), and those in
-        ``include``, then commit."""
+    def checkpoint(self, reason: Reason) -> None:
+        """Snapshot every partition that learned since its last checkpoint (durably; all of them at
+        shutdown), then commit."""
         snapshotted = []
         for owned in self.partitions.values():
-            if owned.since_checkpoint or owned.id in include or reason == "shutdown":
+            if owned.since_checkpoint or reason == "shutdown":
                 owned.checkpoint(reason)
                 snapshotted.append(owned.id)
         self._last_checkpoint = time.monotonic()
@@ -280,9 +293,18 @@ class Checkpointer:
         self.counters.commits += 1
 
     def rollback(self, scope: str, snapshot_id: str) -> SnapshotManifest:
-        """Switch a partition's model to a snapshot's and checkpoint that at once."""
+        """Switch a partition's model to a snapshot's; the rollback's own snapshot is committed at
+        once as the partition's checkpoint (no event will reproduce the rollback)."""
         owned = self.owned(scope)
-        manifest = owned.engine.rollback(snapshot_id)
-        self.checkpoint("checkpoint", include=[owned.id])  # no event will reproduce the rollback
+        manifest = owned.checkpointed(owned.engine.rollback(snapshot_id))
+        self.commit([owned.id])
         logger.info("rolled %s back to %s", owned.id.key, snapshot_id)
+        return manifest
+
+    def snapshot(self, scope: str) -> SnapshotManifest:
+        """A manual snapshot of a partition's state, committed at once as its checkpoint: part of
+        the history every restore keeps."""
+        owned = self.owned(scope)
+        manifest = owned.checkpoint("manual")
+        self.commit([owned.id])
         return manifest

@@ -221,10 +221,11 @@ class Engine:
             state.warnings += 1
             logger.info("warning at event %d", state.events)
             policy = self.config.drift.policy
-            if policy != "none":
-                self.snapshot("warning")
             if policy == "best" and self.config.drift.challenger:
                 state.monitor.start_challenger(state.model.clone())
+            # Last: a snapshot holds the state as it is after the event it records as learned.
+            if policy != "none":
+                self.snapshot("warning")
         elif signal == DRIFT:
             state.drifts += 1
             self._on_drift()

@@ -219,8 +219,8 @@ class Service:
         return self._connected().rollback(scope, snapshot_id)
 
     def take_snapshot(self, scope: str) -> SnapshotManifest:
-        """A manual snapshot of a partition's current state (service thread)."""
-        return self.owned(scope).engine.snapshot("manual")
+        """A manual snapshot of a partition's current state, committed at once (service thread)."""
+        return self._connected().snapshot(scope)
 
     def pin(self, scope: str, snapshot_id: str, pinned: bool = True) -> SnapshotManifest:
         return self.owned(scope).engine.store.pin(snapshot_id, pinned)

@@ -191,6 +191,13 @@ class SnapshotStore:
             raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.directory}")
         return folder
 
+    def discard_after(self, sequence: int) -> list[str]:
+        """Delete the unpinned snapshots written after ``sequence``; their ids, oldest first."""
+        discarded = [m.id for m in self.list() if m.sequence > sequence and not m.pinned]
+        for snapshot_id in discarded:
+            shutil.rmtree(self.directory / snapshot_id, ignore_errors=True)
+        return discarded
+
     def _apply_retention(self, reason: str) -> None:
         if reason not in ROTATING_REASONS:
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -45,26 +46,31 @@ AT_LEAST_ONCE_STEPS = [
 ]  # fmt: skip
 
 
-def _config(tmp_path: Path, guarantee: str, service: dict | None = None, **drift: object) -> Config:
+def _config(
+    tmp_path: Path, guarantee: str, service: dict | None = None, keep_last: int = 10, **drift: object
+) -> Config:
     return Config.model_validate({
         "model": {"task": "binary", "pipeline": ["tree.HoeffdingTreeClassifier"]},
         "drift": {"policy": "best", **drift},
         "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead"},
-        "snapshots": {"directory": str(tmp_path / "snapshots")},
+        "snapshots": {"directory": str(tmp_path / "snapshots"), "keep_last": keep_last},
         "service": {"guarantee": guarantee, "checkpoint_every_events": 400, "commit_every_seconds": 0.001,
                     **(service or {})},
     })  # fmt: skip
 
 
 def _reference(config: Config) -> tuple[list[bytes], Engine]:
-    """An uninterrupted run of the same model (computed once per model and drift configuration)."""
-    return _reference_of(config.model_dump_json(include={"model", "drift", "metrics"}))
+    """An uninterrupted run of the same model (computed once per model, drift and retention
+    configuration)."""
+    return _reference_of(
+        config.model_dump_json(include={"model", "drift", "metrics"}), config.snapshots.keep_last
+    )
 
 
 @functools.cache
-def _reference_of(config_json: str) -> tuple[list[bytes], Engine]:
+def _reference_of(config_json: str, keep_last: int) -> tuple[list[bytes], Engine]:
     config = Config.model_validate_json(config_json)
-    engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="reference-")))
+    engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="reference-"), keep_last))
     return [encode_record(engine.process(validate_event(e, "binary"))) for e in EVENTS], engine
 
 
@@ -96,11 +102,10 @@ def file_steps(monkeypatch):
     return kafkas
 
 
-def _crash_then_finish(tmp_path: Path, guarantee: str, step: str, at: int, file_steps: list) -> FakeKafka:
+def _crash_then_finish(config: Config, step: str, at: int, file_steps: list) -> FakeKafka:
     kafka = FakeKafka()
     file_steps.append(kafka)
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
-    config = _config(tmp_path, guarantee)
     kafka.plan.step, kafka.plan.at = step, at
     with pytest.raises(Killed):
         _run(kafka, config)
@@ -129,22 +134,31 @@ def _decisions(state) -> list[tuple]:
     ]
 
 
+# ADWIN, and a detector with a warning zone: warning snapshots and a challenger; few kept, so
+# that snapshots a crashed run left behind would crowd out the ones its restart writes again.
+DETECTORS = ["drift.ADWIN", "drift.binary.EDDM"]
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
 @pytest.mark.parametrize(("step", "at"), EXACTLY_ONCE_STEPS)
-def test_exactly_once_survives_a_crash_at_every_protocol_step(tmp_path, file_steps, step, at):
-    config = _config(tmp_path, "exactly_once")
+def test_exactly_once_survives_a_crash_at_every_protocol_step(tmp_path, file_steps, step, at, detector):
+    config = _config(tmp_path, "exactly_once", keep_last=2, detector=detector)
     expected, reference = _reference(config)
-    kafka = _crash_then_finish(tmp_path, "exactly_once", step, at, file_steps)
+    kafka = _crash_then_finish(config, step, at, file_steps)
     assert kafka.values("predictions") == expected
     state = _final_model(config)
     assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)
     assert _decisions(state) == _decisions(reference.state) and state.drifts >= 1
 
 
+@pytest.mark.parametrize("detector", DETECTORS)
 @pytest.mark.parametrize(("step", "at"), AT_LEAST_ONCE_STEPS)
-def test_at_least_once_repeats_only_identical_predictions_after_a_crash(tmp_path, file_steps, step, at):
-    config = _config(tmp_path, "at_least_once")
+def test_at_least_once_repeats_only_identical_predictions_after_a_crash(
+    tmp_path, file_steps, step, at, detector
+):
+    config = _config(tmp_path, "at_least_once", keep_last=2, detector=detector)
     expected, reference = _reference(config)
-    kafka = _crash_then_finish(tmp_path, "at_least_once", step, at, file_steps)
+    kafka = _crash_then_finish(config, step, at, file_steps)
     by_id = {json.loads(line)["id"]: line for line in expected}
     published = kafka.values("predictions")
     assert {json.loads(line)["id"] for line in published} == by_id.keys()
@@ -154,7 +168,7 @@ def test_at_least_once_repeats_only_identical_predictions_after_a_crash(tmp_path
 
 def test_a_crash_point_that_is_never_reached_fails_the_run(tmp_path, file_steps):
     with pytest.raises(pytest.fail.Exception):
-        _crash_then_finish(tmp_path, "exactly_once", "send", 10**9, file_steps)
+        _crash_then_finish(_config(tmp_path, "exactly_once"), "send", 10**9, file_steps)
 
 
 def test_a_restart_applies_the_new_drift_configuration_to_the_restored_state(tmp_path):
@@ -429,3 +443,65 @@ def test_a_periodic_checkpoint_leaves_a_partition_that_learned_nothing_alone(tmp
     busy, idle = (SnapshotStore.from_config(config.snapshots, f"events-{p}") for p in (0, 1))
     assert [m.reason for m in busy.list()].count("checkpoint") == 2
     assert [m.reason for m in idle.list()] == ["shutdown"]
+
+
+@pytest.mark.parametrize(
+    "detector",
+    ["drift.ADWIN", "drift.binary.DDM", "drift.binary.EDDM", "drift.binary.HDDMA", "drift.binary.HDDMW"],
+)
+def test_every_snapshot_restores_the_state_after_the_event_it_records(tmp_path, detector):
+    config = _config(tmp_path / "run", "exactly_once", detector=detector)
+    expected, reference = _reference(config)
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
+    _run(kafka, config)
+    history = SnapshotStore.from_config(config.snapshots, "events-0").list()
+    assert {"drift", "checkpoint"} <= {m.reason for m in history}
+    assert detector == "drift.ADWIN" or "warning" in {m.reason for m in history}
+    for manifest in history:
+        # A restart whose commit names this snapshot, with the store as it was when it was written.
+        restarted = _config(tmp_path / manifest.id, "exactly_once", detector=detector)
+        directory = restarted.snapshots.directory / "events-0"
+        for earlier in history[: history.index(manifest) + 1]:
+            shutil.copytree(config.snapshots.directory / "events-0" / earlier.id, directory / earlier.id)
+        replay = FakeKafka()
+        replay.append("events", [json.dumps(event).encode() for event in EVENTS])
+        offset = manifest.offsets["events:0"]
+        replay.group_offsets[("stream", ("events", 0))] = (offset, manifest.id)
+        _run(replay, restarted)
+        assert replay.values("predictions") == expected[offset:], f"restored from {manifest.id}"
+        assert _decisions(_final_model(restarted)) == _decisions(reference.state)
+
+
+@pytest.mark.parametrize("commits_before_the_crash", [0, 1])
+def test_snapshots_a_crashed_run_wrote_beyond_its_last_commit_change_nothing_after_the_restart(
+    tmp_path, caplog, commits_before_the_crash
+):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
+    # The crashed run checkpointed at other events than its restart does (as time-based
+    # checkpoints do), so the ids of what it left interleave with those the restart writes; with
+    # two kept per reason, its leftovers would crowd those out of the store.
+    crashed = _config(
+        tmp_path, "exactly_once", {"checkpoint_every_events": 500, "commit_every_seconds": 3600},
+        keep_last=2, detector="drift.binary.EDDM",
+    )  # fmt: skip
+    kafka.plan.step, kafka.plan.at = "transaction.commit", commits_before_the_crash + 1
+    with pytest.raises(Killed):
+        _run(kafka, crashed)
+    kafka.plan.step = ""
+    store = SnapshotStore.from_config(crashed.snapshots, "events-0")
+    committed = kafka.group_offsets.get(("stream", ("events", 0)), (0, ""))[0]
+    leftovers = [m.id for m in store.list() if m.offsets["events:0"] > committed]
+    assert leftovers, "the crashed run left no snapshot beyond its commit: the test shows nothing"
+
+    config = _config(tmp_path, "exactly_once", keep_last=2, detector="drift.binary.EDDM")
+    expected, reference = _reference(config)
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    _run(kafka, config)
+    assert kafka.values("predictions") == expected
+    assert _decisions(_final_model(config)) == _decisions(reference.state)
+    assert any(d["action"] == "rollback" for d in reference.state.decisions)
+    if committed:  # restored from the committed checkpoint: everything after it was discarded
+        (line,) = [m for m in caplog.messages if "discarded" in m]
+        assert line.endswith(", ".join(leftovers))
