@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from connectors.base import Connector
+from connectors.base import ClientSettings, Connector
 
 BACKENDS = {
     "kafka-python": "connectors.kafka:KafkaPythonConnector",
@@ -18,7 +16,7 @@ BACKENDS = {
 
 
 def create_connector(
-    backend: str, bootstrap_servers: str, client_options: dict[str, Any] | None = None
+    backend: str, bootstrap_servers: str, settings: ClientSettings | None = None
 ) -> Connector:
     """The connector of ``backend`` (a key of :data:`BACKENDS`); its client library is imported
     only when chosen, so either one may be left uninstalled."""
@@ -32,4 +30,4 @@ def create_connector(
             f"kafka.backend={backend!r} needs its client library: {error}. "
             "Install it with `pip install 'stream[confluent]'` (confluent-kafka) or use kafka-python."
         ) from error
-    return connector_class(bootstrap_servers, client_options)
+    return connector_class(bootstrap_servers, settings)

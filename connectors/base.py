@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,32 @@ class Message:
     timestamp_ms: int = -1  # when it was produced (CreateTime), -1 if unknown
 
 
+@dataclass(frozen=True)
+class ClientSettings:
+    """How a backend builds its clients: options in its library's spelling, and time bounds.
+
+    ``common`` goes to every client (security settings), ``consumer`` and ``producer`` only to
+    those: each library refuses, or misapplies, an option meant for the other kind of client.
+
+    >>> ClientSettings(common={"security_protocol": "SSL"}, consumer={"fetch_min_bytes": 1}).consumer_options
+    {'security_protocol': 'SSL', 'fetch_min_bytes': 1}
+    """
+
+    common: dict[str, Any] = field(default_factory=dict)
+    consumer: dict[str, Any] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+    request_timeout: float = 10.0  # seconds any blocking client call may take before it raises
+    transaction_timeout: float = 10.0  # seconds before the broker aborts a dead producer's transaction
+
+    @property
+    def consumer_options(self) -> dict[str, Any]:
+        return {**self.common, **self.consumer}
+
+    @property
+    def producer_options(self) -> dict[str, Any]:
+        return {**self.common, **self.producer}
+
+
 class Source(ABC):
     """A consumer-group member with manual offsets.
 
@@ -42,11 +68,20 @@ class Source(ABC):
     on_revoke: Callable[[list[TopicPartition]], None]
 
     @abstractmethod
-    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self, topics: list[str], group_id: str, instance_id: str, bootstrap: str, settings: ClientSettings
+    ) -> None:
         """Join ``group_id`` as the static member ``instance_id`` and subscribe to ``topics``."""
 
     @abstractmethod
-    def poll(self, timeout: float, max_records: int) -> list[Message]: ...
+    def poll(self, timeout: float, max_records: int) -> list[Message]:
+        """The next records; raises when the client can no longer be used (fenced, fatal error)."""
+
+    @abstractmethod
+    def keep_alive(self) -> None:
+        """Show the group this member is alive without consuming (while it re-learns, say): a
+        poll with every partition paused. Whatever was fetched and not returned is dropped, so the
+        caller seeks every partition before it polls again."""
 
     @abstractmethod
     def assignment(self) -> set[TopicPartition]: ...
@@ -66,10 +101,11 @@ class Source(ABC):
 
     @abstractmethod
     def read_range(
-        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
-    ) -> list[Message]:
+        self, partition: TopicPartition, start: int, end: int, stall_timeout: float = 120.0
+    ) -> Iterator[Message]:
         """Records with ``start <= offset < end`` of one partition, read outside the group (to
-        re-learn); raises ``TimeoutError`` if they cannot be read in time."""
+        re-learn), as they are fetched; raises ``TimeoutError`` when no record comes for
+        ``stall_timeout`` seconds of reading (time the caller spends between records not counted)."""
 
     @abstractmethod
     def commit(self, positions: dict[TopicPartition, Position]) -> None:
@@ -90,7 +126,7 @@ class Sink(ABC):
     transactional: bool
 
     @abstractmethod
-    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
+    def __init__(self, transactional_id: str | None, bootstrap: str, settings: ClientSettings) -> None:
         """A transactional producer with ``transactional_id`` (fencing older ones), or a plain one."""
 
     @abstractmethod
@@ -118,34 +154,40 @@ class Sink(ABC):
 
 
 class Connector(ABC):
-    """Builds sources and sinks for one client library, and creates topics.
+    """Builds sources and sinks for one client library, and manages topics.
 
-    A backend names its classes and how its library spells the bootstrap setting; sources are
-    built as ``source_class(topics, group_id, instance_id, options)`` and sinks as
-    ``sink_class(transactional_id, options)``, with the config's client options.
+    Sources are built as ``source_class(topics, group_id, instance_id, bootstrap, settings)`` and
+    sinks as ``sink_class(transactional_id, bootstrap, settings)``.
     """
 
     source_class: type[Source]
     sink_class: type[Sink]
-    bootstrap_option: str
+    # What the backend's clients raise when the broker or the client fails (not a bug of ours).
+    client_errors: tuple[type[Exception], ...] = ()
 
-    def __init__(self, bootstrap_servers: str, client_options: dict[str, Any] | None = None) -> None:
-        self.options = {self.bootstrap_option: bootstrap_servers, **(client_options or {})}
+    def __init__(self, bootstrap_servers: str, settings: ClientSettings | None = None) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.settings = settings or ClientSettings()
 
     def source(self, topics: list[str], group_id: str, instance_id: str) -> Source:
-        return self.source_class(topics, group_id, instance_id, self.options)
+        return self.source_class(topics, group_id, instance_id, self.bootstrap_servers, self.settings)
 
     def sink(self, transactional_id: str | None) -> Sink:
-        return self.sink_class(transactional_id, self.options)
+        return self.sink_class(transactional_id, self.bootstrap_servers, self.settings)
 
     @abstractmethod
-    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None: ...
+    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
+        """Create those of ``topics`` that do not exist yet."""
+
+    @abstractmethod
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has; None if it does not exist."""
 
 
-def warn_about_gap(partition: TopicPartition, start: int, messages: list[Message]) -> None:
+def warn_about_gap(partition: TopicPartition, start: int, first: Message) -> None:
     """``read_range`` found its first offsets deleted (topic retention): say what is re-learned."""
-    if messages and messages[0].offset > start:
+    if first.offset > start:
         logger.warning(
             "%s: offsets %d..%d are gone (topic retention); re-learning from %d",
-            partition, start, messages[0].offset, messages[0].offset,
+            partition, start, first.offset, first.offset,
         )  # fmt: skip

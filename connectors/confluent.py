@@ -9,7 +9,10 @@ librdkafka fetches and sends on its own C threads, so consuming and producing co
 microseconds per record instead of tens (``benchmarks/run.py`` measures both backends). Rebalance
 callbacks run inside ``consume`` on the caller's thread; they only take note, as the interface
 asks. ``kafka.client_options`` are librdkafka properties here (``security.protocol``,
-``sasl.mechanism``, ...).
+``sasl.mechanism``, ...), ``kafka.consumer_options`` and ``kafka.producer_options`` go to
+consumers and producers only. A fatal client error (a static member fenced by another with the
+same instance id, say) raises from the next ``poll``, so the service rebuilds its clients instead
+of idling without partitions.
 """
 
 from __future__ import annotations
@@ -17,19 +20,27 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition, warn_about_gap
+from connectors.base import (
+    ClientSettings,
+    Connector,
+    Message,
+    Position,
+    Sink,
+    Source,
+    TopicPartition,
+    warn_about_gap,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-REQUEST_TIMEOUT = 30.0
 
 
 def _is_fatal(error: KafkaError) -> bool:
@@ -45,23 +56,29 @@ def _log_client_error(error: KafkaError) -> None:
 
 
 class ConfluentSource(Source):
-    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
-        self._options = options
+    def __init__(
+        self, topics: list[str], group_id: str, instance_id: str, bootstrap: str, settings: ClientSettings
+    ) -> None:
+        self._options = {"bootstrap.servers": bootstrap, **settings.consumer_options}
+        self._timeout = settings.request_timeout
+        self._fatal: KafkaError | None = None  # a fatal error the client reported: it is unusable
         self.on_assign: Callable[[list[TopicPartition]], None] = lambda partitions: None
         self.on_revoke: Callable[[list[TopicPartition]], None] = lambda partitions: None
         self.consumer = Consumer({
+            "bootstrap.servers": bootstrap,
             "group.id": group_id,
             "group.instance.id": instance_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
+            "allow.auto.create.topics": False,  # the operator creates the input topic, with its partitions
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "fetch.max.bytes": MAX_MESSAGE_BYTES * 2,
             "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
-            "error_cb": _log_client_error,
-            **options,
+            "error_cb": self._client_error,
+            **settings.consumer_options,
         })  # fmt: skip
         # Seeks librdkafka refused because the partition's fetcher had not started yet.
         self._pending_seeks: dict[TopicPartition, int] = {}
@@ -71,6 +88,12 @@ class ConfluentSource(Source):
             on_revoke=lambda _, revoked: self._revoked(_partitions(revoked)),
             on_lost=lambda _, lost: self._revoked(_partitions(lost)),
         )
+
+    def _client_error(self, error: KafkaError) -> None:
+        # Called from inside consume, on this thread; poll raises what was fatal.
+        if _is_fatal(error):
+            self._fatal = error
+        _log_client_error(error)
 
     def _revoked(self, partitions: list[TopicPartition]) -> None:
         for partition in partitions:
@@ -86,12 +109,14 @@ class ConfluentSource(Source):
         records = self.consumer.consume(max_records, 0)
         if not records:
             records = self.consumer.consume(1, timeout)
+        if self._fatal is not None:
+            raise KafkaException(self._fatal)  # the service rebuilds its clients
         messages = []
         for record in records:
             error = record.error()
             if error is not None:
                 if _is_fatal(error):
-                    raise KafkaException(error)  # the service rebuilds its clients
+                    raise KafkaException(error)
                 logger.warning("kafka consumer: %s", error)
                 continue
             if pending and (record.topic(), record.partition()) in pending:
@@ -103,6 +128,15 @@ class ConfluentSource(Source):
                 )
             )  # fmt: skip
         return messages
+
+    def keep_alive(self) -> None:
+        assigned = self.consumer.assignment()
+        self.consumer.pause(assigned)
+        try:
+            self.poll(timeout=0.1, max_records=1)  # paused partitions return nothing new
+        finally:
+            current = set(_partitions(self.consumer.assignment()))
+            self.consumer.resume([tp for tp in assigned if (tp.topic, tp.partition) in current])
 
     def assignment(self) -> set[TopicPartition]:
         return set(_partitions(self.consumer.assignment()))
@@ -124,13 +158,13 @@ class ConfluentSource(Source):
             del self._pending_seeks[partition]
 
     def committed(self, partition: TopicPartition) -> Position | None:
-        (committed,) = self.consumer.committed([KafkaTopicPartition(*partition)], timeout=REQUEST_TIMEOUT)
+        (committed,) = self.consumer.committed([KafkaTopicPartition(*partition)], timeout=self._timeout)
         if committed.error is not None:
             raise KafkaException(committed.error)
         return None if committed.offset < 0 else (committed.offset, committed.metadata or "")
 
     def beginning_offset(self, partition: TopicPartition) -> int:
-        low, _ = self.consumer.get_watermark_offsets(KafkaTopicPartition(*partition), timeout=REQUEST_TIMEOUT)
+        low, _ = self.consumer.get_watermark_offsets(KafkaTopicPartition(*partition), timeout=self._timeout)
         return low
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -143,40 +177,46 @@ class ConfluentSource(Source):
         return result
 
     def read_range(
-        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
-    ) -> list[Message]:
+        self, partition: TopicPartition, start: int, end: int, stall_timeout: float = 120.0
+    ) -> Iterator[Message]:
         if end <= start:
-            return []
+            return
         reader = Consumer({
+            **self._options,
             "group.id": f"read-range-{uuid.uuid4().hex}",  # required by librdkafka; nothing is committed
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "max.partition.fetch.bytes": MAX_MESSAGE_BYTES,
             "error_cb": _log_client_error,
-            **self._options,
         })  # fmt: skip
         tp = KafkaTopicPartition(*partition, start)
         try:
             reader.assign([tp])
-            messages: list[Message] = []
-            deadline = time.monotonic() + timeout
+            first = True
+            stalled = 0.0
             # The position, not the last record, tells when ``end`` is passed: with read_committed
             # the last offsets may be transaction markers, which are never delivered.
             while reader.position([tp])[0].offset < end:
-                if time.monotonic() > deadline:
+                if stalled > stall_timeout:
                     raise TimeoutError(
-                        f"could not read {partition} offsets {start}..{end} within {timeout:.0f}s"
+                        f"could not read {partition} offsets {start}..{end}: "
+                        f"nothing came for {stall_timeout:.0f} s"
                     )
-                for record in reader.consume(500, 0.5):
+                began = time.monotonic()
+                records = reader.consume(500, 0.5)
+                stalled = 0.0 if records else stalled + time.monotonic() - began
+                for record in records:
                     if record.error() is not None:
                         if _is_fatal(record.error()):
                             raise KafkaException(record.error())
                         continue
                     if record.offset() >= end:
-                        break
-                    messages.append(Message(*partition, record.offset(), record.key(), record.value()))
-            warn_about_gap(partition, start, messages)
-            return messages
+                        return
+                    message = Message(*partition, record.offset(), record.key(), record.value())
+                    if first:
+                        warn_about_gap(partition, start, message)
+                        first = False
+                    yield message
         finally:
             reader.close()
 
@@ -199,10 +239,12 @@ def _kafka_offsets(positions: dict[TopicPartition, Position]) -> list[KafkaTopic
 
 
 class ConfluentSink(Sink):
-    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
+    def __init__(self, transactional_id: str | None, bootstrap: str, settings: ClientSettings) -> None:
         self.transactional = transactional_id is not None
+        self._timeout = settings.request_timeout
         self._failures: list[KafkaError] = []  # delivery failures since the last flush
-        settings: dict[str, Any] = {
+        options: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
             "linger.ms": 5,
             "message.max.bytes": MAX_MESSAGE_BYTES,
             "acks": "all",
@@ -211,15 +253,15 @@ class ConfluentSink(Sink):
             "delivery.report.only.error": True,
             "on_delivery": lambda error, _: self._failures.append(error),
             "error_cb": _log_client_error,
-            **options,
+            **settings.producer_options,
         }
         if transactional_id is not None:
-            settings["transactional.id"] = transactional_id
-            settings["transaction.timeout.ms"] = 30_000
-        self.producer = Producer(settings)
+            options["transactional.id"] = transactional_id
+            options["transaction.timeout.ms"] = int(settings.transaction_timeout * 1000)
+        self.producer = Producer(options)
         if self.transactional:
             # Fences any older producer with this id and aborts its open transaction.
-            self.producer.init_transactions(REQUEST_TIMEOUT)
+            self.producer.init_transactions(self._timeout)
 
     def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
         while True:
@@ -239,17 +281,17 @@ class ConfluentSink(Sink):
             return
         if positions:
             self.producer.send_offsets_to_transaction(
-                _kafka_offsets(positions), group_metadata, REQUEST_TIMEOUT
+                _kafka_offsets(positions), group_metadata, self._timeout
             )
-        self.producer.commit_transaction(REQUEST_TIMEOUT)  # raises if any send in it failed
+        self.producer.commit_transaction(self._timeout)  # raises if any send in it failed
 
     def abort(self) -> None:
         if self.transactional:
-            self.producer.abort_transaction(REQUEST_TIMEOUT)
+            self.producer.abort_transaction(self._timeout)
 
     def flush(self) -> None:
         """Wait for every send; raise the first delivery failure."""
-        remaining = self.producer.flush(REQUEST_TIMEOUT)
+        remaining = self.producer.flush(self._timeout)
         failures, self._failures = self._failures, []
         if failures:
             raise KafkaException(failures[0])
@@ -267,15 +309,26 @@ class ConfluentConnector(Connector):
 
     source_class = ConfluentSource
     sink_class = ConfluentSink
-    bootstrap_option = "bootstrap.servers"
+    client_errors = (KafkaException, TimeoutError)
+
+    def _admin(self) -> AdminClient:
+        return AdminClient({"bootstrap.servers": self.bootstrap_servers, **self.settings.common})
+
+    def partition_count(self, topic: str) -> int | None:
+        # All topics: a metadata request naming the topic could create it (producer-type handle).
+        metadata = self._admin().list_topics(timeout=self.settings.request_timeout).topics.get(topic)
+        if metadata is None or metadata.error is not None:  # UNKNOWN_TOPIC_OR_PART, most likely
+            return None
+        return len(metadata.partitions) or None
 
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
-        admin = AdminClient(self.options)
-        existing = set(admin.list_topics(timeout=REQUEST_TIMEOUT).topics)
+        admin = self._admin()
+        timeout = self.settings.request_timeout
+        existing = set(admin.list_topics(timeout=timeout).topics)
         missing = [NewTopic(t, partitions, replication_factor=1) for t in set(topics) - existing]
         for topic, future in admin.create_topics(missing).items() if missing else []:
             try:
-                future.result(REQUEST_TIMEOUT)
+                future.result(timeout)
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise

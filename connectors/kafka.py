@@ -6,8 +6,10 @@ timeout), and the classic group protocol (kafka-python does not implement KIP-84
 exactly-once mode are transactional: predictions, dead letters and the consumer offsets of a
 checkpoint are committed in one transaction, fenced per instance by its ``transactional_id``.
 
-Security settings (``security_protocol``, ``sasl_*``, ``ssl_*``) pass through
-``kafka.client_options`` in the config to every client.
+Options pass through from the config in kafka-python's spelling: ``kafka.client_options`` to
+every client (``security_protocol``, ``sasl_*``, ``ssl_*``), ``kafka.consumer_options`` and
+``kafka.producer_options`` to consumers and producers only. Every blocking call is bounded by
+``kafka.request_timeout_seconds``, the transactional ones too (kafka-python's own wait for ever).
 """
 
 from __future__ import annotations
@@ -15,22 +17,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition, warn_about_gap
+from connectors.base import (
+    ClientSettings,
+    Connector,
+    Message,
+    Position,
+    Sink,
+    Source,
+    TopicPartition,
+    warn_about_gap,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-# Blocking client calls raise after this instead of waiting forever (kafka-python's default).
-REQUEST_TIMEOUT_MS = 30_000
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -44,20 +53,30 @@ class _Listener(ConsumerRebalanceListener):
         self.source.on_assign([(tp.topic, tp.partition) for tp in assigned])
 
 
+def _timeout_ms(settings: ClientSettings) -> int:
+    return int(settings.request_timeout * 1000)
+
+
 class KafkaSource(Source):
-    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
-        self._options = options
+    def __init__(
+        self, topics: list[str], group_id: str, instance_id: str, bootstrap: str, settings: ClientSettings
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._options = settings.consumer_options
+        self._timeout_ms = _timeout_ms(settings)
         self.on_assign: Callable[[list[TopicPartition]], None] = lambda partitions: None
         self.on_revoke: Callable[[list[TopicPartition]], None] = lambda partitions: None
         self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
             group_id=group_id,
             group_instance_id=instance_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            allow_auto_create_topics=False,  # the operator creates the input topic, with its partitions
             fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
-            **{"session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000, **options},
+            **{"session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000, **self._options},
         )
         self.consumer.subscribe(topics, listener=_Listener(self))
 
@@ -88,6 +107,15 @@ class KafkaSource(Source):
             logger.info("kafka-python dropped a finished group join; joining again")
             coordinator.request_rejoin()
 
+    def keep_alive(self) -> None:
+        assigned = self.consumer.assignment()
+        self.consumer.pause(*assigned)
+        try:
+            # Long enough for a rejoin to make progress; paused partitions return nothing.
+            self.poll(timeout=0.1, max_records=1)
+        finally:
+            self.consumer.resume(*(assigned & self.consumer.assignment()))
+
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
@@ -96,13 +124,13 @@ class KafkaSource(Source):
 
     def committed(self, partition: TopicPartition) -> Position | None:
         committed = self.consumer.committed(
-            KafkaTopicPartition(*partition), metadata=True, timeout_ms=REQUEST_TIMEOUT_MS
+            KafkaTopicPartition(*partition), metadata=True, timeout_ms=self._timeout_ms
         )
         return None if committed is None else (committed.offset, committed.metadata or "")
 
     def beginning_offset(self, partition: TopicPartition) -> int:
         tp = KafkaTopicPartition(*partition)
-        return self.consumer.beginning_offsets([tp], timeout_ms=REQUEST_TIMEOUT_MS)[tp]
+        return self.consumer.beginning_offsets([tp], timeout_ms=self._timeout_ms)[tp]
 
     def lag(self) -> dict[TopicPartition, int]:
         result = {}
@@ -114,44 +142,50 @@ class KafkaSource(Source):
         return result
 
     def read_range(
-        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
-    ) -> list[Message]:
+        self, partition: TopicPartition, start: int, end: int, stall_timeout: float = 120.0
+    ) -> Iterator[Message]:
         if end <= start:
-            return []
+            return
         tp = KafkaTopicPartition(*partition)
         reader = KafkaConsumer(
-            enable_auto_commit=False, isolation_level="read_committed", auto_offset_reset="earliest",
-            max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **self._options,
+            bootstrap_servers=self._bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+            auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **self._options,
         )  # fmt: skip
         try:
             reader.assign([tp])
             reader.seek(tp, start)
-            messages: list[Message] = []
-            deadline = time.monotonic() + timeout
-            while reader.position(tp) < end:
-                if time.monotonic() > deadline:
+            first = True
+            stalled = 0.0
+            # The position, not the last record, tells when ``end`` is passed: with read_committed
+            # the last offsets may be transaction markers, which are never delivered.
+            while reader.position(tp, timeout_ms=self._timeout_ms) < end:
+                if stalled > stall_timeout:
                     raise TimeoutError(
-                        f"could not read {partition} offsets {start}..{end} within {timeout:.0f}s"
+                        f"could not read {partition} offsets {start}..{end}: "
+                        f"nothing came for {stall_timeout:.0f} s"
                     )
-                for record in reader.poll(timeout_ms=1000).get(tp, []):
+                began = time.monotonic()
+                records = reader.poll(timeout_ms=1000).get(tp, [])
+                stalled = 0.0 if records else stalled + time.monotonic() - began
+                for record in records:
                     if record.offset >= end:
-                        break
-                    messages.append(
-                        Message(record.topic, record.partition, record.offset, record.key, record.value)
-                    )
-            warn_about_gap(partition, start, messages)
-            return messages
+                        return
+                    message = Message(record.topic, record.partition, record.offset, record.key, record.value)
+                    if first:
+                        warn_about_gap(partition, start, message)
+                        first = False
+                    yield message
         finally:
-            reader.close()
+            reader.close(timeout_ms=self._timeout_ms)
 
     def commit(self, positions: dict[TopicPartition, Position]) -> None:
-        self.consumer.commit(_kafka_offsets(positions), timeout_ms=REQUEST_TIMEOUT_MS)
+        self.consumer.commit(_kafka_offsets(positions), timeout_ms=self._timeout_ms)
 
     def group_metadata(self) -> object:
         return self.consumer.group_metadata()
 
     def close(self) -> None:
-        self.consumer.close(autocommit=False)
+        self.consumer.close(autocommit=False, timeout_ms=self._timeout_ms)
 
 
 def _kafka_offsets(positions: dict[TopicPartition, Position]) -> dict[KafkaTopicPartition, OffsetAndMetadata]:
@@ -162,23 +196,26 @@ def _kafka_offsets(positions: dict[TopicPartition, Position]) -> dict[KafkaTopic
 
 
 class KafkaSink(Sink):
-    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
+    def __init__(self, transactional_id: str | None, bootstrap: str, settings: ClientSettings) -> None:
         self.transactional = transactional_id is not None
-        settings: dict[str, Any] = {
+        self._timeout_ms = _timeout_ms(settings)
+        options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
             "linger_ms": 5,
             "max_request_size": MAX_MESSAGE_BYTES,
             "acks": "all",
-            **options,
+            "max_block_ms": self._timeout_ms,  # send() waits this long at most for metadata or memory
+            **settings.producer_options,
         }
         if transactional_id is not None:
-            settings["transactional_id"] = transactional_id
-            settings["transaction_timeout_ms"] = 30_000
-        self.producer = KafkaProducer(**settings)
+            options["transactional_id"] = transactional_id
+            options["transaction_timeout_ms"] = int(settings.transaction_timeout * 1000)
+        self.producer = KafkaProducer(**options)
         self._unconfirmed: list[Any] = []  # sends since the last flush (non-transactional)
         if self.transactional:
             try:
                 # Fences any older producer with this id and aborts its open transaction.
-                self.producer.init_transactions()
+                self.producer.init_transactions()  # bounded by max_block_ms
             except Exception:
                 self.producer.close(timeout=1)
                 raise
@@ -196,17 +233,27 @@ class KafkaSink(Sink):
         if not self.transactional:
             self.flush()
             return
+        transactions = self.producer._transaction_manager
         if positions:
-            self.producer.send_offsets_to_transaction(_kafka_offsets(positions), group_metadata)
-        self.producer.commit_transaction()  # raises if any send in the transaction failed
+            offsets = _kafka_offsets(positions)
+            self._wait(transactions.send_offsets_to_transaction(offsets, group_metadata), "sending offsets")
+        self._wait(transactions.begin_commit(), "committing")  # raises if any send in it failed
 
     def abort(self) -> None:
         if self.transactional:
-            self.producer.abort_transaction()
+            self._wait(self.producer._transaction_manager.begin_abort(), "aborting")
+
+    def _wait(self, result: Any, what: str) -> None:
+        """What ``KafkaProducer.send_offsets_to_transaction``, ``commit_transaction`` and
+        ``abort_transaction`` do, with a bound: they wait for ever (a broker that went away and came
+        back held one for 53 s). Reads the producer's private parts, as those methods do."""
+        self.producer._sender.wakeup()
+        if not result.wait(timeout_ms=self._timeout_ms):
+            raise KafkaTimeoutError(f"{what} the transaction took over {self._timeout_ms / 1000:.0f} s")
 
     def flush(self) -> None:
         """Wait for every send; raise the first delivery failure (kafka-python's flush does not)."""
-        self.producer.flush()
+        self.producer.flush(timeout=self._timeout_ms / 1000)  # raises KafkaTimeoutError past it
         unconfirmed, self._unconfirmed = self._unconfirmed, []
         for future in unconfirmed:
             if future.failed():
@@ -221,10 +268,27 @@ class KafkaPythonConnector(Connector):
 
     source_class = KafkaSource
     sink_class = KafkaSink
-    bootstrap_option = "bootstrap_servers"
+    client_errors = (KafkaError, TimeoutError)
+
+    def _admin(self) -> KafkaAdminClient:
+        return KafkaAdminClient(
+            bootstrap_servers=self.bootstrap_servers,
+            request_timeout_ms=_timeout_ms(self.settings),
+            **self.settings.common,
+        )
+
+    def partition_count(self, topic: str) -> int | None:
+        admin = self._admin()
+        try:
+            (described,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        if described.get("error_code", 0) != 0:  # UNKNOWN_TOPIC_OR_PARTITION, most likely
+            return None
+        return len(described["partitions"]) or None
 
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
-        admin = KafkaAdminClient(**self.options)
+        admin = self._admin()
         try:
             existing = set(admin.list_topics())
             missing = [

@@ -123,13 +123,25 @@ def create_app(service: Service) -> FastAPI:
         except TimeoutError:
             raise HTTPException(503, "the service did not answer in time (is it recovering?)") from None
 
-    @app.get("/health", summary="Liveness: the service loop comes round (503 once it has stalled)")
+    @app.get(
+        "/health",
+        summary="Liveness: the service loop comes round and makes progress (503 once it has stalled "
+        "or keeps failing)",
+    )
     def health() -> JSONResponse:
         # A client call that never returns (say, a Kafka client bug) stops the loop without
         # crashing the process; this is how a supervisor's liveness probe can tell.
         stalled = time.monotonic() - service.alive_at
         if stalled > service.config.service.stall_seconds:
             return JSONResponse({"status": "stalled", "seconds": round(stalled, 1)}, status_code=503)
+        status = service.status.latest
+        if status.failures_in_a_row >= service.config.service.unhealthy_after_failures:
+            body = {
+                "status": "failing",
+                "failures_in_a_row": status.failures_in_a_row,
+                "reason": status.last_failure,
+            }
+            return JSONResponse(body, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/ready", summary="Readiness: Kafka connected, partitions assigned, models loaded")

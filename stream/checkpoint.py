@@ -35,6 +35,15 @@ The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Chec
    that never happened (restored, or merely kept, they would change later drift decisions).
    Learning is deterministic, so the restored model equals the one that crashed, and
    predictions after the restore are byte-identical to an uninterrupted run.
+
+   What a restore costs, and what bounds it: one snapshot load, plus re-learning the events since
+   the checkpoint the commit names — at most ``service.checkpoint_every_events``, or what arrived
+   in ``service.checkpoint_every_seconds`` — at the model's learning speed. A partition that
+   re-learned anything is checkpointed and committed at once, so a crash loop never re-learns
+   the same events again and again. While it re-learns, the member stays in its group (a
+   paused poll every :data:`KEEP_ALIVE_SECONDS`), however long that takes; a rebalance that
+   adds partitions commits the kept ones' outputs first, so no transaction stays open through a
+   long restore.
 5. **Rebalance.** A partition taken away — revoked, or found missing from the assignment without
    a revocation — aborts the open transaction (its outputs may cover events the new owner will
    process) and rebuilds every owned partition from its last commit as in 4; a partition added
@@ -78,6 +87,10 @@ from stream.status import Counters
 from stream.step import RecordStep
 
 logger = logging.getLogger(__name__)
+
+# How often a restore shows the group it is alive while it re-learns; well under any
+# max.poll.interval.ms a user would set.
+KEEP_ALIVE_SECONDS = 0.5
 
 
 class PartitionId(NamedTuple):
@@ -197,14 +210,32 @@ class Checkpointer:
                 self.sink.abort()
                 self.sink.begin()
             self.partitions = {}
+        elif any(owned.uncommitted for owned in self.partitions.values()):
+            # The partitions kept are still ours: commit what they did before the new ones
+            # re-learn, however long that takes, so that no transaction stays open meanwhile.
+            self.commit()
+        relearned = []
         for partition in sorted(assignment - self.partitions.keys()):
-            self.partitions[partition] = self._restore(partition)
+            owned, count = self._restore(partition)
+            self.partitions[partition] = owned
+            if count:
+                # The next restore starts here: a crash loop does not re-learn the same events again.
+                owned.checkpoint("checkpoint")
+                relearned.append(partition)
+        if relearned:
+            self.counters.checkpoints += 1
+            self.commit(relearned)
+        # A rebalance noted while re-learning may have taken partitions away since; the next
+        # round of the loop acts on it.
+        assigned = self.source.assignment()
         for partition, owned in self.partitions.items():
-            self.source.seek(partition, owned.next_offset)
+            if partition in assigned:
+                self.source.seek(partition, owned.next_offset)
         logger.info("assignment: %s", sorted(owned.id.key for owned in self.partitions.values()))
 
-    def _restore(self, partition: PartitionId) -> OwnedPartition:
-        """The partition's state at its committed offset: snapshot, then silent re-learning (step 4)."""
+    def _restore(self, partition: PartitionId) -> tuple[OwnedPartition, int]:
+        """The partition's state at its committed offset: snapshot, then silent re-learning (step 4);
+        and how many events were re-learned."""
         source = self.source
         position = source.committed(partition)
         committed, checkpoint_id = position if position else (source.beginning_offset(partition), "")
@@ -228,19 +259,24 @@ class Checkpointer:
             origin = f"snapshot {manifest.id}"
         engine.state.offsets[partition.key] = start
         owned = OwnedPartition(partition, engine, restored[0].id if restored else "")
-        messages = source.read_range(partition, start, committed)
-        for message in messages:
+        relearned = 0
+        keep_alive_at = time.monotonic() + KEEP_ALIVE_SECONDS
+        for message in source.read_range(partition, start, committed):
             owned.claim(message.offset)
             # A refused record was dead-lettered when it was first processed; now it only counts.
             self.step(engine, message.value, partition.id_prefix, message.offset)
+            relearned += 1
+            if time.monotonic() >= keep_alive_at:
+                source.keep_alive()
+                keep_alive_at = time.monotonic() + KEEP_ALIVE_SECONDS
         owned.since_checkpoint, owned.uncommitted = 0, False
         engine.state.offsets[partition.key] = max(owned.next_offset, committed)
-        self.counters.relearned += len(messages)
+        self.counters.relearned += relearned
         logger.info(
             "restored %s from %s at offset %d; re-learned %d events up to the committed offset %d",
-            partition.key, origin, start, len(messages), committed,
+            partition.key, origin, start, relearned, committed,
         )  # fmt: skip
-        return owned
+        return owned, relearned
 
     # -- checkpoints and commits -----------------------------------------------------------
 

@@ -342,7 +342,11 @@ def show_config(config_path: ConfigOption = None) -> None:
 def serve(
     config_path: ConfigOption = None,
     instance_id: Annotated[
-        str | None, typer.Option(help="Stable id of this instance (default: config, then host name).")
+        str | None,
+        typer.Option(
+            help="Stable id of this instance (default: config, then the host name, <host>-2, ... for "
+            "further processes on this host). Refused if another process on this host holds it."
+        ),
     ] = None,
     bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka address (overrides config).")] = None,
 ) -> None:
@@ -351,18 +355,19 @@ def serve(
     Stops cleanly on SIGTERM or Ctrl-C (shutdown snapshot, final commit).
     Example: stream serve -c config.yaml --instance-id worker-1
     """
-    from connectors import create_connector
+    from stream.instance import InstanceClaim
     from stream.service import Service
 
     config = _load(config_path, **{"kafka.bootstrap_servers": bootstrap_servers})
-    kafka = config.kafka
     try:
-        connector = create_connector(kafka.backend, kafka.bootstrap_servers, kafka.client_options)
+        connector = config.kafka.connector()
     except ImportError as error:
         raise _fail(str(error), 2) from None
     try:
-        service = Service(config, connector, instance_id)
-    except ModelError as error:
+        # Held until the process exits: no other process on this host joins the group as this one.
+        claim = InstanceClaim.take(config.kafka.group_id, instance_id or config.service.instance_id)
+        service = Service(config, connector, claim.instance_id)
+    except (ConfigError, ModelError) as error:
         raise _fail(str(error), 2) from None
     service.install_signal_handlers()
     server = None
@@ -399,14 +404,12 @@ def publish(
     """
     import time
 
-    from connectors import create_connector
     from connectors.files import read_events
 
     config = _load(config_path, **{"kafka.bootstrap_servers": bootstrap_servers})
     topic = topic or config.kafka.input_topic
-    kafka = config.kafka
     try:
-        sink = create_connector(kafka.backend, kafka.bootstrap_servers, kafka.client_options).sink(None)
+        sink = config.kafka.connector().sink(None)
     except ImportError as error:
         raise _fail(str(error), 2) from None
     total = None if str(input_path) == "-" else _count_lines(input_path)

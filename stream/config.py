@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connectors.base import ClientSettings, Connector
 from stream.errors import ConfigError
 
 Task = Literal["binary", "multiclass", "regression", "anomaly"]
@@ -97,16 +98,50 @@ class KafkaConfig(_Section):
     )
     client_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="passed as-is to the backend's clients (kafka-python: security_protocol, sasl_*, "
-        "ssl_*; confluent-kafka: security.protocol, sasl.*, ssl.*)",
+        description="passed as-is to every client of the backend (kafka-python: security_protocol, "
+        "sasl_*, ssl_*; confluent-kafka: security.protocol, sasl.*, ssl.*)",
     )
+    consumer_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to consumers only (kafka-python: max_poll_interval_ms, ...; "
+        "confluent-kafka: max.poll.interval.ms, ...)",
+    )
+    producer_options: dict[str, Any] = Field(
+        default_factory=dict, description="passed to producers only (linger_ms / linger.ms, ...)"
+    )
+    request_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="how long any blocking client call may take (commits, offset lookups, sends) "
+        "before the service gives up on its clients and recovers from its last commit",
+    )
+    transaction_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="exactly_once: how soon the broker aborts the open transaction of an instance "
+        "that died, which until then holds back every read_committed reader of the output topics",
+    )
+
+    def connector(self) -> Connector:
+        """The connector of the configured backend, with these options and time bounds."""
+        from connectors import create_connector
+
+        settings = ClientSettings(
+            common=self.client_options,
+            consumer=self.consumer_options,
+            producer=self.producer_options,
+            request_timeout=self.request_timeout_seconds,
+            transaction_timeout=self.transaction_timeout_seconds,
+        )
+        return create_connector(self.backend, self.bootstrap_servers, settings)
 
 
 class ServiceConfig(_Section):
     guarantee: Guarantee = "exactly_once"
     instance_id: str | None = Field(
         default=None,
-        description="stable per instance (static group membership, transactional id); default: host name",
+        description="stable per instance (static group membership, transactional id); default: the "
+        "host name, then <host>-2, <host>-3... for further processes on the same host",
     )
     commit_every_seconds: float = Field(
         default=0.2,
@@ -124,6 +159,11 @@ class ServiceConfig(_Section):
     max_event_bytes: int = Field(default=1_000_000, ge=1)
     stall_seconds: float = Field(
         default=120.0, gt=0, description="/health answers 503 once the service loop has stalled this long"
+    )
+    unhealthy_after_failures: int = Field(
+        default=3,
+        ge=1,
+        description="/health answers 503 after this many recoveries in a row without progress",
     )
 
 

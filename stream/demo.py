@@ -24,7 +24,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from connectors import create_connector
 from connectors.base import Connector, Source
 from kafka_local import BrokerError, LocalBroker
 from stream.checkpoint import PartitionId, restore_point
@@ -81,8 +80,7 @@ def run_demo(output: Path, segment: int = 5000, bootstrap_servers: str | None = 
     config_path = output / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     topics = config["kafka"]
-    kafka = Config.model_validate(config).kafka
-    connector = create_connector(kafka.backend, kafka.bootstrap_servers, kafka.client_options)
+    connector = Config.model_validate(config).kafka.connector()
     connector.ensure_topics([topics["input_topic"], topics["predictions_topic"], topics["dead_letter_topic"]])
 
     log_path = output / "service.log"

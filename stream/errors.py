@@ -8,6 +8,8 @@ lost broker, a full disk) go to the recovery that handles those:
 - :class:`InvalidEvent`: one event; it becomes a dead letter with the message as its reason.
 - :class:`SnapshotError`: a snapshot that is missing (:class:`SnapshotNotFound`), damaged,
   tampered with or from another River version; a restore skips it, a request is refused.
+- :class:`SnapshotWriteError`: the snapshot store refused a write (disk full, read-only); the
+  service recovers from its last commit and backs off.
 - :class:`NotOwnedError`: a request for a partition another instance owns (HTTP 409).
 
 >>> issubclass(SnapshotNotFound, StreamError), issubclass(NotOwnedError, KeyError)
@@ -43,6 +45,10 @@ class SnapshotError(StreamError, RuntimeError):
 
 class SnapshotNotFound(SnapshotError):
     """No snapshot with that id in the store."""
+
+
+class SnapshotWriteError(StreamError, OSError):
+    """The snapshot store could not write (disk full, read-only, permissions); nothing was lost."""
 
 
 class NotOwnedError(StreamError):

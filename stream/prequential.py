@@ -40,6 +40,9 @@ from stream.snapshots import Reason, SnapshotError, SnapshotManifest, SnapshotSt
 logger = logging.getLogger(__name__)
 
 MAX_DECISIONS_KEPT = 1000
+# The newest points of the metric history kept: it is pickled into every snapshot, so it must not
+# grow with the stream (a point every 500 labels at 1,000 labels/s is 172,800 points a day).
+MAX_HISTORY_KEPT = 1000
 # Snapshots that mark a concept and compete when a drift is decided; periodic checkpoints would
 # crowd them out of the last N.
 CANDIDATE_REASONS = frozenset({"warning", "drift", "manual"})
@@ -197,6 +200,7 @@ class Engine:
         if state.labelled % self.config.metrics.history_every == 0:
             name, value = state.metrics.primary_rolling
             state.history.append({"event": state.events, name: value})
+            del state.history[:-MAX_HISTORY_KEPT]
         # The drift policy comes last: a snapshot it takes holds this event fully learned.
         if state.monitor is not None:
             self._watch_drift(event.x, y, loss_of(self.task, y, prediction["y_pred"]))

@@ -13,9 +13,15 @@ partition restores exactly that partition's model.
 :class:`Service` owns the loop, the threads and the commands the API sends: it polls, hands each
 record to the step, lets the :class:`~stream.checkpoint.Checkpointer` checkpoint and commit,
 and refreshes the status. On SIGTERM/SIGINT the current batch finishes, a ``shutdown`` snapshot
-is taken, everything is committed and the process exits 0. A lost broker or a failed client is
-logged and retried with backoff: the clients are rebuilt and every partition is restored from
-its last commit, losing nothing.
+is taken, everything is committed and the process exits 0.
+
+It waits for the input topic to exist (it never creates it). Any failure after that — a lost
+broker, a client call that ran past ``kafka.request_timeout_seconds``, a snapshot the disk
+refused — is logged as what it is and recovered from: the clients are rebuilt and every
+partition is restored from its last commit, losing nothing. Recoveries back off (1 s doubling to
+30 s) until the service makes progress again (a checkpoint, or twice the checkpoint period
+without a failure); after ``service.unhealthy_after_failures`` of them in a row ``/health``
+answers 503 with the reason, which ``/api/stats`` shows too.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ from __future__ import annotations
 import logging
 import queue
 import signal
-import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -32,7 +37,7 @@ from typing import Any
 from connectors.base import Connector, Message, TopicPartition
 from stream.checkpoint import Checkpointer, OwnedPartition
 from stream.config import Config
-from stream.errors import NotOwnedError, SnapshotError
+from stream.errors import NotOwnedError, SnapshotError, SnapshotWriteError
 from stream.publish import Publisher
 from stream.snapshots import SnapshotManifest
 from stream.status import Counters, PartitionStatus, StatusBoard
@@ -44,19 +49,19 @@ logger = logging.getLogger(__name__)
 STATUS_REFRESH_SECONDS = 1.0
 POLL_SECONDS = 0.2
 POLL_RECORDS = 500
-
-
-def default_instance_id() -> str:
-    return socket.gethostname().replace(".", "-") or "stream"
+MAX_BACKOFF_SECONDS = 30.0
 
 
 class Service:
-    """Runs the poll -> step -> checkpoint loop for one instance of the consumer group."""
+    """Runs the poll -> step -> checkpoint loop for one instance of the consumer group.
 
-    def __init__(self, config: Config, connector: Connector, instance_id: str | None = None) -> None:
+    ``instance_id`` must be this process's own (:class:`stream.instance.InstanceClaim`).
+    """
+
+    def __init__(self, config: Config, connector: Connector, instance_id: str) -> None:
         self.config = config
         self.connector = connector
-        self.instance_id = instance_id or config.service.instance_id or default_instance_id()
+        self.instance_id = instance_id
         self.step = RecordStep(config)
         self.counters = Counters()
         self.telemetry = Telemetry()
@@ -65,6 +70,7 @@ class Service:
         self.checkpointer: Checkpointer | None = None  # with the clients, while connected
         self.alive_at = time.monotonic()  # the service thread's last round of its loop or retry wait
         self._stopping = False
+        self._failures_in_a_row = 0  # recoveries since the service last made progress
         self._last_status, self._last_refresh = time.monotonic(), 0.0
         self._rebalances: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True: something was revoked
         self._commands: queue.SimpleQueue[tuple[Callable[[Service], Any], Future[Any]]] = queue.SimpleQueue()
@@ -87,24 +93,65 @@ class Service:
             "starting instance=%s group=%s input=%s guarantee=%s",
             self.instance_id, kafka.group_id, kafka.input_topic, self.config.service.guarantee,
         )  # fmt: skip
+        if not self._wait_for_input_topic():
+            return 0
         self.connector.ensure_topics([kafka.predictions_topic, kafka.dead_letter_topic])
-        backoff = 1.0
         while not self._stopping:
             try:
                 checkpointer, publisher = self._connect()
-                backoff = 1.0
                 self._loop(checkpointer, publisher)
                 checkpointer.checkpoint("shutdown")
                 self._close()
                 break
-            except Exception:
-                logger.exception("lost the broker or a client failed; recovering from the last checkpoint")
+            except Exception as error:
                 self._close()
-                self.counters.recoveries += 1
-                self._sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._recover_from(error)
         logger.info("stopped after %d predictions", self.counters.predictions)
         return 0
+
+    def _wait_for_input_topic(self) -> bool:
+        """Wait until the input topic exists, saying so; False if stopped first. It is never
+        created here: an operator's later create, with the partitions they chose, would fail."""
+        topic = self.config.kafka.input_topic
+        waited = 0
+        while not self._stopping:
+            try:
+                if self.connector.partition_count(topic):
+                    return True
+                reason = "it does not exist yet"
+            except self.connector.client_errors as error:  # the broker is not there yet, most likely
+                reason = f"{type(error).__name__}: {error}"
+            if waited % 15 == 0:
+                logger.warning("waiting for the input topic %r (%s; waited %d s)", topic, reason, waited * 2)
+            waited += 1
+            self._sleep(2.0)
+        return False
+
+    def _recover_from(self, error: Exception) -> None:
+        """Say what failed, count it, and wait before the next attempt: longer each time the
+        service fails again without having made progress."""
+        self._failures_in_a_row += 1
+        self.counters.recoveries += 1
+        if isinstance(error, SnapshotWriteError):
+            what = f"the snapshot store failed: {error}"
+        elif isinstance(error, self.connector.client_errors):
+            what = f"lost the broker or a Kafka client failed: {type(error).__name__}: {error}"
+        else:
+            what = f"unexpected error: {type(error).__name__}: {error}"
+        backoff = min(2.0 ** (self._failures_in_a_row - 1), MAX_BACKOFF_SECONDS)
+        logger.error(
+            "%s; recovering from the last checkpoint in %.0f s (failure %d in a row)",
+            what, backoff, self._failures_in_a_row,
+            exc_info=not isinstance(error, (SnapshotWriteError, *self.connector.client_errors)),
+        )  # fmt: skip
+        self.status.failed(what, self._failures_in_a_row)
+        self._sleep(backoff)
+
+    def _made_progress(self) -> None:
+        if self._failures_in_a_row:
+            logger.info("recovered: making progress again after %d failures", self._failures_in_a_row)
+            self._failures_in_a_row = 0
+            self.status.failed(None, 0)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -138,8 +185,14 @@ class Service:
     def _loop(self, checkpointer: Checkpointer, publisher: Publisher) -> None:
         source = checkpointer.source
         service = self.config.service
+        connected_at, checkpoints_before = time.monotonic(), self.counters.checkpoints
         while not self._stopping:
             self.alive_at = time.monotonic()
+            if self._failures_in_a_row and (
+                self.counters.checkpoints > checkpoints_before
+                or self.alive_at - connected_at > 2 * service.checkpoint_every_seconds
+            ):
+                self._made_progress()
             messages = source.poll(timeout=POLL_SECONDS, max_records=POLL_RECORDS)
             if self._apply_rebalances(checkpointer):
                 continue  # every owned partition was re-positioned: the batch will be fetched again

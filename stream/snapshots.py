@@ -5,6 +5,11 @@ written into a temporary folder, fsynced and renamed into place, so a reader see
 not at all. Loading checks, before anything is unpickled: the payload's SHA-256 against the
 manifest, the HMAC signature when a key is configured, and the River and Python versions.
 
+Listing stays cheap as snapshots accumulate: a folder's name (``{sequence:08d}-{reason}``) gives
+its sequence and reason, so a listing is chosen and sorted by name before any manifest is read,
+and each manifest is parsed once and read again only when its file changes (another process,
+say ``stream snapshots pin``, rewrote or deleted it).
+
 >>> import tempfile
 >>> store = SnapshotStore(tempfile.mkdtemp())
 >>> manifest = store.save({"weights": [1, 2]}, reason="manual", events_seen=10)
@@ -25,6 +30,7 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -33,7 +39,7 @@ import river
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.config import SnapshotConfig
-from stream.errors import SnapshotError, SnapshotNotFound
+from stream.errors import SnapshotError, SnapshotNotFound, SnapshotWriteError
 
 Reason = Literal["periodic", "warning", "drift", "manual", "rollback", "shutdown", "checkpoint"]
 # Reasons whose snapshots rotate (the last ``keep_last`` of each are kept); the others stay
@@ -44,6 +50,10 @@ PAYLOAD = "state.pkl"
 MANIFEST = "manifest.json"
 # What :meth:`SnapshotStore.save` names a snapshot: only such a name is ever turned into a path.
 SNAPSHOT_ID = re.compile(rf"[0-9]{{8,18}}-(?:{'|'.join(get_args(Reason))})")
+
+# What tells one version of a manifest file from the next: inode (a replace makes a new one),
+# modification and change times, size.
+FileStamp = tuple[int, int, int, int]
 
 
 def python_version() -> str:
@@ -89,6 +99,15 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
+def _sequence_of(snapshot_id: str) -> int:
+    return int(snapshot_id.partition("-")[0])
+
+
+def _oldest_first(snapshot_ids: Iterable[str]) -> list[str]:
+    # By the number: ids are padded to 8 digits, not beyond, so their text sorts 1e8 before 9e7.
+    return sorted(snapshot_ids, key=lambda snapshot_id: (_sequence_of(snapshot_id), snapshot_id))
+
+
 class SnapshotStore:
     """Save, list, get, load, pin and delete snapshots in one directory."""
 
@@ -97,6 +116,9 @@ class SnapshotStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep_last = keep_last
         self._hmac_key = hmac_key.encode() if hmac_key else None
+        # The index: each listed id's manifest as parsed (None: unreadable or not this folder's),
+        # with the stamp of the file it was parsed from.
+        self._manifests: dict[str, tuple[FileStamp, SnapshotManifest | None]] = {}
 
     @classmethod
     def from_config(cls, config: SnapshotConfig, scope: str | None = None) -> SnapshotStore:
@@ -108,7 +130,8 @@ class SnapshotStore:
     # -- writing ---------------------------------------------------------------------------
 
     def next_sequence(self) -> int:
-        return max((manifest.sequence for manifest in self.list()), default=0) + 1
+        """One after the highest sequence of any folder named like a snapshot, readable or not."""
+        return max(map(_sequence_of, self._folders()), default=0) + 1
 
     def save(
         self,
@@ -145,7 +168,17 @@ class SnapshotStore:
                     return self.get(snapshot_id)
             except SnapshotError:
                 pass
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{snapshot_id}-", dir=self.directory))
+        try:
+            self._write(final, payload, manifest)
+        except OSError as error:  # the disk's fault (full, read-only), not the snapshot's
+            raise SnapshotWriteError(
+                f"cannot write snapshot {snapshot_id} in {self.directory}: {error}"
+            ) from error
+        self._apply_retention(reason)
+        return manifest
+
+    def _write(self, final: Path, payload: bytes, manifest: SnapshotManifest) -> None:
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{manifest.id}-", dir=self.directory))
         try:
             _write_durably(staging / PAYLOAD, payload)
             _write_durably(staging / MANIFEST, manifest.model_dump_json(indent=2).encode())
@@ -156,9 +189,8 @@ class SnapshotStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self._manifests.pop(manifest.id, None)
         _fsync_dir(self.directory)
-        self._apply_retention(reason)
-        return manifest
 
     def _sign(self, manifest: SnapshotManifest) -> str | None:
         """HMAC over what a restore trusts: the payload's hash, the id and the offsets."""
@@ -174,6 +206,7 @@ class SnapshotStore:
         temporary = path.with_suffix(".tmp")
         _write_durably(temporary, manifest.model_dump_json(indent=2).encode())
         os.replace(temporary, path)
+        self._manifests.pop(manifest.id, None)
 
     def pin(self, snapshot_id: str, pinned: bool = True) -> SnapshotManifest:
         """A pinned snapshot is never removed by retention."""
@@ -183,6 +216,7 @@ class SnapshotStore:
 
     def delete(self, snapshot_id: str) -> None:
         shutil.rmtree(self._folder(snapshot_id))
+        self._manifests.pop(snapshot_id, None)
 
     def _folder(self, snapshot_id: str) -> Path:
         """The folder of an existing snapshot; any other name (``..``, a path, junk) is not found."""
@@ -193,9 +227,11 @@ class SnapshotStore:
 
     def discard_after(self, sequence: int) -> list[str]:
         """Delete the unpinned snapshots written after ``sequence``; their ids, oldest first."""
-        discarded = [m.id for m in self.list() if m.sequence > sequence and not m.pinned]
+        later = _oldest_first(i for i in self._folders() if _sequence_of(i) > sequence)
+        manifests = (self._indexed(snapshot_id) for snapshot_id in later)
+        discarded = [manifest.id for manifest in manifests if manifest is not None and not manifest.pinned]
         for snapshot_id in discarded:
-            shutil.rmtree(self.directory / snapshot_id, ignore_errors=True)
+            self._remove(snapshot_id)
         return discarded
 
     def _apply_retention(self, reason: str) -> None:
@@ -203,27 +239,71 @@ class SnapshotStore:
             return
         rotating = [m for m in self.list(reason=reason) if not m.pinned]
         for manifest in rotating[: max(0, len(rotating) - self.keep_last)]:
-            shutil.rmtree(self.directory / manifest.id, ignore_errors=True)
+            self._remove(manifest.id)
+
+    def _remove(self, snapshot_id: str) -> None:
+        shutil.rmtree(self.directory / snapshot_id, ignore_errors=True)
+        self._manifests.pop(snapshot_id, None)
 
     # -- reading ---------------------------------------------------------------------------
 
     def list(self, reason: str | None = None, pinned: bool | None = None) -> list[SnapshotManifest]:
-        """Manifests, oldest first; unreadable entries are left out (``get`` names the problem)."""
+        """Manifests, oldest first; unreadable entries are left out (``get`` names the problem).
+
+        Only the manifests of folders named with ``reason`` are read. The manifests returned are
+        the store's index: read them, do not change them.
+        """
         manifests = []
-        for path in sorted(self.directory.glob(f"*/{MANIFEST}")):
-            if path.parent.name.startswith(".tmp-"):
-                continue
-            try:
-                manifest = SnapshotManifest.model_validate_json(path.read_bytes())
-            except (OSError, ValidationError):
-                continue
-            if manifest.id != path.parent.name or not SNAPSHOT_ID.fullmatch(manifest.id):
-                continue  # a copied or renamed folder: its id would lead elsewhere
-            if (reason is None or manifest.reason == reason) and (
-                pinned is None or manifest.pinned == pinned
-            ):
+        for snapshot_id in _oldest_first(self._folders(reason)):
+            manifest = self._indexed(snapshot_id)
+            if manifest is not None and (pinned is None or manifest.pinned == pinned):
                 manifests.append(manifest)
         return manifests
+
+    def _folders(self, reason: str | None = None) -> list[str]:
+        """The names of the folders named like snapshots (of ``reason``, if given), in no order.
+
+        No manifest is read; staging folders (``.tmp-...``) and foreign names are left out. A
+        listing of every reason also drops from the index the ids whose folders are gone.
+        """
+        suffix = "" if reason is None else f"-{reason}"
+        names = [
+            name
+            for name in os.listdir(self.directory)
+            if name.endswith(suffix) and SNAPSHOT_ID.fullmatch(name)
+        ]
+        if reason is None:
+            for gone in self._manifests.keys() - set(names):
+                del self._manifests[gone]
+        return names
+
+    def _indexed(self, snapshot_id: str) -> SnapshotManifest | None:
+        """The manifest in folder ``snapshot_id`` if it is valid there, parsed once per file version."""
+        path = f"{self.directory}/{snapshot_id}/{MANIFEST}"  # once per snapshot: Path would cost more
+        try:
+            # Stamped before reading: a rewrite in between leaves an old stamp, so it is read again.
+            status = os.stat(path)
+            stamp = (status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size)
+            cached = self._manifests.get(snapshot_id)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            self._manifests.pop(snapshot_id, None)
+            return None
+        try:
+            manifest: SnapshotManifest | None = SnapshotManifest.model_validate_json(data)
+        except ValidationError:
+            manifest = None
+        # A copied or renamed folder, or a manifest that disagrees with its folder's name: its id
+        # would lead elsewhere, and listing by name would mistake its sequence or reason.
+        if manifest is not None and not (
+            manifest.id == snapshot_id == f"{manifest.sequence:08d}-{manifest.reason}"
+        ):
+            manifest = None
+        self._manifests[snapshot_id] = (stamp, manifest)
+        return manifest
 
     def get(self, snapshot_id: str) -> SnapshotManifest:
         path = self._folder(snapshot_id) / MANIFEST

@@ -67,6 +67,8 @@ class ServiceStatus(BaseModel):
     recoveries: int = 0
     events_per_second: float = 0.0
     lag: int = 0
+    failures_in_a_row: int = Field(default=0, description="recoveries since the service last made progress")
+    last_failure: str | None = Field(default=None, description="what failed, while failures_in_a_row > 0")
     partitions: dict[str, PartitionStatus] = Field(default_factory=dict)
     throughput: list[ThroughputSample] = Field(default_factory=list)
 
@@ -78,6 +80,7 @@ class StatusBoard:
         self.instance_id = instance_id
         self.guarantee = guarantee
         self._samples: deque[tuple[float, ThroughputSample]] = deque(maxlen=THROUGHPUT_SAMPLES)
+        self._failure: tuple[int, str | None] = (0, None)
         self.latest = ServiceStatus(instance_id=instance_id, guarantee=guarantee)
 
     def refresh(
@@ -107,10 +110,17 @@ class StatusBoard:
             **asdict(counters),
             events_per_second=rate,
             lag=lag,
+            failures_in_a_row=self._failure[0],
+            last_failure=self._failure[1],
             partitions=partitions,
             throughput=[sample for _, sample in self._samples],
         )
         return self.latest
+
+    def failed(self, reason: str | None, in_a_row: int) -> None:
+        """The service failed ``in_a_row`` times since it last made progress (0: it makes progress)."""
+        self._failure = (in_a_row, reason)
+        self.latest = self.latest.model_copy(update={"failures_in_a_row": in_a_row, "last_failure": reason})
 
     def disconnected(self) -> None:
         """The clients are gone (a recovery or the end): not ready until the next refresh says so."""

@@ -10,11 +10,12 @@ no code survives a SIGKILL) at the n-th call of a named step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-from connectors.base import Connector, Message, Position, Sink, Source, TopicPartition
+from connectors.base import ClientSettings, Connector, Message, Position, Sink, Source, TopicPartition
 
 
 class Killed(BaseException):
@@ -63,6 +64,7 @@ class FakeKafka:
         self.log_start: dict[TopicPartition, int] = {}  # where retention has left a log beginning
         self.plan = CrashPlan()
         self.on_idle: Callable[[], None] = lambda: None  # called when a source has read everything
+        self.longest_silence = 0.0  # seconds a member went without polling: what max.poll.interval.ms bounds
 
     def create(self, topic: str, partitions: int | None = None) -> None:
         for partition in range(partitions or self.default_partitions):
@@ -87,17 +89,30 @@ class FakeKafka:
 
 
 class FakeSource(Source):
-    def __init__(self, topics: list[str], group_id: str, instance_id: str, options: dict[str, Any]) -> None:
-        self.kafka: FakeKafka = options["fake"]
+    def __init__(
+        self, topics: list[str], group_id: str, instance_id: str, bootstrap: str, settings: ClientSettings
+    ) -> None:
+        self.kafka: FakeKafka = FakeConnector.brokers[bootstrap]
         self.group_id = group_id
         self.topics = topics
         self.on_assign = lambda partitions: None
         self.on_revoke = lambda partitions: None
         self.positions: dict[TopicPartition, int] = {}
         self._assigned = False
+        self._last_poll = time.monotonic()
+
+    def _heard_from(self) -> None:
+        now = time.monotonic()
+        self.kafka.longest_silence = max(self.kafka.longest_silence, now - self._last_poll)
+        self._last_poll = now
+
+    def keep_alive(self) -> None:
+        self.kafka.plan.reached("keep_alive")
+        self._heard_from()
 
     def poll(self, timeout: float, max_records: int) -> list[Message]:
         self.kafka.plan.reached("poll")
+        self._heard_from()
         if not self._assigned:
             self._assigned = True
             assigned = sorted(tp for tp in self.kafka.logs if tp[0] in self.topics)
@@ -148,12 +163,11 @@ class FakeSource(Source):
         return {tp: len(self.kafka.logs[tp]) - position for tp, position in self.positions.items()}
 
     def read_range(
-        self, partition: TopicPartition, start: int, end: int, timeout: float = 120.0
-    ) -> list[Message]:
+        self, partition: TopicPartition, start: int, end: int, stall_timeout: float = 120.0
+    ) -> Iterator[Message]:
         log = self.kafka.logs[partition]
-        return [
-            Message(*partition, offset, log[offset].key, log[offset].value) for offset in range(start, end)
-        ]
+        for offset in range(start, end):
+            yield Message(*partition, offset, log[offset].key, log[offset].value)
 
     def commit(self, positions: dict[TopicPartition, Position]) -> None:
         self.kafka.plan.reached("source.commit")
@@ -168,8 +182,8 @@ class FakeSource(Source):
 
 
 class FakeSink(Sink):
-    def __init__(self, transactional_id: str | None, options: dict[str, Any]) -> None:
-        self.kafka: FakeKafka = options["fake"]
+    def __init__(self, transactional_id: str | None, bootstrap: str, settings: ClientSettings) -> None:
+        self.kafka: FakeKafka = FakeConnector.brokers[bootstrap]
         self.transactional = transactional_id is not None
         self.buffer: list[tuple[str, Record]] = []  # sent, not yet delivered (or in the open transaction)
         self.in_transaction = False
@@ -226,16 +240,21 @@ class FakeSink(Sink):
 class FakeConnector(Connector):
     source_class = FakeSource
     sink_class = FakeSink
-    bootstrap_option = "bootstrap"
+    # By bootstrap address, which the clients are built with; a test's broker goes with the test.
+    brokers: weakref.WeakValueDictionary[str, FakeKafka] = weakref.WeakValueDictionary()
 
     def __init__(self, kafka: FakeKafka) -> None:
-        super().__init__("fake", {"fake": kafka})
+        super().__init__(f"fake-{id(kafka)}")
+        self.brokers[self.bootstrap_servers] = kafka
         self.kafka = kafka
         self.connected = False
 
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
         for topic in topics:
             self.kafka.create(topic, partitions)
+
+    def partition_count(self, topic: str) -> int | None:
+        return sum(1 for tp in self.kafka.logs if tp[0] == topic) or None
 
     def source(self, topics: list[str], group_id: str, instance_id: str) -> Source:
         # The in-memory broker never fails; a service that connects twice recovered from an

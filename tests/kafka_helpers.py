@@ -21,6 +21,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
 
 def drifting_events(count: int, seed: int = 42, keys: int = 0) -> list[dict[str, Any]]:
     segment = count // 3 + 1
@@ -125,22 +127,28 @@ def duplicates(ids: list[str]) -> dict[str, int]:
 class ServiceProcess:
     """``stream serve`` as a child process with its own config file."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], instance_id: str = "test") -> None:
+    def __init__(
+        self, workdir: Path, config: dict[str, Any], instance_id: str | None = "test", name: str = ""
+    ) -> None:
+        """``instance_id=None``: the service picks its own (give each such process a ``name``)."""
         self.workdir = workdir
         self.instance_id = instance_id
-        self.config_path = workdir / f"config-{instance_id}.yaml"
+        name = name or str(instance_id)
+        self.config_path = workdir / f"config-{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.log_path = workdir / f"service-{instance_id}.log"
+        self.log_path = workdir / f"service-{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("STREAM__")}
+        env["PYTHONPATH"] = str(PROJECT_ROOT)  # for models the tests define (tests.slow_models)
+        command = [sys.executable, "-m", "stream", "serve", "-c", str(self.config_path)]
+        if self.instance_id is not None:
+            command += ["--instance-id", self.instance_id]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "stream", "serve", "-c", str(self.config_path),
-                 "--instance-id", self.instance_id],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
-            )  # fmt: skip
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir
+            )
         return self
 
     def kill(self) -> None:

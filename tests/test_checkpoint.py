@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -20,7 +21,8 @@ from pathlib import Path
 import pytest
 
 import stream.snapshots
-from stream.checkpoint import PartitionId, restore_point
+import tests.slow_models
+from stream.checkpoint import KEEP_ALIVE_SECONDS, PartitionId, restore_point
 from stream.config import Config
 from stream.errors import NotOwnedError
 from stream.events import encode_record, validate_event
@@ -343,7 +345,9 @@ def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_say
         for partition, (offset, named) in committed.items()
     }
     caplog.clear()
-    # No checkpoint until it stops: every commit of the restarted service names the restored one.
+    # No periodic checkpoint until it stops: a partition that re-learned nothing goes on naming
+    # the restored checkpoint; one that re-learned is checkpointed at its committed offset at once,
+    # so that the next restore (a crash loop, say) starts there.
     unhurried = _config(tmp_path, "exactly_once", service={"checkpoint_every_events": 10**6})
     restarted = Service(unhurried, kafka.connector(), "test")
     at_idle: list = []
@@ -360,7 +364,16 @@ def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_say
             f"restored events:{partition} from snapshot {named} at offset {start}; "
             f"re-learned {offset - start} events up to the committed offset {offset}"
         ) in caplog.messages
-        assert at_idle[0][partition][1] == named and at_idle[0][partition][0] > offset
+        now_offset, now_named = at_idle[0][partition]
+        assert now_offset > offset
+        if offset > start:
+            assert (
+                now_named != named
+                and stores[partition].get(now_named).offsets[f"events:{partition}"] == offset
+            )
+        else:
+            assert now_named == named
+    assert {offset > start for _, start, offset in expected.values()} == {True, False}
     # Counted from the restore: the events processed since, not those re-learned.
     assert at_idle[1] == at_idle[0][0][0] - committed[0][0]
     assert restarted.counters.relearned == sum(offset - start for _, start, offset in expected.values()) > 0
@@ -505,3 +518,59 @@ def test_snapshots_a_crashed_run_wrote_beyond_its_last_commit_change_nothing_aft
     if committed:  # restored from the committed checkpoint: everything after it was discarded
         (line,) = [m for m in caplog.messages if "discarded" in m]
         assert line.endswith(", ".join(leftovers))
+
+
+def _relearned(messages: list[str]) -> list[int]:
+    return [int(re.search(r"re-learned (\d+) events", m).group(1)) for m in messages if "re-learned" in m]
+
+
+def test_a_crash_loop_re_learns_only_what_the_last_run_did(tmp_path, caplog):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
+    # Commits, but no checkpoint of its own before it dies: as when a crash comes sooner than
+    # checkpoint_every_seconds, every time.
+    config = _config(
+        tmp_path, "exactly_once", {"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600}
+    )
+    expected, reference = _reference(config)
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    for _ in range(4):
+        # Killed at its fourth poll: it has processed and committed two batches of 100.
+        kafka.plan.step, kafka.plan.at = "poll", kafka.plan.calls.get("poll", 0) + 4
+        with pytest.raises(Killed):
+            _run(kafka, config)
+    kafka.plan.step = ""
+    _run(kafka, config)
+    # Each restart re-learns the two batches of the run before it, never those of earlier runs.
+    assert _relearned(caplog.messages) == [0, 200, 200, 200, 200]
+    assert kafka.values("predictions") == expected
+    assert canonical_pickle(_final_model(config).model) == canonical_pickle(reference.state.model)
+
+
+def test_a_restore_keeps_the_member_in_its_group_however_long_it_re_learns(tmp_path, caplog):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:600]])
+    config = Config.model_validate({
+        "model": {"task": "binary", "factory": "tests.slow_models:slow_tree"},
+        "drift": {"policy": "none"},  # no drift snapshot: the restore re-learns from the start
+        "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead"},
+        "snapshots": {"directory": str(tmp_path / "snapshots")},
+        "service": {"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600,
+                    "commit_every_seconds": 0.001},
+    })  # fmt: skip
+
+    def die() -> None:
+        raise Killed("killed once everything was read")
+
+    service = Service(config, kafka.connector(), "test")
+    kafka.on_idle = die
+    with pytest.raises(Killed):
+        service.run()
+    kafka.longest_silence = 0.0
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    _run(kafka, config)
+    relearning = 600 * tests.slow_models.LEARN_SECONDS
+    assert _relearned(caplog.messages) == [600]  # one restore, of about 2.4 s, in one piece
+    assert kafka.plan.calls["keep_alive"] >= relearning / KEEP_ALIVE_SECONDS - 1
+    # A batch of 100 takes 0.4 s to learn between polls; the re-learning itself no longer than that.
+    assert kafka.longest_silence < 100 * tests.slow_models.LEARN_SECONDS + KEEP_ALIVE_SECONDS

@@ -47,9 +47,9 @@ def test_source_reads_ranges_seeks_and_commits(kafka, new_topic, backend):
         assert source.assignment() == {(topic, 0), (topic, 1)}
         assert source.committed((topic, 0)) is None and source.beginning_offset((topic, 0)) == 0
 
-        window = source.read_range((topic, 0), 10, 20)
+        window = list(source.read_range((topic, 0), 10, 20))
         assert [m.offset for m in window] == list(range(10, 20))
-        assert source.read_range((topic, 0), 5, 5) == []
+        assert list(source.read_range((topic, 0), 5, 5)) == []
 
         source.seek((topic, 0), per_partition[0] - 5)
         again = _poll_until(source, 5, timeout=10)

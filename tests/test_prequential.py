@@ -9,7 +9,7 @@ from river import anomaly, datasets, evaluate, linear_model, metrics, preprocess
 from stream.config import Config
 from stream.errors import InvalidEvent
 from stream.events import Event, encode_record, validate_event
-from stream.prequential import Engine
+from stream.prequential import MAX_HISTORY_KEPT, Engine
 from stream.replay import run_replay
 from stream.snapshots import SnapshotStore
 from tests.model_equality import canonical_pickle
@@ -157,6 +157,16 @@ def test_periodic_snapshots_follow_the_config(tmp_path):
     periodic = engine.store.list(reason="periodic")
     assert [m.events_seen for m in periodic] == [200, 300, 400]  # keep_last=3 pruned the first
     assert engine.state.snapshots == 4
+
+
+def test_the_metric_history_keeps_only_its_newest_points(tmp_path):
+    config = Config.model_validate({"metrics": {"history_every": 1}, "drift": {"policy": "none"}})
+    engine = Engine(config, SnapshotStore(tmp_path))
+    events = MAX_HISTORY_KEPT + 5
+    for i in range(events):
+        engine.process(Event(x={"a": float(i % 7)}, y=i % 2 == 0, id=str(i)))
+    assert [point["event"] for point in engine.state.history] == list(range(6, events + 1))
+    assert engine.summary().history == engine.state.history
 
 
 def test_manual_rollback_restores_the_snapshot_model_and_bumps_the_version(tmp_path):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -12,9 +13,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import stream.snapshots
 from stream.config import Config
-from stream.errors import SnapshotError, SnapshotNotFound
-from stream.snapshots import MANIFEST, PAYLOAD, SNAPSHOT_ID, Reason, SnapshotStore
+from stream.errors import SnapshotError, SnapshotNotFound, SnapshotWriteError
+from stream.snapshots import MANIFEST, PAYLOAD, SNAPSHOT_ID, Reason, SnapshotManifest, SnapshotStore
 
 
 class _Tripwire:
@@ -243,3 +245,89 @@ def test_a_copied_snapshot_folder_is_not_listed_so_its_id_never_leads_elsewhere(
     shutil.copytree(tmp_path / manifest.id, tmp_path / "00000007-drift")  # same manifest, other folder
     shutil.copytree(tmp_path / manifest.id, tmp_path / "backup")
     assert [m.id for m in store.list()] == [manifest.id]
+
+
+# -- the index: listing stays cheap as snapshots accumulate ---------------------------------------
+
+
+def _write_copies(store: SnapshotStore, template: SnapshotManifest, sequences: range, reason: Reason) -> None:
+    """Snapshots as a long run leaves them, written directly (saving each would fsync each)."""
+    payload = (store.directory / template.id / PAYLOAD).read_bytes()
+    for sequence in sequences:
+        snapshot_id = f"{sequence:08d}-{reason}"
+        manifest = template.model_copy(update={"id": snapshot_id, "sequence": sequence, "reason": reason})
+        (store.directory / snapshot_id).mkdir()
+        (store.directory / snapshot_id / PAYLOAD).write_bytes(payload)
+        (store.directory / snapshot_id / MANIFEST).write_text(manifest.model_dump_json())
+
+
+def test_thousands_of_drift_snapshots_are_not_read_to_save_or_list_checkpoints(tmp_path, monkeypatch):
+    store = SnapshotStore(tmp_path, keep_last=3)
+    _write_copies(store, store.save("concept", reason="drift"), range(2, 3001), "drift")
+    parsed: list[str] = []
+    parse = SnapshotManifest.model_validate_json
+
+    def counting_parse(data: bytes) -> SnapshotManifest:
+        manifest = parse(data)
+        parsed.append(manifest.id)
+        return manifest
+
+    monkeypatch.setattr(SnapshotManifest, "model_validate_json", counting_parse)
+    for sequence in range(3001, 3006):
+        store.save(f"state {sequence}", reason="checkpoint", sequence=sequence)
+    assert parsed == [f"{sequence:08d}-checkpoint" for sequence in range(3001, 3006)]  # each new one, once
+    kept = [f"{sequence:08d}-checkpoint" for sequence in range(3003, 3006)]
+    parsed.clear()
+    assert [m.id for m in SnapshotStore(tmp_path).list(reason="checkpoint")] == kept  # a new store
+    assert parsed == kept
+    assert len(store.list()) == 3003 and store.next_sequence() == 3006
+    parsed.clear()
+    assert len(store.list()) == 3003 and parsed == []  # unchanged files are not read again
+
+
+def test_a_store_that_has_listed_sees_what_another_process_changed(tmp_path):
+    store, cli = SnapshotStore(tmp_path), SnapshotStore(tmp_path)  # say, `stream snapshots pin`
+    first, second = store.save("a", reason="drift"), store.save("b", reason="drift")
+    assert [m.pinned for m in store.list()] == [False, False]
+    cli.pin(first.id)
+    assert [m.id for m in store.list(pinned=True)] == [first.id]
+    replaced = cli.save("c", reason="drift", sequence=second.sequence)
+    assert [m.sha256 for m in store.list()] == [first.sha256, replaced.sha256]
+    (tmp_path / first.id / MANIFEST).write_text("{}")  # edited in place
+    assert [m.id for m in store.list()] == [second.id]
+    cli.delete(second.id)
+    third = cli.save("d", reason="drift")
+    assert [m.id for m in store.list()] == [third.id]
+
+
+def test_listing_and_retention_go_by_sequence_past_eight_digits(tmp_path):
+    store = SnapshotStore(tmp_path, keep_last=2)
+    for sequence in (99_999_998, 99_999_999, 100_000_000):
+        store.save(sequence, reason="checkpoint", sequence=sequence)
+    assert [m.sequence for m in store.list()] == [99_999_999, 100_000_000]
+    assert store.next_sequence() == 100_000_001
+
+
+def test_a_manifest_that_disagrees_with_its_folder_name_is_not_listed(tmp_path):
+    store = SnapshotStore(tmp_path)
+    manifest = store.save("x", reason="drift")
+    relabelled = manifest.model_copy(update={"reason": "checkpoint"})
+    (tmp_path / manifest.id / MANIFEST).write_text(relabelled.model_dump_json())
+    assert store.list() == store.list(reason="checkpoint") == store.list(reason="drift") == []
+    assert store.list(reason="") == []
+
+
+def test_a_write_the_disk_refuses_is_a_snapshot_write_error_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    store = SnapshotStore(tmp_path)
+    store.save({"w": 1}, reason="checkpoint")
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stream.snapshots, "_write_durably", full)
+    with pytest.raises(
+        SnapshotWriteError, match=r"cannot write snapshot 00000002-checkpoint .*No space left"
+    ):
+        store.save({"w": 2}, reason="checkpoint")
+    assert [m.id for m in store.list()] == ["00000001-checkpoint"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000001-checkpoint"]
