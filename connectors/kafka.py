@@ -74,6 +74,7 @@ class KafkaSource(Source):
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             allow_auto_create_topics=False,  # the operator creates the input topic, with its partitions
+            bootstrap_timeout_ms=self._timeout_ms,
             fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             **{"session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000, **self._options},
@@ -149,7 +150,8 @@ class KafkaSource(Source):
         tp = KafkaTopicPartition(*partition)
         reader = KafkaConsumer(
             bootstrap_servers=self._bootstrap, enable_auto_commit=False, isolation_level="read_committed",
-            auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES, **self._options,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            bootstrap_timeout_ms=self._timeout_ms, **self._options,
         )  # fmt: skip
         try:
             reader.assign([tp])
@@ -205,6 +207,7 @@ class KafkaSink(Sink):
             "max_request_size": MAX_MESSAGE_BYTES,
             "acks": "all",
             "max_block_ms": self._timeout_ms,  # send() waits this long at most for metadata or memory
+            "bootstrap_timeout_ms": self._timeout_ms,
             **settings.producer_options,
         }
         if transactional_id is not None:
@@ -274,6 +277,7 @@ class KafkaPythonConnector(Connector):
         return KafkaAdminClient(
             bootstrap_servers=self.bootstrap_servers,
             request_timeout_ms=_timeout_ms(self.settings),
+            bootstrap_timeout_ms=_timeout_ms(self.settings),
             **self.settings.common,
         )
 

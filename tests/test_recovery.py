@@ -102,7 +102,7 @@ def test_a_re_learning_longer_than_the_poll_interval_finishes_once_and_moves_the
 
     restores = [match.groups() for match in RESTORED.finditer(service.log())]
     # One restore per start: the long one was not started over by a rebalance.
-    assert len(restores) == 4, service.log()[-5000:]
+    assert len(restores) == 3, service.log()[-5000:]
     _, _, _, long_relearn, long_committed = restores[1]
     assert int(long_relearn) >= 1_500
     # The third start restored from the checkpoint the second took right after its re-learning.
@@ -127,7 +127,7 @@ def test_processes_on_one_host_never_share_an_instance_id(kafka, tmp_path, new_t
     first = ServiceProcess(tmp_path, config, None, "first").start()
     second = ServiceProcess(tmp_path, config, None, "second").start()
     try:
-        wait_until(lambda: "starting instance=" in first.log() + second.log(), 30, "no service started")
+        wait_until(lambda: all("starting instance=" in p.log() for p in (first, second)), 30, "not started")
         host = socket.gethostname().replace(".", "-")
         ids = {re.search(r"starting instance=(\S+)", p.log()).group(1) for p in (first, second)}  # type: ignore[union-attr]
         assert ids == {host, f"{host}-2"}
@@ -205,19 +205,21 @@ def test_a_frozen_broker_never_blocks_the_loop_longer_than_the_request_timeout(t
             broker.bootstrap_servers,
             tmp_path,
             kafka={"backend": backend, "request_timeout_seconds": 2.0},
+            model={"factory": "tests.slow_models:slow_tree"},
             service={"stall_seconds": 15.0, "unhealthy_after_failures": 2},
         )
         topics = config["kafka"]
-        events = drifting_events(4_000, seed=9)
+        events = drifting_events(2_000, seed=9)
         values = [json.dumps(e).encode() for e in events]
-        publish(broker.bootstrap_servers, topics["input_topic"], values[:2_000])
+        publish(broker.bootstrap_servers, topics["input_topic"], values[:1_500])
         expected, _ = _reference(config, events)
         service = ServiceProcess(tmp_path, config).start()
         try:
-            wait_for_records(broker.bootstrap_servers, topics["predictions_topic"], 2_000, log=service.log)
             api = httpx.Client(base_url=service.api_url(), timeout=5)
+            wait_for_records(broker.bootstrap_servers, topics["predictions_topic"], 300, log=service.log)
             assert broker.process is not None
-            broker.process.send_signal(signal.SIGSTOP)  # no answers, no closed connections
+            # Mid-stream (about 200 events/s): no answers and no closed connections from now on.
+            broker.process.send_signal(signal.SIGSTOP)
             try:
                 answers = []
                 frozen_until = time.monotonic() + 30
@@ -231,14 +233,14 @@ def test_a_frozen_broker_never_blocks_the_loop_longer_than_the_request_timeout(t
             # It said what failed, and the health check told a supervisor it is failing.
             assert "lost the broker or a Kafka client failed" in service.log()
             assert any(answer["status"] == "failing" for answer in answers), answers
-            publish(broker.bootstrap_servers, topics["input_topic"], values[2_000:])
+            publish(broker.bootstrap_servers, topics["input_topic"], values[1_500:])
             wait_for_records(
-                broker.bootstrap_servers, topics["predictions_topic"], 4_000, timeout=120, log=service.log
+                broker.bootstrap_servers, topics["predictions_topic"], 2_000, timeout=120, log=service.log
             )
             wait_until(lambda: api.get("/health").status_code == 200, 60, "never healthy again")
         finally:
             assert service.stop() == 0, service.log()
-        predictions = read_topic(broker.bootstrap_servers, topics["predictions_topic"], 4_000)
+        predictions = read_topic(broker.bootstrap_servers, topics["predictions_topic"], 2_000)
         assert duplicates([p["id"] for p in predictions]) == {}
         assert [encode_record(p) for p in predictions] == expected
     finally:
