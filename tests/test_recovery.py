@@ -51,8 +51,8 @@ RESTORED = re.compile(
 )
 
 
-def _consumer_options(backend: str, **milliseconds: int) -> dict[str, int]:
-    """Consumer options in the backend's spelling: ``max_poll_interval_ms`` or ``max.poll.interval.ms``."""
+def _spelled(backend: str, **milliseconds: int) -> dict[str, int]:
+    """Client options in the backend's spelling: ``max_poll_interval_ms`` or ``max.poll.interval.ms``."""
     return {
         (key if backend == "kafka-python" else key.replace("_", ".")): v for key, v in milliseconds.items()
     }
@@ -69,10 +69,9 @@ def test_a_re_learning_longer_than_the_poll_interval_finishes_once_and_moves_the
         drift={"policy": "none"},
         kafka={
             "backend": backend,
-            # Consumer-only options: the producer never sees them.
-            "consumer_options": _consumer_options(
-                backend, max_poll_interval_ms=6000, session_timeout_ms=6000
-            ),
+            # Each kind of client gets only its own options (kafka-python refuses any other).
+            "consumer_options": _spelled(backend, max_poll_interval_ms=6000, session_timeout_ms=6000),
+            "producer_options": _spelled(backend, linger_ms=2),
         },
         # No checkpoint of its own before it is killed: the restart re-learns all it did.
         service={"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600},
