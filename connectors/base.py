@@ -183,6 +183,10 @@ class Connector(ABC):
     def partition_count(self, topic: str) -> int | None:
         """How many partitions ``topic`` has; None if it does not exist."""
 
+    @abstractmethod
+    def max_message_bytes(self, topics: list[str]) -> dict[str, int]:
+        """Each topic's ``max.message.bytes``: the largest record the broker takes on it."""
+
 
 def warn_about_gap(partition: TopicPartition, start: int, first: Message) -> None:
     """``read_range`` found its first offsets deleted (topic retention): say what is re-learned."""

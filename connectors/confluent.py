@@ -25,7 +25,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from connectors.base import (
     ClientSettings,
@@ -320,6 +320,15 @@ class ConfluentConnector(Connector):
         if metadata is None or metadata.error is not None:  # UNKNOWN_TOPIC_OR_PART, most likely
             return None
         return len(metadata.partitions) or None
+
+    def max_message_bytes(self, topics: list[str]) -> dict[str, int]:
+        admin = self._admin()  # kept until the futures are done: dropping it cancels them
+        futures = admin.describe_configs([ConfigResource("topic", topic) for topic in topics])
+        timeout = self.settings.request_timeout
+        return {
+            resource.name: int(future.result(timeout)["max.message.bytes"].value)
+            for resource, future in futures.items()
+        }
 
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
         admin = self._admin()

@@ -22,7 +22,7 @@ from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
-from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -290,6 +290,17 @@ class KafkaPythonConnector(Connector):
         if described.get("error_code", 0) != 0:  # UNKNOWN_TOPIC_OR_PARTITION, most likely
             return None
         return len(described["partitions"]) or None
+
+    def max_message_bytes(self, topics: list[str]) -> dict[str, int]:
+        admin = self._admin()
+        try:
+            wanted = [
+                ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in topics
+            ]
+            described = admin.describe_configs(wanted, config_filter="all")["topic"]
+        finally:
+            admin.close()
+        return {topic: int(configs["max.message.bytes"]["value"]) for topic, configs in described.items()}
 
     def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
         admin = self._admin()

@@ -3,12 +3,25 @@
 Reading endpoints use the service's latest :class:`~stream.status.ServiceStatus` and the snapshot
 files; endpoints that change state (take, pin, roll back a snapshot) run on the service thread through
 ``Service.submit`` and need the bearer token from ``api.token`` (no token configured: 403).
-No endpoint accepts a pickle or a path; snapshot ids are checked by the store.
+No endpoint accepts a pickle or a path; snapshot ids and partitions are checked by the store.
+
+The API must not become a way in or a drag on the stream:
+
+- only requests whose Host header names the API (``api.allowed_hosts``) are answered, so a web
+  page that rebinds its DNS name to this address cannot read it (421 otherwise; the liveness and
+  readiness probes, which carry no data, answer any Host);
+- an invalid body is answered 422 with the reasons, never with the input echoed (NaN and
+  ``1e400`` parse as floats that JSON cannot encode), and so is an event the model refuses;
+- at most ``api.max_concurrent_predicts`` snapshot predictions run at once, counted before a
+  body is read (the others get 503 and ``Retry-After`` at once, their bodies unread), on models
+  loaded once and kept (the last few, by scope, id and payload hash).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -18,20 +31,35 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from stream.config import Config
-from stream.errors import InvalidEvent, NotOwnedError, SnapshotError, SnapshotNotFound
+from stream.config import ApiConfig, Config
+from stream.errors import ConfigError, InvalidEvent, NotOwnedError, SnapshotError, SnapshotNotFound
 from stream.events import EventModel
 from stream.prequential import Engine
 from stream.service import Service
-from stream.snapshots import SnapshotManifest, SnapshotStore
+from stream.snapshots import SnapshotManifest, SnapshotStore, list_scopes
 from stream.status import ServiceStatus
 
 STATIC = Path(__file__).parent / "static"
+
+
+def _is_utf8(body: bytes) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 LOADED_SNAPSHOTS_KEPT = 4
+# Probes (a supervisor's, say Kubernetes', which sends the pod's address as Host) and no data.
+ANY_HOST_PATHS = frozenset({"/health", "/ready"})
+# The route whose requests api.max_concurrent_predicts limits, before its body is read.
+PREDICT_PATH = re.compile(r"/api/snapshots/[^/]+/predict")
 
 
 class PredictResponse(BaseModel):
@@ -45,15 +73,48 @@ class RollbackResponse(BaseModel):
     model_version: int
 
 
+def _name_and_port(host: str) -> tuple[str, str | None]:
+    """A Host header's name and port: ``("localhost", "8000")``, ``("[::1]", None)``."""
+    name, colon, port = host.rpartition(":")
+    return (name, port) if colon and port.isdigit() else (host, None)
+
+
+class HostCheck:
+    """The Host headers the API answers: ``api.allowed_hosts``, by default the bound address,
+    ``localhost`` and ``127.0.0.1``. A name without a port matches with no port or the API's own.
+
+    >>> check = HostCheck(ApiConfig())
+    >>> check.allows("127.0.0.1:8000", 8000), check.allows("localhost:8000", 8000)
+    (True, True)
+    >>> check.allows("attacker.example:8000", 8000), check.allows("localhost:9000", 8000)
+    (False, False)
+    """
+
+    def __init__(self, api: ApiConfig) -> None:
+        bound = f"[{api.host}]" if ":" in api.host else api.host
+        entries = api.allowed_hosts if api.allowed_hosts is not None else [bound, "localhost", "127.0.0.1"]
+        self.any = "*" in entries
+        self.with_port = {entry for entry in entries if _name_and_port(entry)[1] is not None}
+        self.names = set(entries) - self.with_port
+
+    def allows(self, host: str, port: int) -> bool:
+        host = host.lower()
+        name, given_port = _name_and_port(host)
+        return self.any or host in self.with_port or (name in self.names and given_port in (None, str(port)))
+
+
 class _SnapshotModels:
-    """Recently loaded snapshot states, for predictions; never the live model."""
+    """Recently loaded snapshot states, for predictions; never the live model.
+
+    Keyed by the payload's hash too: a snapshot written again under the same id is loaded again.
+    """
 
     def __init__(self) -> None:
-        self._loaded: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, store: SnapshotStore, scope: str, snapshot_id: str) -> Any:
-        key = (scope, snapshot_id)
+        key = (scope, snapshot_id, store.get(snapshot_id).sha256)
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
@@ -75,6 +136,26 @@ def create_app(service: Service) -> FastAPI:
         version="0.1.0",
     )
     loaded = _SnapshotModels()
+    predicting = asyncio.Semaphore(api.max_concurrent_predicts)
+    stores: dict[str, SnapshotStore] = {}
+    hosts = HostCheck(api)
+
+    @app.middleware("http")
+    async def limit_predictions(request: Request, call_next: Any) -> Response:
+        # Around the whole request, body parsing and the response's encoding included; one turned
+        # away costs nothing, its body unread.
+        if request.method != "POST" or not PREDICT_PATH.fullmatch(request.url.path):
+            return await call_next(request)
+        if predicting.locked():
+            busy = f"{api.max_concurrent_predicts} predictions are running (api.max_concurrent_predicts)"
+            return JSONResponse({"detail": busy}, status_code=503, headers={"Retry-After": "1"})
+        async with predicting:
+            # Events are UTF-8 JSON, here as on the topic: Python's json would also read UTF-16
+            # and UTF-32 (with or without a byte-order mark), which the service dead-letters.
+            body = await request.body()
+            if body.startswith(b"\xef\xbb\xbf") or b"\x00" in body or not _is_utf8(body):
+                return JSONResponse({"detail": "the body is not UTF-8 JSON text"}, status_code=422)
+            return await call_next(request)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:
@@ -90,6 +171,23 @@ def create_app(service: Service) -> FastAPI:
             return JSONResponse({"detail": f"body over {api.max_body_bytes} bytes"}, status_code=413)
         return await call_next(request)
 
+    @app.middleware("http")  # added last, so it runs first
+    async def check_host(request: Request, call_next: Any) -> Response:
+        host = request.headers.get("host", "")
+        _, port = request.scope["server"]  # the bound port, also with api.port 0
+        if request.url.path not in ANY_HOST_PATHS and not hosts.allows(host, port):
+            return JSONResponse(
+                {"detail": f"Host {host!r} is not one of this API's names (api.allowed_hosts)"},
+                status_code=421,
+            )
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # The reasons without the input: NaN, Infinity and 1e400 parse, and JSON cannot echo them.
+        reasons = [{key: problem[key] for key in ("loc", "msg", "type")} for problem in error.errors()]
+        return JSONResponse({"detail": reasons}, status_code=422)
+
     def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
         if api.token is None:
             raise HTTPException(403, "state-changing endpoints are disabled: set api.token in the config")
@@ -98,7 +196,7 @@ def create_app(service: Service) -> FastAPI:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     def scope_of(partition: str | None) -> str:
-        scopes = sorted(p.name for p in Path(config.snapshots.directory).glob("*") if p.is_dir())
+        scopes = list_scopes(config.snapshots)
         if partition is None:
             owned = service.status.latest.partitions
             if len(owned) == 1:
@@ -111,7 +209,13 @@ def create_app(service: Service) -> FastAPI:
         return partition
 
     def store_for(scope: str) -> SnapshotStore:
-        return SnapshotStore.from_config(config.snapshots, scope)
+        """The scope's store, kept: its index of manifests serves every later request."""
+        if scope not in stores:
+            try:
+                stores.setdefault(scope, SnapshotStore.from_config(config.snapshots, scope))
+            except ConfigError as error:  # the signing key file cannot be used
+                raise HTTPException(500, str(error)) from None
+        return stores[scope]
 
     def on_service_thread(command: Any) -> Any:
         try:
@@ -142,6 +246,9 @@ def create_app(service: Service) -> FastAPI:
                 "reason": status.last_failure,
             }
             return JSONResponse(body, status_code=503)
+        if status.dead_letter_alarm is not None:
+            # Running, but most events are refused: a restart would not help, an operator would.
+            return JSONResponse({"status": "degraded", "reason": status.dead_letter_alarm})
         return JSONResponse({"status": "ok"})
 
     @app.get("/ready", summary="Readiness: Kafka connected, partitions assigned, models loaded")
@@ -199,6 +306,7 @@ def create_app(service: Service) -> FastAPI:
         "/api/snapshots/{snapshot_id}/predict",
         summary="Predictions from a snapshot's model; no learning, the live model untouched",
         response_model=PredictResponse,
+        responses={503: {"description": "api.max_concurrent_predicts are running: retry after Retry-After"}},
     )
     def predict(
         snapshot_id: str, body: EventModel | list[EventModel], partition: str | None = None
@@ -220,7 +328,12 @@ def create_app(service: Service) -> FastAPI:
             except InvalidEvent as error:
                 raise HTTPException(422, f"event {number}: {error}") from None
             event.id = event.id or str(number)
-            predictions.append(engine.predict(event))
+            try:
+                predictions.append(engine.predict(event))
+            except Exception as error:  # the model refuses the event; River raises anything
+                raise HTTPException(
+                    422, f"event {number}: the model cannot predict it: {type(error).__name__}: {error}"
+                ) from None
         return PredictResponse(snapshot=snapshot_id, predictions=predictions)
 
     @app.post(

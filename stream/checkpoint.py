@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -161,6 +161,7 @@ class OwnedPartition:
         self.uncommitted = True
 
     def checkpoint(self, reason: Reason) -> SnapshotManifest:
+        self.engine.heal_if_broken()  # a broken model is never what a restore starts from
         return self.checkpointed(self.engine.snapshot(reason))
 
     def checkpointed(self, manifest: SnapshotManifest) -> SnapshotManifest:
@@ -173,13 +174,21 @@ class Checkpointer:
     """Runs the protocol above for every partition one instance owns, over one source and sink."""
 
     def __init__(
-        self, config: Config, source: Source, sink: Sink, step: RecordStep, counters: Counters
+        self,
+        config: Config,
+        source: Source,
+        sink: Sink,
+        step: RecordStep,
+        counters: Counters,
+        dead_letter: Callable[[Message, str], None],
     ) -> None:
         self.config = config
         self.source = source
         self.sink = sink
         self.step = step
         self.counters = counters
+        # Where a checkpoint sends the events its healing unlearned (in the transaction it commits).
+        self.dead_letter = dead_letter
         self.partitions: dict[TopicPartition, OwnedPartition] = {}  # keyed by PartitionId
         self._last_checkpoint = self._last_commit = time.monotonic()
 
@@ -220,7 +229,7 @@ class Checkpointer:
             self.partitions[partition] = owned
             if count:
                 # The next restore starts here: a crash loop does not re-learn the same events again.
-                owned.checkpoint("checkpoint")
+                self._checkpoint(owned, "checkpoint")
                 relearned.append(partition)
         if relearned:
             self.counters.checkpoints += 1
@@ -270,6 +279,8 @@ class Checkpointer:
                 source.keep_alive()
                 keep_alive_at = time.monotonic() + KEEP_ALIVE_SECONDS
         owned.since_checkpoint, owned.uncommitted = 0, False
+        # Events healing unlearned were dead-lettered when they were first processed.
+        engine.unlearned.clear()
         engine.state.offsets[partition.key] = max(owned.next_offset, committed)
         self.counters.relearned += relearned
         logger.info(
@@ -299,11 +310,17 @@ class Checkpointer:
         snapshotted = []
         for owned in self.partitions.values():
             if owned.since_checkpoint or reason == "shutdown":
-                owned.checkpoint(reason)
+                self._checkpoint(owned, reason)
                 snapshotted.append(owned.id)
         self._last_checkpoint = time.monotonic()
         self.counters.checkpoints += 1
         self.commit(snapshotted)
+
+    def _checkpoint(self, owned: OwnedPartition, reason: Reason) -> SnapshotManifest:
+        manifest = owned.checkpoint(reason)
+        for message, why in self.step.unlearned(owned.engine):
+            self.dead_letter(message, why)
+        return manifest
 
     def commit(self, snapshotted: Collection[TopicPartition] = ()) -> None:
         """Make the outputs so far visible and commit each partition's next offset (step 2).
@@ -341,6 +358,6 @@ class Checkpointer:
         """A manual snapshot of a partition's state, committed at once as its checkpoint: part of
         the history every restore keeps."""
         owned = self.owned(scope)
-        manifest = owned.checkpoint("manual")
+        manifest = self._checkpoint(owned, "manual")
         self.commit([owned.id])
         return manifest

@@ -13,13 +13,21 @@ import httpx
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from stream.config import Config, load_config
-from stream.errors import ConfigError, ModelError, SnapshotError
+from stream.errors import ConfigError, ModelError, ModelFailure, SnapshotError
+from stream.models import check_config
 from stream.prequential import LearnerSummary
-from stream.snapshots import SnapshotManifest, SnapshotStore
+from stream.snapshots import (
+    SnapshotManifest,
+    SnapshotStore,
+    list_scopes,
+    validate_scope,
+    validate_snapshot_id,
+)
 
 app = typer.Typer(
     help="Online learning on Kafka event streams with River: predict, publish, then learn.",
@@ -39,12 +47,19 @@ ConfigOption = Annotated[
 ]
 
 
-def _load(config_path: Path | None, **overrides: Any) -> Config:
+def _load(config_path: Path | None, check: bool = False, **overrides: Any) -> Config:
+    """The config (file, ``STREAM__*`` variables, overrides); with ``check``, also built and tried
+    as a service or replay would use it (:func:`stream.models.check_config`). A problem exits 2."""
     try:
-        return load_config(config_path, {key: value for key, value in overrides.items() if value is not None})
+        config = load_config(
+            config_path, {key: value for key, value in overrides.items() if value is not None}
+        )
+        if check:
+            check_config(config)
     except ConfigError as error:
-        console.print(f"[red]error:[/red] {error}")
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(2) from None
+    return config
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -104,7 +119,7 @@ def replay(
     """
     from stream.replay import replay_file
 
-    config = _load(config_path, **{"snapshots.directory": snapshots})
+    config = _load(config_path, check=True, **{"snapshots.directory": snapshots})
     total = None if str(input_path) == "-" else _count_lines(input_path)
     columns = (TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True, disable=total is None) as progress:
@@ -116,7 +131,7 @@ def replay(
 
         try:
             result = replay_file(input_path, config, output, dead_letters, on_progress)
-        except (ModelError, FileNotFoundError) as error:
+        except (ModelError, ModelFailure, FileNotFoundError) as error:
             raise _fail(str(error)) from None
     if summary:
         summary.write_text(result.model_dump_json(indent=2) + "\n")
@@ -147,7 +162,10 @@ class _Snapshots:
     def __init__(self, config_path: Path | None, directory: Path | None, scope: str | None, api: str | None,
                  token: str | None) -> None:  # fmt: skip
         self.config = _load(config_path, **{"snapshots.directory": directory})
-        self.scope = scope
+        try:
+            self.scope = None if scope is None else validate_scope(scope)
+        except SnapshotError as error:
+            raise _fail(str(error)) from None
         self.url = api or f"http://{self.config.api.host}:{self.config.api.port}"
         configured = self.config.api.token.get_secret_value() if self.config.api.token else None
         self.token = token or configured
@@ -177,15 +195,28 @@ class _Snapshots:
         root = Path(self.config.snapshots.directory)
         scope = self.scope
         if scope is None and root.is_dir() and not any(root.glob("*/manifest.json")):
-            scopes = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*/manifest.json")))
+            scopes = [
+                found
+                for found in list_scopes(self.config.snapshots)
+                if any((root / found).glob("*/manifest.json"))
+            ]
             if len(scopes) > 1:
                 raise _fail(
                     f"{root} holds several partitions' snapshots; pick one with --scope: {', '.join(scopes)}"
                 )
             scope = scopes[0] if scopes else None
-        if scope is not None and ("/" in scope or scope.startswith(".")):
-            raise _fail(f"invalid scope {scope!r}")
-        return SnapshotStore.from_config(self.config.snapshots, scope)
+        try:
+            return SnapshotStore.from_config(self.config.snapshots, scope)
+        except (ConfigError, SnapshotError) as error:  # say, a signing key file others may read
+            raise _fail(str(error)) from None
+
+
+def _snapshot_id(snapshot_id: str) -> str:
+    """The id if it is of the store's form: checked before it goes into a path or an API URL."""
+    try:
+        return validate_snapshot_id(snapshot_id)
+    except SnapshotError as error:
+        raise _fail(str(error)) from None
 
 
 DirectoryOption = Annotated[
@@ -253,6 +284,7 @@ def snapshots_show(
 
     Example: stream snapshots show 00000003-drift
     """
+    snapshot_id = _snapshot_id(snapshot_id)
     snapshots = _Snapshots(config_path, directory, scope, api, None)
     if snapshots.client is not None:
         print(json.dumps(snapshots.call("GET", f"/api/snapshots/{snapshot_id}"), indent=2))
@@ -277,6 +309,7 @@ def snapshots_pin(
 
     Example: stream snapshots pin 00000003-drift
     """
+    snapshot_id = _snapshot_id(snapshot_id)
     snapshots = _Snapshots(config_path, directory, scope, api, token)
     if snapshots.client is not None:
         result = snapshots.call("POST", f"/api/snapshots/{snapshot_id}/pin", mutating=True, pinned=not unpin)
@@ -300,6 +333,7 @@ def snapshots_delete(
 
     Example: stream snapshots delete 00000002-warning --dir snapshots --scope events-0
     """
+    snapshot_id = _snapshot_id(snapshot_id)
     try:
         _Snapshots(config_path, directory, scope, None, None).store().delete(snapshot_id)
     except SnapshotError as error:
@@ -319,6 +353,7 @@ def snapshots_rollback(
 
     Example: STREAM__API__TOKEN=secret stream snapshots rollback 00000003-drift --scope events-0
     """
+    snapshot_id = _snapshot_id(snapshot_id)
     snapshots = _Snapshots(config_path, None, scope, api, token)
     if snapshots.client is None:
         raise _fail(f"no service answers at {snapshots.url}; a rollback changes a running service's model")
@@ -329,12 +364,22 @@ def snapshots_rollback(
 
 
 @app.command("config")
-def show_config(config_path: ConfigOption = None) -> None:
+def show_config(
+    config_path: ConfigOption = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Also build and try the model, metrics, drift detector and snapshot directory, as "
+            "serve and replay do first; exit 2 naming the key of a problem.",
+        ),
+    ] = False,
+) -> None:
     """Print the effective configuration (file, defaults and STREAM__* variables) as YAML.
 
-    Example: STREAM__DRIFT__POLICY=rollback stream config -c config.yaml
+    Example: STREAM__DRIFT__POLICY=rollback stream config -c config.yaml --check
     """
-    config = _load(config_path)
+    config = _load(config_path, check=check)
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
 
 
@@ -358,7 +403,7 @@ def serve(
     from stream.instance import InstanceClaim
     from stream.service import Service
 
-    config = _load(config_path, **{"kafka.bootstrap_servers": bootstrap_servers})
+    config = _load(config_path, check=True, **{"kafka.bootstrap_servers": bootstrap_servers})
     try:
         connector = config.kafka.connector()
     except ImportError as error:

@@ -14,12 +14,23 @@ Every key is documented in the README. Environment variables override the file: 
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from connectors.base import ClientSettings, Connector
 from stream.errors import ConfigError
@@ -82,7 +93,47 @@ class SnapshotConfig(_Section):
     directory: Path = Path("snapshots")
     keep_last: int = Field(default=10, ge=1, description="per rotating reason (periodic, warning, ...)")
     every_events: int = Field(default=0, ge=0, description="periodic snapshot every N events; 0 = off")
-    hmac_key: SecretStr | None = None
+    signing: bool = Field(
+        default=True,
+        description="sign snapshots and refuse unsigned or wrongly signed ones before unpickling; "
+        "false: whoever can write the snapshot directory can run code in the service (logged)",
+    )
+    hmac_key: SecretStr | None = Field(default=None, description="the signing key; default: key_file's")
+    key_file: Path | None = Field(
+        default=None,
+        description="file holding the signing key, generated on first use (mode 0600); default: "
+        "<directory>.key beside the store. Instances sharing a snapshot directory share the key",
+    )
+
+    @field_validator("hmac_key")
+    @classmethod
+    def _key_not_blank(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not key.get_secret_value().strip():
+            raise ValueError("must not be empty: leave it out to use the key in key_file")
+        return key
+
+    @model_validator(mode="after")
+    def _one_key_outside_the_store(self) -> SnapshotConfig:
+        if not self.signing and (self.hmac_key is not None or self.key_file is not None):
+            raise ValueError("signing is false, so hmac_key and key_file would not be used")
+        if self.hmac_key is not None and self.key_file is not None:
+            raise ValueError("give hmac_key or key_file, not both")
+        directory, key_file = (
+            Path(os.path.abspath(path)) for path in (self.directory, self.resolved_key_file())
+        )
+        if key_file.is_relative_to(directory):
+            raise ValueError(
+                f"key_file {self.key_file} is inside directory {self.directory}: whoever can write "
+                "snapshots could replace the key"
+            )
+        return self
+
+    def resolved_key_file(self) -> Path:
+        """Where the signing key is kept: ``key_file``, or ``<directory>.key`` beside the store."""
+        if self.key_file is not None:
+            return self.key_file
+        directory = Path(os.path.abspath(self.directory))
+        return directory.with_name(f"{directory.name}.key")
 
 
 class KafkaConfig(_Section):
@@ -168,12 +219,64 @@ class ServiceConfig(_Section):
 
 
 class ApiConfig(_Section):
+    # A Host header value: '*', or a name, IPv4 address or bracketed IPv6 address, and a port or not.
+    HOST_HEADER: ClassVar[re.Pattern[str]] = re.compile(
+        r"\*|(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+    )
+
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535, description="0 picks a free port")
     token: SecretStr | None = Field(default=None, description="bearer token for state-changing calls")
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host header values answered ('name' or 'name:port'; a name without a port also "
+        "matches with the API's port; '*': any); default: api.host, localhost, 127.0.0.1 with the "
+        "API's port. Others get 421 (DNS rebinding)",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1)
     max_events_per_request: int = Field(default=1000, ge=1)
+    max_concurrent_predicts: int = Field(
+        default=1,
+        ge=1,
+        description="snapshot predictions running at once; more get 503 with Retry-After (they "
+        "share the interpreter with the stream)",
+    )
+
+    @field_validator("token")
+    @classmethod
+    def _token_can_be_sent(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None:
+            return None
+        value = token.get_secret_value()
+        if not value.strip():
+            raise ValueError("must not be empty: leave it out to disable state-changing calls")
+        if value != value.strip() or not (value.isascii() and value.isprintable()):
+            raise ValueError(
+                "must be printable ASCII without leading or trailing spaces (an HTTP header carries it)"
+            )
+        return token
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_host_headers(cls, hosts: list[str] | None) -> list[str] | None:
+        if hosts is None:
+            return None
+        for host in hosts:
+            if not cls.HOST_HEADER.fullmatch(host):
+                raise ValueError(f"{host!r} is not a Host header value: give 'name' or 'name:port', or '*'")
+        return [host.lower() for host in hosts]
+
+
+class LimitsConfig(_Section):
+    """Bounds on what one event can make a model hold or a prediction carry; beyond them, the
+    event is a dead letter with the reason."""
+
+    max_features: int = Field(default=1000, ge=1, description="features per event")
+    max_label_chars: int = Field(default=1000, ge=1, description="characters of a string label")
+    max_proba_classes: int = Field(
+        default=20, ge=1, description="classes in a prediction's y_proba: the most probable ones"
+    )
 
 
 class Config(BaseSettings):
@@ -189,6 +292,7 @@ class Config(BaseSettings):
     snapshots: SnapshotConfig = Field(default_factory=SnapshotConfig)
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
 
     @classmethod
@@ -227,8 +331,59 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
         section[leaf] = value
     try:
         return Config(**data)
+    except SettingsError as error:
+        raise ConfigError(f"invalid configuration (environment): {_unparsable_variable(error)}") from None
     except ValidationError as error:
         problems = "\n".join(
             f"  {'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
         )
         raise ConfigError(f"invalid configuration ({source}):\n{problems}") from None
+
+
+ENV_PREFIX = "STREAM__"
+
+
+def _takes_json(key: str) -> bool:
+    """Whether the dotted config ``key`` is a section, a list or a mapping, which a variable must
+    give as JSON (pydantic-settings reads a union such as ``drift.detector`` as text if it is not)."""
+    section, _, leaf = key.partition(".")
+    field = Config.model_fields.get(section)
+    if field is None or not leaf:
+        return field is not None
+    inner = field.annotation.model_fields.get(leaf) if field.annotation else None
+    return inner is not None and get_origin(inner.annotation) in (list, dict)
+
+
+def _unparsable_variable(error: SettingsError) -> str:
+    """Name the ``STREAM__`` variable whose value should be JSON and is not (pydantic-settings
+    names only its section), with the key it sets and why it does not parse."""
+    for name, value in sorted(os.environ.items()):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        if not _takes_json(key):
+            continue
+        try:
+            json.loads(value)
+        except ValueError as parse_error:
+            return f"{name} sets {key}, which takes JSON (a list or mapping): {parse_error}"
+    return f"{error}: {error.__cause__!r}"
+
+
+def check_snapshot_directory(directory: Path) -> None:
+    """Refuse a ``snapshots.directory`` that is not a directory and cannot be created as one.
+
+    >>> check_snapshot_directory(Path(__file__) / "snapshots")
+    Traceback (most recent call last):
+    ...
+    stream.errors.ConfigError: snapshots.directory: cannot create .../snapshots: ... is not a directory
+    """
+    try:
+        existing = next(p for p in (directory, *directory.parents) if p.exists() or p.is_symlink())
+    except OSError as error:  # say, a parent that may not be read
+        raise ConfigError(f"snapshots.directory: cannot look at {directory}: {error}") from None
+    if not existing.is_dir():
+        cannot_create = "" if existing == directory else f"cannot create {directory}: "
+        raise ConfigError(f"snapshots.directory: {cannot_create}{existing} is not a directory")
+    if existing != directory and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"snapshots.directory: cannot create {directory}: {existing} is not writable")

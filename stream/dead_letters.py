@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter, deque
 from typing import Any
 
 from stream.events import encode_record
@@ -59,3 +60,46 @@ def dead_letter(
             too_long = middle
     longest = max((n for n in range(longest, min(longest + 4, len(data)) + 1) if fits(n)), default=0)
     return record(data[:longest])
+
+
+class DeadLetterWatch:
+    """Tells when most recent events end as dead letters for one reason: then it is not those
+    events' fault but a change upstream (a schema, a producer) or a broken model, and someone
+    should know.
+
+    >>> watch = DeadLetterWatch(window=4, share=0.5)
+    >>> for reason in [None, None, "missing required field 'x'", "missing required field 'x'"]:
+    ...     watch.outcome(reason)
+    >>> watch.alarm
+    "2 of the last 4 events were dead letters for one reason: missing required field 'x'"
+    >>> for _ in range(3):
+    ...     watch.outcome(None)
+    >>> watch.alarm is None
+    True
+    """
+
+    def __init__(self, window: int = 500, share: float = 0.5) -> None:
+        self.window = window
+        self.threshold = max(1, int(window * share))
+        self._recent: deque[str | None] = deque()
+        self._counts: Counter[str] = Counter()
+        self.alarm: str | None = None
+
+    def outcome(self, reason: str | None) -> None:
+        """One event's outcome: ``None`` for a prediction, else its dead letter's reason."""
+        kind = None if reason is None else reason.partition(":")[0][:200]
+        recent = self._recent
+        recent.append(kind)
+        if kind is not None:
+            self._counts[kind] += 1
+        if len(recent) > self.window:
+            gone = recent.popleft()
+            if gone is not None:
+                self._counts[gone] -= 1
+        if len(recent) < self.window:  # too few yet to tell
+            return
+        if kind is not None and self._counts[kind] >= self.threshold:
+            count = self._counts[kind]
+            self.alarm = f"{count} of the last {len(recent)} events were dead letters for one reason: {kind}"
+        elif self.alarm is not None and (not self._counts or max(self._counts.values()) < self.threshold):
+            self.alarm = None

@@ -35,9 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.config import DriftConfig, PolicyName, StepSpec, Task
-from stream.errors import ModelError
-from stream.models import build_step
+from stream.config import DriftConfig, PolicyName, Task
+from stream.models import build_detector
 
 NO_SIGNAL = "none"
 WARNING = "warning"
@@ -74,15 +73,6 @@ class Decision:
         }
 
 
-def _build_detector(spec: StepSpec, task: Task) -> Any:
-    path = spec if isinstance(spec, str) else next(iter(spec))
-    if not path.removeprefix("river.").startswith("drift."):
-        raise ModelError(f"drift.detector must be a class from river.drift, got {path!r}")
-    if task == "regression" and ".binary." in f".{path}":
-        raise ModelError(f"{path} takes 0/1 input; a regression loss needs e.g. drift.ADWIN")
-    return build_step(spec)
-
-
 @dataclass
 class DriftMonitor:
     """The detector, the scoring buffer and the challenger of one model (pickled with it).
@@ -101,7 +91,7 @@ class DriftMonitor:
 
     @classmethod
     def create(cls, config: DriftConfig, task: Task) -> DriftMonitor:
-        return cls(task, _build_detector(config.detector, task)).configure(config)
+        return cls(task, build_detector(config.detector, task)).configure(config)
 
     def configure(self, config: DriftConfig) -> DriftMonitor:
         """Apply ``config`` to this state: the buffer's size, and the detector if it changed.
@@ -109,7 +99,7 @@ class DriftMonitor:
         A detector of another class or with other parameters starts afresh (its statistics
         belong to the old one); the same detector keeps what it has seen.
         """
-        configured = _build_detector(config.detector, self.task)
+        configured = build_detector(config.detector, self.task)
         if type(configured) is not type(self.detector) or (
             configured._get_params() != self.detector._get_params()
         ):

@@ -10,6 +10,8 @@ lost broker, a full disk) go to the recovery that handles those:
   tampered with or from another River version; a restore skips it, a request is refused.
 - :class:`SnapshotWriteError`: the snapshot store refused a write (disk full, read-only); the
   service recovers from its last commit and backs off.
+- :class:`ModelFailure`: a model that stopped answering and could not be healed; not any one
+  event's fault, so the service recovers (and reports it) instead of dead-lettering every event.
 - :class:`NotOwnedError`: a request for a partition another instance owns (HTTP 409).
 
 >>> issubclass(SnapshotNotFound, StreamError), issubclass(NotOwnedError, KeyError)
@@ -49,6 +51,10 @@ class SnapshotNotFound(SnapshotError):
 
 class SnapshotWriteError(StreamError, OSError):
     """The snapshot store could not write (disk full, read-only, permissions); nothing was lost."""
+
+
+class ModelFailure(StreamError, RuntimeError):
+    """The model gives no finite output for any input, and undoing recent events does not help."""
 
 
 class NotOwnedError(StreamError):

@@ -140,12 +140,23 @@ def decode_event(raw: bytes | bytearray | memoryview | str, task: Task) -> Event
     return validate_event(payload, task)
 
 
-def _decode_with_json(raw: bytes | bytearray | memoryview | str) -> Any:
+def _utf8_text(raw: bytes | bytearray | memoryview) -> str:
+    """``raw`` read strictly as UTF-8. UTF-16 and UTF-32 (which :mod:`json` would detect and read)
+    are refused as such: their ASCII characters hold NUL bytes, which JSON text never does."""
     try:
-        payload = json.loads(raw if isinstance(raw, str) else str(raw, "utf-8"))
-        lone_surrogate = _has_lone_surrogate(payload)
+        text = str(raw, "utf-8")
     except UnicodeDecodeError:
         raise InvalidEvent("not UTF-8 text") from None
+    if "\x00" in text:
+        raise InvalidEvent("not UTF-8 text: it holds NUL bytes, as UTF-16 and UTF-32 do")
+    return text
+
+
+def _decode_with_json(raw: bytes | bytearray | memoryview | str) -> Any:
+    text = raw if isinstance(raw, str) else _utf8_text(raw)
+    try:
+        payload = json.loads(text)
+        lone_surrogate = _has_lone_surrogate(payload)
     except json.JSONDecodeError as error:
         raise InvalidEvent(f"malformed JSON: {error}") from None
     except RecursionError:

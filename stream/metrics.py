@@ -8,22 +8,76 @@ A metric that needs labels gets ``y_pred``; one that needs probabilities (ROCAUC
 ...     tracker.update(y, y_pred, None)
 >>> tracker.values()
 {'Accuracy': 0.666..., 'Accuracy (rolling 2)': 0.5}
+
+:func:`check_metrics` refuses, naming the key, what cannot score the task's predictions:
+
+>>> check_metrics(["ConfusionMatrix"], "binary")
+Traceback (most recent call last):
+...
+stream.errors.MetricError: metrics.names: ConfusionMatrix cannot be used as a metric: NotImplementedError()
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from river import metrics, utils
 
+from stream.config import Task
 from stream.errors import MetricError
 
 
 def _metric_class(name: str) -> type[metrics.base.Metric]:
     cls = getattr(metrics, name, None)
     if not (isinstance(cls, type) and issubclass(cls, metrics.base.Metric)):
-        raise MetricError(f"river.metrics has no metric {name!r}")
+        raise MetricError(f"metrics.names: unknown metric {name!r} (not a metric of river.metrics)")
     return cls
+
+
+# The kind of metric each task's predictions can be scored with.
+_METRIC_KINDS: dict[Task, tuple[type[metrics.base.Metric], str]] = {
+    "binary": (metrics.base.ClassificationMetric, "a classification metric"),
+    "multiclass": (metrics.base.MultiClassMetric, "a multi-class metric"),
+    "regression": (metrics.base.RegressionMetric, "a regression metric"),
+    "anomaly": (metrics.base.BinaryMetric, "a binary metric of scores (such as ROCAUC)"),
+}
+# Three updates as the engine makes them for each task, (y, y_pred, y_proba or anomaly score):
+# with a rolling window of two, the third also reverts the first.
+_TRIAL_UPDATES: dict[Task, tuple[tuple[Any, Any, Any], ...]] = {
+    "binary": (
+        (True, True, {False: 0.25, True: 0.75}),
+        (False, True, {False: 0.4, True: 0.6}),
+        (False, False, {False: 0.7, True: 0.3}),
+    ),
+    "multiclass": (
+        ("a", "a", {"a": 0.75, "b": 0.25}),
+        ("b", "a", {"a": 0.6, "b": 0.4}),
+        ("b", "b", {"a": 0.3, "b": 0.7}),
+    ),
+    "regression": ((1.0, 1.5, None), (2.0, 1.0, None), (3.0, 2.5, None)),
+    "anomaly": ((True, None, 0.75), (False, None, 0.25), (False, None, 0.5)),
+}
+
+
+def check_metrics(names: list[str], task: Task) -> None:
+    """Refuse a metric that is unknown, is not of the task's kind, or does not give a number when
+    updated as the engine updates it (``ConfusionMatrix`` is a metric class with no value)."""
+    kind, kind_name = _METRIC_KINDS[task]
+    for name in names:
+        if not issubclass(_metric_class(name), kind):
+            raise MetricError(f"metrics.names: {name} is not {kind_name}, which task {task!r} needs")
+        try:
+            tracker = MetricTracker([name], rolling_window=2)
+            for update in _TRIAL_UPDATES[task]:
+                tracker.update(*update)
+            values = tracker.values().values()
+        except Exception as error:  # whatever the metric raises, it would raise on every event
+            raise MetricError(f"metrics.names: {name} cannot be used as a metric: {error!r}") from None
+        if task == "anomaly" and not tracker._uses_proba[0]:
+            raise MetricError(f"metrics.names: {name} needs labels; an anomaly detector gives scores")
+        if any(isinstance(value, bool) or not isinstance(value, numbers.Real) for value in values):
+            raise MetricError(f"metrics.names: {name} gives no number: {list(values)}")
 
 
 class MetricTracker:

@@ -1,4 +1,4 @@
-"""The prequential engine: for each event predict, emit the prediction, then learn.
+"""The prequential engine: for each event predict, learn, then emit the prediction.
 
 One :class:`Engine` drives one model. Its whole mutable state is a :class:`LearnerState` (the
 model, its metrics, its drift monitor and counters); a snapshot is that state pickled, so
@@ -21,18 +21,23 @@ True
 
 from __future__ import annotations
 
+import copy
+import heapq
 import logging
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
 from stream.config import Config
 from stream.drift import DECIDE, DRIFT, WARNING, DriftMonitor, loss_of
+from stream.errors import ModelFailure
 from stream.events import Event, InvalidEvent
+from stream.journal import Journal, JournalEntry
 from stream.metrics import MetricTracker
 from stream.models import build_model, predict_one_is_argmax
 from stream.snapshots import Reason, SnapshotError, SnapshotManifest, SnapshotStore
@@ -40,6 +45,8 @@ from stream.snapshots import Reason, SnapshotError, SnapshotManifest, SnapshotSt
 logger = logging.getLogger(__name__)
 
 MAX_DECISIONS_KEPT = 1000
+# How far back healing looks for the event that broke a model, before the one it broke on.
+SUSPECTS_BEFORE = 3
 # The newest points of the metric history kept: it is pickled into every snapshot, so it must not
 # grow with the stream (a point every 500 labels at 1,000 labels/s is 172,800 points a day).
 MAX_HISTORY_KEPT = 1000
@@ -66,6 +73,7 @@ class LearnerState:
     rollbacks: int = 0
     resets: int = 0
     last_snapshot_id: str | None = None
+    label_kind: str | None = None  # multiclass: the type of the labels the model learns
     recent_snapshots: deque = field(default_factory=deque)
     offsets: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -104,8 +112,13 @@ class Engine:
         self.task = config.model.task
         self.store = store
         self.state = state or self.new_state()
+        self._journal = Journal()
+        self._last_answered: dict[str, Any] | None = None  # features of the last event predicted
+        self.unlearned: list[tuple[Any, str]] = []  # (origin, reason) of events healing unlearned
         self._configure()
         self._bind_model()
+        self._max_classes = config.limits.max_proba_classes
+        self.last_snapshot_bytes = 0  # the size of the last snapshot written: what the model weighs
 
     def new_state(self) -> LearnerState:
         config = self.config
@@ -127,23 +140,178 @@ class Engine:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def process(self, event: Event, emit: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
-        """Predict, hand the prediction to ``emit``, then learn from the label if there is one.
+    def process(
+        self,
+        event: Event,
+        emit: Callable[[dict[str, Any]], Any] | None = None,
+        origin: Any = None,
+        size: int = 0,
+    ) -> dict[str, Any]:
+        """Predict, learn from the label if there is one, then hand the prediction to ``emit``.
 
-        An event the model cannot use (say, a string feature for a linear model) raises
-        :class:`InvalidEvent` with the model's reason, for the caller to dead-letter. Models are
-        deterministic, so a recovery that replays the same event fails the same way.
+        Each event has one outcome: it is learned and its prediction emitted, or it raises
+        :class:`InvalidEvent` with the reason (say, a string feature for a linear model), leaves no
+        trace in the state, and the caller dead-letters it. The prediction is made before
+        learning (prequential); it is emitted after, once the event is known to be usable.
+
+        A model that stops answering (non-finite outputs or an error for any input, after some
+        event's learning broke it) heals: the events learned since the journal's good state are
+        learned again, without each one whose learning breaks the model; those are listed in
+        :attr:`unlearned` with ``origin`` and the reason, for the caller to dead-letter (their
+        predictions were already emitted). ``size`` (the bytes the event came as) counts against
+        the journal's memory budget. Models are deterministic, so a recovery that replays the same
+        events refuses and heals the same way.
         """
+        if self.task == "multiclass" and event.y is not None:
+            self._check_label_kind(event.y)
+        prediction = self._predict_or_heal(event)
+        journal = self._journal
+        if journal.due():
+            journal.start(self.state, event.x)
+        try:
+            self.learn(event, prediction)
+        except InvalidEvent:
+            self._rebuild(journal.entries)  # all or nothing: no trace of the refused event
+            raise
+        journal.record(event, prediction, origin, size)
+        if self.task == "multiclass" and event.y is not None:
+            self.state.label_kind = type(event.y).__name__
+        if emit is not None:
+            emit(prediction)
+        return prediction
+
+    def _check_label_kind(self, y: Any) -> None:
+        """One kind of label per multiclass model, the first one's: ``true`` and ``1`` are one
+        class to Python, and trees cannot order strings among integers."""
+        kind = type(y).__name__
+        first = getattr(self.state, "label_kind", None)  # absent from states pickled before it was kept
+        if first is not None and kind != first:
+            raise InvalidEvent(f"label {y!r} is a {kind}; this model's labels are of type {first}")
+
+    def _predict_or_heal(self, event: Event) -> dict[str, Any]:
         try:
             prediction = self.predict(event)
         except Exception as error:
-            raise InvalidEvent(
-                f"the model cannot predict this event: {type(error).__name__}: {error}"
-            ) from error
-        if emit is not None:
-            emit(prediction)
-        self.learn(event, prediction)
+            if self._answers(self._journal.answered, self._last_answered):
+                raise InvalidEvent(
+                    f"the model cannot predict this event: {type(error).__name__}: {error}"
+                ) from error
+            # It no longer answers what it answered before: an event learned since broke it.
+            self._heal(f"{type(error).__name__}: {error}")
+            try:
+                prediction = self.predict(event)
+            except Exception as again:
+                raise InvalidEvent(
+                    f"the model cannot predict this event: {type(again).__name__}: {again}"
+                ) from again
+        self._last_answered = event.x
         return prediction
+
+    def _answers(self, *inputs: dict[str, Any] | None) -> bool:
+        """Whether the model gives a finite output for each of ``inputs`` (None: nothing to ask).
+
+        Asked for what the journal's good state answered and what the model answered last: an
+        event that breaks a model may well still get an answer for its own features.
+        """
+        try:
+            for x in inputs:
+                if x is not None:
+                    self.predict(Event(x=x))
+        except Exception:
+            return False
+        return True
+
+    def heal_if_broken(self) -> None:
+        """Heal before the state is kept (a checkpoint): a broken model is never made durable,
+        nor one that answers but whose next update would break it (a scaler's variance gone
+        infinite turns NaN at its next update; a trial update on a copy tells)."""
+        if not self._answers(self._journal.answered, self._last_answered) or not self._survives_an_update():
+            self._heal("it would not answer after its next update, found before a checkpoint")
+
+    def _survives_an_update(self) -> bool:
+        """Whether the model still answers after learning the last learned event again (on a copy)."""
+        entries = self._journal.entries
+        if not entries:
+            return True
+        last = entries[-1].event
+        model = self.state.model
+        self.state.model = copy.deepcopy(model)
+        try:
+            if self.task == "anomaly":
+                self.state.model.learn_one(last.x)
+            elif last.y is not None:
+                self.state.model.learn_one(last.x, last.y)
+            return self._answers(self._journal.answered, last.x)
+        except Exception:
+            return False
+        finally:
+            self.state.model = model
+
+    def _heal(self, symptom: str) -> None:
+        journal = self._journal
+        if not journal.started:
+            raise ModelFailure(f"the model stopped answering ({symptom}) and no good state is kept")
+        entries, kept, unlearned = journal.entries, [], 0
+        self._rebuild(kept)
+        if not self._answers(journal.answered):
+            raise ModelFailure(
+                f"the model stopped answering ({symptom}), and its last good state does not answer "
+                "either: not any event's fault"
+            )
+
+        def unlearn(culprit: JournalEntry) -> None:
+            nonlocal unlearned
+            unlearned += 1
+            self.state.errors += 1
+            reason = f"learning this event broke the model ({symptom}); it was unlearned"
+            self.unlearned.append((culprit.origin, reason))
+            logger.error("event %s: %s", culprit.event.id, reason)
+
+        for entry in entries:
+            self.learn(entry.event, entry.prediction)
+            if self._answers(journal.answered, entry.event.x):
+                kept.append(entry)
+                continue
+            # The model broke while learning this event; the cause may be an event just before,
+            # whose trace only this one's learning turned non-finite (a scaler's infinite variance
+            # becomes NaN at its next update): the culprit is the latest whose absence heals.
+            for suspect in reversed(kept[-SUSPECTS_BEFORE:]):
+                without = [kept_entry for kept_entry in kept if kept_entry is not suspect]
+                self._rebuild([*without, entry])
+                if self._answers(journal.answered, entry.event.x):
+                    kept = [*without, entry]
+                    unlearn(suspect)
+                    break
+            else:
+                self._rebuild(kept)
+                unlearn(entry)
+        if not self._survives_an_update():  # the trace of the last events waits for an update
+            for suspect in reversed(kept[-SUSPECTS_BEFORE:]):
+                without = [kept_entry for kept_entry in kept if kept_entry is not suspect]
+                self._rebuild(without)
+                if self._survives_an_update():
+                    kept = without
+                    unlearn(suspect)
+                    break
+            else:
+                self._rebuild(kept)
+        if not unlearned:
+            raise ModelFailure(
+                f"the model stopped answering ({symptom}), and no event learned since its last good "
+                "state is the cause"
+            )
+        journal.entries = kept
+
+    def _rebuild(self, entries: list[JournalEntry]) -> None:
+        """The state as the journal's good state plus ``entries``, learned again. Where the
+        partition stands and the snapshot numbering are not learning: they are kept as they are."""
+        offsets, next_sequence = dict(self.state.offsets), self.state.next_sequence
+        self.state = self._journal.base_state()
+        self.state.offsets, self.state.next_sequence = offsets, next_sequence
+        self._configure()
+        self._bind_model()
+        for entry in entries:
+            self.learn(entry.event, entry.prediction)
 
     def predict(self, event: Event) -> dict[str, Any]:
         """The prediction record for one event; the model is not changed."""
@@ -158,6 +326,8 @@ class Engine:
                 record["y_pred"] = max(proba, key=proba.get) if proba else None
             else:
                 record["y_pred"] = model.predict_one(x)
+            if len(proba) > self._max_classes:  # the most probable ones, in the model's order
+                proba = dict(heapq.nlargest(self._max_classes, proba.items(), key=itemgetter(1)))
             record["y_proba"] = proba
         elif self.task == "regression":
             record["y_pred"] = model.predict_one(x)
@@ -307,7 +477,7 @@ class Engine:
         state.last_snapshot_id = snapshot_id
         if reason in CANDIDATE_REASONS:
             state.recent_snapshots.append(snapshot_id)
-        return self.store.save(
+        manifest = self.store.save(
             state,
             reason,
             sequence=sequence,
@@ -319,12 +489,15 @@ class Engine:
             metrics=_finite(state.metrics.values()),
             note=note,
         )
+        self.last_snapshot_bytes = manifest.size_bytes
+        return manifest
 
     def rollback(self, snapshot_id: str) -> SnapshotManifest:
         """Make a stored snapshot's model the current one (a manual rollback)."""
         restored = self.store.load(snapshot_id)
         self._switch_model(restored.model)
         self.state.rollbacks += 1
+        self._journal.clear()  # no event reproduces a manual rollback: replays must start after it
         return self.snapshot("rollback", note=f"manual rollback to {snapshot_id}")
 
     # -- reporting -------------------------------------------------------------------------

@@ -36,20 +36,24 @@ def run_replay(
 ) -> LearnerSummary:
     """Drive ``engine`` over ``(position, record)`` pairs; return the engine's summary."""
     step = RecordStep(engine.config)
-    # Written before learning, as the service publishes it: a prediction that cannot be written
-    # is the event's fault, and the model does not learn the event.
+    # Written once the event is learned, as the service publishes it.
     emit = None if predictions is None else lambda p: predictions.write(encode_record(p).decode() + "\n")
     max_bytes = engine.config.service.max_event_bytes
+
+    def refuse(position: int, raw: bytes | dict[str, Any], reason: str) -> None:
+        if engine.state.errors <= REJECTIONS_LOGGED:
+            logger.warning("record %d rejected: %s", position, reason)
+        if dead_letters is not None:
+            record = dead_letter(reason, raw, {"position": position}, max_bytes)
+            dead_letters.write(encode_record(record).decode() + "\n")
+
     for position, raw in records:
-        reason = step(engine, raw, "", position, emit)
+        reason = step(engine, raw, "", position, emit, (position, raw))
         if reason is not None:
-            if engine.state.errors <= REJECTIONS_LOGGED:
-                logger.warning("record %d rejected: %s", position, reason)
-            if dead_letters is not None:
-                record = dead_letter(reason, raw, {"position": position}, max_bytes)
-                dead_letters.write(encode_record(record).decode() + "\n")
-            continue
-        if on_progress is not None:
+            refuse(position, raw, reason)
+        for (culprit_position, culprit_raw), why in step.unlearned(engine):
+            refuse(culprit_position, culprit_raw, why)
+        if reason is None and on_progress is not None:
             on_progress(position)
     return engine.summary()
 

@@ -37,6 +37,7 @@ from typing import Any
 from connectors.base import Connector, Message, TopicPartition
 from stream.checkpoint import Checkpointer, OwnedPartition
 from stream.config import Config
+from stream.dead_letters import DeadLetterWatch
 from stream.errors import NotOwnedError, SnapshotError, SnapshotWriteError
 from stream.publish import Publisher
 from stream.snapshots import SnapshotManifest
@@ -71,6 +72,7 @@ class Service:
         self.alive_at = time.monotonic()  # the service thread's last round of its loop or retry wait
         self._stopping = False
         self._failures_in_a_row = 0  # recoveries since the service last made progress
+        self.dead_letter_watch = DeadLetterWatch()
         self._last_status, self._last_refresh = time.monotonic(), 0.0
         self._rebalances: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True: something was revoked
         self._commands: queue.SimpleQueue[tuple[Callable[[Service], Any], Future[Any]]] = queue.SimpleQueue()
@@ -163,13 +165,23 @@ class Service:
         kafka = self.config.kafka
         exactly_once = self.config.service.guarantee == "exactly_once"
         sink = self.connector.sink(f"{kafka.group_id}-{self.instance_id}" if exactly_once else None)
-        publisher = Publisher(self.config, sink, self.counters, self.telemetry.latency)
+        outputs = [kafka.predictions_topic, kafka.dead_letter_topic]
+        publisher = Publisher(
+            self.config,
+            sink,
+            self.counters,
+            self.telemetry.latency,
+            self.connector.max_message_bytes(outputs),
+            self.dead_letter_watch,
+        )
         sink.begin()
         source = self.connector.source([kafka.input_topic], kafka.group_id, self.instance_id)
         # Called on the client's I/O thread: only take note; the loop acts on it after the poll.
         source.on_assign = lambda partitions: self._rebalances.put(False)
         source.on_revoke = lambda partitions: self._rebalances.put(bool(partitions))
-        self.checkpointer = Checkpointer(self.config, source, sink, self.step, self.counters)
+        self.checkpointer = Checkpointer(
+            self.config, source, sink, self.step, self.counters, publisher.dead_letter
+        )
         return self.checkpointer, publisher
 
     def _close(self) -> None:
@@ -222,12 +234,15 @@ class Service:
         if owned is None:  # revoked while the batch was in flight
             return
         owned.claim(message.offset)
-        publisher.produced_ms = message.timestamp_ms
+        publisher.source = message
+        engine = owned.engine
         reason = self.step(
-            owned.engine, message.value, owned.id.id_prefix, message.offset, publisher.prediction
+            engine, message.value, owned.id.id_prefix, message.offset, publisher.prediction, message
         )
         if reason is not None:
             publisher.dead_letter(message, reason)
+        for culprit, why in self.step.unlearned(engine):
+            publisher.dead_letter(culprit, why)
 
     # -- commands from other threads (the HTTP API) ----------------------------------------
 
@@ -290,10 +305,17 @@ class Service:
                 PartitionStatus,
                 offset=owned.next_offset,
                 lag=lag.get(partition, 0),
+                snapshot_bytes=owned.engine.last_snapshot_bytes,
                 rolling_metric=owned.engine.state.metrics.primary_rolling[0],
             )
+        alarm = self.dead_letter_watch.alarm
+        if alarm != self.status.latest.dead_letter_alarm:
+            if alarm is not None:
+                logger.error("most events are dead letters: %s", alarm)
+            else:
+                logger.info("dead letters are back to the odd event")
         self.status.refresh(
-            now, time.time(), self.counters, partitions, sum(lag.values()), checkpointer is not None
+            now, time.time(), self.counters, partitions, sum(lag.values()), checkpointer is not None, alarm
         )
         self._last_refresh = now
 

@@ -3,7 +3,16 @@
 Layout: ``<directory>/<id>/state.pkl`` and ``<directory>/<id>/manifest.json``. A snapshot is
 written into a temporary folder, fsynced and renamed into place, so a reader sees it whole or
 not at all. Loading checks, before anything is unpickled: the payload's SHA-256 against the
-manifest, the HMAC signature when a key is configured, and the River and Python versions.
+manifest, the HMAC signature when a key is in force, and the River and Python versions.
+
+Unpickling runs code, so a store built from the configuration (:meth:`SnapshotStore.from_config`,
+the one way the service, its API and the CLI build one) signs by default: with the key in
+``snapshots.hmac_key``, else the one in ``snapshots.key_file`` (default ``<directory>.key``,
+beside the store, never in it), generated on first use with mode 0600. The signature covers the
+payload's hash, the id, the offsets and the store's folder name (its partition scope), so a
+snapshot copied into another partition's folder is refused too. Only names of the store's own
+form become paths: snapshot ids (:data:`SNAPSHOT_ID`) and partition scopes (:data:`SCOPE`), never
+through a symbolic link.
 
 Listing stays cheap as snapshots accumulate: a folder's name (``{sequence:08d}-{reason}``) gives
 its sequence and reason, so a listing is chosen and sorted by name before any manifest is read,
@@ -24,10 +33,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import pickle
 import platform
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -39,7 +50,9 @@ import river
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.config import SnapshotConfig
-from stream.errors import SnapshotError, SnapshotNotFound, SnapshotWriteError
+from stream.errors import ConfigError, SnapshotError, SnapshotNotFound, SnapshotWriteError
+
+logger = logging.getLogger(__name__)
 
 Reason = Literal["periodic", "warning", "drift", "manual", "rollback", "shutdown", "checkpoint"]
 # Reasons whose snapshots rotate (the last ``keep_last`` of each are kept); the others stay
@@ -50,6 +63,9 @@ PAYLOAD = "state.pkl"
 MANIFEST = "manifest.json"
 # What :meth:`SnapshotStore.save` names a snapshot: only such a name is ever turned into a path.
 SNAPSHOT_ID = re.compile(rf"[0-9]{{8,18}}-(?:{'|'.join(get_args(Reason))})")
+# What a partition's folder is named: ``<topic>-<partition>`` (a Kafka topic name is 1 to 249 of
+# these characters); only such a name is ever turned into a store's path.
+SCOPE = re.compile(r"[A-Za-z0-9._-]{1,249}-[0-9]{1,10}")
 
 # What tells one version of a manifest file from the next: inode (a replace makes a new one),
 # modification and change times, size.
@@ -84,6 +100,105 @@ class SnapshotManifest(BaseModel):
     note: str | None = None
 
 
+def validate_snapshot_id(snapshot_id: str) -> str:
+    """``snapshot_id`` if it is of the store's own form; anything else is not found.
+
+    >>> validate_snapshot_id("../victim")
+    Traceback (most recent call last):
+    ...
+    stream.errors.SnapshotNotFound: no snapshot '../victim'
+    """
+    if not SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise SnapshotNotFound(f"no snapshot {snapshot_id!r}")
+    return snapshot_id
+
+
+def validate_scope(scope: str) -> str:
+    """``scope`` if it names a partition's folder (``events-0``); anything else is not found."""
+    if not SCOPE.fullmatch(scope):
+        raise SnapshotNotFound(f"no partition {scope!r}: a partition is named <topic>-<number>")
+    return scope
+
+
+def list_scopes(config: SnapshotConfig) -> list[str]:
+    """The partition folders of the configured store, sorted; other names and links are left out."""
+    try:
+        entries = list(os.scandir(config.directory))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        entry.name for entry in entries if SCOPE.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+    )
+
+
+# Stores that run unsigned, warned about once per process.
+_warned_unsigned: set[Path] = set()
+
+
+def signing_key(config: SnapshotConfig) -> str | None:
+    """The key the configured store signs with: ``hmac_key``, else the key file's (generated on
+    first use); ``None`` only when ``signing`` is off, which is logged once as a warning."""
+    if not config.signing:
+        directory = Path(os.path.abspath(config.directory))
+        if directory not in _warned_unsigned:
+            _warned_unsigned.add(directory)
+            logger.warning(
+                "snapshots.signing is false: anyone who can write %s can run code in this service "
+                "through a snapshot", directory,
+            )  # fmt: skip
+        return None
+    if config.hmac_key is not None:
+        return config.hmac_key.get_secret_value()
+    path = config.resolved_key_file()
+    try:
+        return _read_key(path)
+    except FileNotFoundError:
+        return _create_key(path)
+
+
+def check_signing_key(config: SnapshotConfig) -> None:
+    """Refuse at start a key file that signing would refuse at the first restore (it creates
+    nothing: a missing key file is generated on first use)."""
+    if config.signing and config.hmac_key is None and config.resolved_key_file().exists():
+        _read_key(config.resolved_key_file())
+
+
+def _read_key(path: Path) -> str:
+    """The key in ``path``, refused if others may read or change the file, or if it is empty."""
+    with open(path, "rb") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        if mode & 0o077:
+            raise ConfigError(
+                f"snapshots.key_file {path} may be read or changed by others (mode {mode & 0o777:o}): "
+                f"chmod 600 {path}"
+            )
+        key = handle.read().decode("utf-8", "replace").strip()
+    if not key:
+        raise ConfigError(f"snapshots.key_file {path} is empty: delete it to have a key generated")
+    return key
+
+
+def _create_key(path: Path) -> str:
+    """A new random key in ``path`` (mode 0600); if another process created one first, that one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secrets.token_hex(32).encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)  # atomic, and fails if the file exists: one key wins
+        logger.info(
+            "generated the snapshot signing key %s; every instance sharing the snapshot directory "
+            "must use this key (the same file, or its content as snapshots.hmac_key)", path,
+        )  # fmt: skip
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(temporary)
+    return _read_key(path)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -112,20 +227,31 @@ class SnapshotStore:
     """Save, list, get, load, pin and delete snapshots in one directory."""
 
     def __init__(self, directory: Path | str, keep_last: int = 10, hmac_key: str | None = None) -> None:
+        """A store in ``directory``, signing with ``hmac_key`` (none: unsigned, a scratch store)."""
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep_last = keep_last
-        self._hmac_key = hmac_key.encode() if hmac_key else None
+        # Signed with each snapshot: a copy into another partition's folder is refused there.
+        self.scope = Path(os.path.abspath(self.directory)).name
+        self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         # The index: each listed id's manifest as parsed (None: unreadable or not this folder's),
         # with the stamp of the file it was parsed from.
         self._manifests: dict[str, tuple[FileStamp, SnapshotManifest | None]] = {}
 
     @classmethod
     def from_config(cls, config: SnapshotConfig, scope: str | None = None) -> SnapshotStore:
-        """The configured store, or its ``scope`` subfolder (a service partition's own store)."""
-        key = config.hmac_key.get_secret_value() if config.hmac_key else None
-        directory = Path(config.directory) / scope if scope else config.directory
-        return cls(directory, config.keep_last, key)
+        """The configured store, or its ``scope`` subfolder (a service partition's own store),
+        signing with the configured key (see :func:`signing_key`).
+
+        Raises :class:`SnapshotNotFound` for a scope that is not a partition's folder name or
+        is a symbolic link, and :class:`ConfigError` for an unusable key file.
+        """
+        directory = Path(config.directory)
+        if scope is not None:
+            directory /= validate_scope(scope)
+            if directory.is_symlink():
+                raise SnapshotNotFound(f"no partition {scope!r} in {config.directory} (a link)")
+        return cls(directory, config.keep_last, signing_key(config))
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -193,16 +319,16 @@ class SnapshotStore:
         _fsync_dir(self.directory)
 
     def _sign(self, manifest: SnapshotManifest) -> str | None:
-        """HMAC over what a restore trusts: the payload's hash, the id and the offsets."""
+        """HMAC over what a restore trusts: the payload's hash, the id, the offsets and the scope."""
         if self._hmac_key is None:
             return None
         signed = json.dumps(
-            [manifest.sha256, manifest.id, manifest.sequence, manifest.offsets], sort_keys=True
+            [manifest.sha256, manifest.id, manifest.sequence, manifest.offsets, self.scope], sort_keys=True
         )
         return hmac.new(self._hmac_key, signed.encode(), hashlib.sha256).hexdigest()
 
     def _rewrite_manifest(self, manifest: SnapshotManifest) -> None:
-        path = self.directory / manifest.id / MANIFEST
+        path = self._folder(manifest.id) / MANIFEST
         temporary = path.with_suffix(".tmp")
         _write_durably(temporary, manifest.model_dump_json(indent=2).encode())
         os.replace(temporary, path)
@@ -219,9 +345,10 @@ class SnapshotStore:
         self._manifests.pop(snapshot_id, None)
 
     def _folder(self, snapshot_id: str) -> Path:
-        """The folder of an existing snapshot; any other name (``..``, a path, junk) is not found."""
-        folder = self.directory / snapshot_id
-        if not SNAPSHOT_ID.fullmatch(snapshot_id) or not (folder / MANIFEST).exists():
+        """The folder of an existing snapshot; any other name (``..``, a path, junk, a link) is not
+        found. Every operation on a snapshot id goes through here."""
+        folder = self.directory / validate_snapshot_id(snapshot_id)
+        if folder.is_symlink() or not (folder / MANIFEST).exists():
             raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.directory}")
         return folder
 
@@ -268,13 +395,13 @@ class SnapshotStore:
         """
         suffix = "" if reason is None else f"-{reason}"
         names = [
-            name
-            for name in os.listdir(self.directory)
-            if name.endswith(suffix) and SNAPSHOT_ID.fullmatch(name)
+            entry.name
+            for entry in os.scandir(self.directory)
+            if entry.name.endswith(suffix) and SNAPSHOT_ID.fullmatch(entry.name) and not entry.is_symlink()
         ]
         if reason is None:
             for gone in self._manifests.keys() - set(names):
-                del self._manifests[gone]
+                self._manifests.pop(gone, None)  # the API's threads may list at once
         return names
 
     def _indexed(self, snapshot_id: str) -> SnapshotManifest | None:
@@ -293,24 +420,31 @@ class SnapshotStore:
             self._manifests.pop(snapshot_id, None)
             return None
         try:
-            manifest: SnapshotManifest | None = SnapshotManifest.model_validate_json(data)
-        except ValidationError:
-            manifest = None
-        # A copied or renamed folder, or a manifest that disagrees with its folder's name: its id
-        # would lead elsewhere, and listing by name would mistake its sequence or reason.
-        if manifest is not None and not (
-            manifest.id == snapshot_id == f"{manifest.sequence:08d}-{manifest.reason}"
-        ):
+            manifest: SnapshotManifest | None = self._parse(snapshot_id, data)
+        except SnapshotError:
             manifest = None
         self._manifests[snapshot_id] = (stamp, manifest)
         return manifest
 
-    def get(self, snapshot_id: str) -> SnapshotManifest:
-        path = self._folder(snapshot_id) / MANIFEST
+    @staticmethod
+    def _parse(snapshot_id: str, data: bytes) -> SnapshotManifest:
+        """The manifest in folder ``snapshot_id``, if it is valid and agrees with the folder's name."""
         try:
-            return SnapshotManifest.model_validate_json(path.read_bytes())
+            manifest = SnapshotManifest.model_validate_json(data)
         except ValidationError as error:
             raise SnapshotError(f"snapshot {snapshot_id!r} has an invalid manifest: {error}") from None
+        # A copied or renamed folder, or a manifest that disagrees with its folder's name: its id
+        # would lead elsewhere (a pin rewrites the manifest at its id's path), and listing by name
+        # would mistake its sequence or reason.
+        if not manifest.id == snapshot_id == f"{manifest.sequence:08d}-{manifest.reason}":
+            raise SnapshotError(
+                f"snapshot {snapshot_id!r} has a manifest that disagrees with its folder's name "
+                "(copied or renamed); it will not be used"
+            )
+        return manifest
+
+    def get(self, snapshot_id: str) -> SnapshotManifest:
+        return self._parse(snapshot_id, (self._folder(snapshot_id) / MANIFEST).read_bytes())
 
     def verify(self, snapshot_id: str) -> tuple[SnapshotManifest, bytes]:
         """The manifest and payload bytes, after every check that can be made without unpickling."""
@@ -338,7 +472,11 @@ class SnapshotStore:
             if manifest.hmac_sha256 is None:
                 raise SnapshotError(f"snapshot {snapshot_id} is not signed and a signing key is set")
             if not hmac.compare_digest(manifest.hmac_sha256, self._sign(manifest) or ""):
-                raise SnapshotError(f"snapshot {snapshot_id} has a wrong HMAC signature")
+                raise SnapshotError(
+                    f"snapshot {snapshot_id} has a wrong HMAC signature for {self.scope}: changed, "
+                    "copied from another partition's folder, or signed with another key (instances "
+                    "sharing a snapshot directory must share the key)"
+                )
         return manifest, payload
 
     def load(self, snapshot_id: str) -> Any:

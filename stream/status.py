@@ -42,6 +42,7 @@ class PartitionStatus(LearnerSummary):
 
     offset: int
     lag: int
+    snapshot_bytes: int = Field(default=0, description="the size of the last snapshot: what the model weighs")
     rolling_metric: str = Field(description="the name of the metric in `metrics` the charts follow")
 
 
@@ -69,6 +70,9 @@ class ServiceStatus(BaseModel):
     lag: int = 0
     failures_in_a_row: int = Field(default=0, description="recoveries since the service last made progress")
     last_failure: str | None = Field(default=None, description="what failed, while failures_in_a_row > 0")
+    dead_letter_alarm: str | None = Field(
+        default=None, description="set while most recent events are dead letters for one reason"
+    )
     partitions: dict[str, PartitionStatus] = Field(default_factory=dict)
     throughput: list[ThroughputSample] = Field(default_factory=list)
 
@@ -91,6 +95,7 @@ class StatusBoard:
         partitions: dict[str, PartitionStatus],
         lag: int,
         connected: bool,
+        dead_letter_alarm: str | None = None,
     ) -> ServiceStatus:
         """Build the status as of now (``monotonic`` times the rate, ``wall_time`` stamps it)."""
         rate = 0.0
@@ -112,6 +117,7 @@ class StatusBoard:
             lag=lag,
             failures_in_a_row=self._failure[0],
             last_failure=self._failure[1],
+            dead_letter_alarm=dead_letter_alarm,
             partitions=partitions,
             throughput=[sample for _, sample in self._samples],
         )

@@ -6,12 +6,14 @@ both check the same things in the same order:
 
 1. an empty record and one over ``service.max_event_bytes`` are refused;
 2. the bytes are decoded and validated (:func:`stream.events.decode_event`; a CSV row, already a
-   mapping, is validated as it is);
+   mapping, is validated as it is), and held to ``limits`` (features per event, label length);
 3. an event without an ``id`` is named after where it came from (``prefix`` + position);
-4. the engine predicts, hands the prediction to ``emit``, then learns (:meth:`Engine.process`).
+4. the engine predicts, learns, then hands the prediction to ``emit`` (:meth:`Engine.process`).
 
 A record that fails any of these is counted on the engine as an error, and the step returns the
-reason; the caller writes the dead letter where its records go.
+reason; the caller writes the dead letter where its records go. So does an earlier record whose
+learning broke the model, found now (the engine lists it in ``engine.unlearned`` with the
+``origin`` it was processed with; :meth:`RecordStep.unlearned` hands those over once).
 
 >>> import tempfile
 >>> from stream.config import Config
@@ -46,6 +48,8 @@ class RecordStep:
     def __init__(self, config: Config) -> None:
         self.task = config.model.task
         self.max_event_bytes = config.service.max_event_bytes
+        self.max_features = config.limits.max_features
+        self.max_label_chars = config.limits.max_label_chars
 
     def __call__(
         self,
@@ -54,6 +58,7 @@ class RecordStep:
         prefix: str,
         position: int,
         emit: Emit | None = None,
+        origin: Any = None,
     ) -> str | None:
         """Run one record; ``None`` when it was used, else the reason it was refused."""
         try:
@@ -67,10 +72,24 @@ class RecordStep:
                         f"event of {len(raw)} bytes exceeds service.max_event_bytes={self.max_event_bytes}"
                     )
                 event = decode_event(raw, self.task)
+            if len(event.x) > self.max_features:
+                raise InvalidEvent(
+                    f"event has {len(event.x)} features; limits.max_features={self.max_features}"
+                )
+            if type(event.y) is str and len(event.y) > self.max_label_chars:
+                raise InvalidEvent(
+                    f"label of {len(event.y)} characters; limits.max_label_chars={self.max_label_chars}"
+                )
             if event.id is None:
                 event.id = f"{prefix}{position}"
-            engine.process(event, emit)
+            engine.process(event, emit, origin, 0 if isinstance(raw, dict) else len(raw))
         except InvalidEvent as error:
             engine.record_error()
             return str(error)
         return None
+
+    @staticmethod
+    def unlearned(engine: Engine) -> list[tuple[Any, str]]:
+        """The ``(origin, reason)`` of the events healing unlearned since the last call."""
+        found, engine.unlearned = engine.unlearned, []
+        return found

@@ -55,17 +55,27 @@ class _StatusCollector(Collector):
             "stream_rolling_metric", "the rolling model metric", labels=["partition", "metric"]
         )
         version = GaugeMetricFamily("stream_model_version", "model switches + 1", labels=["partition"])
+        size = GaugeMetricFamily(
+            "stream_snapshot_bytes", "size of the last snapshot: what the model weighs", labels=["partition"]
+        )
         for scope, partition in status.partitions.items():
             lag.add_metric([scope], partition.lag)
             name = partition.rolling_metric
             metric.add_metric([scope, name], partition.metrics.get(name, 0.0))
             version.add_metric([scope], partition.model_version)
+            size.add_metric([scope], partition.snapshot_bytes)
         yield lag
         yield metric
         yield version
+        yield size
         ready = GaugeMetricFamily("stream_ready", "1 when connected, assigned and with a model")
         ready.add_metric([], 1.0 if status.ready else 0.0)
         yield ready
+        alarm = GaugeMetricFamily(
+            "stream_dead_letter_alarm", "1 while most recent events are dead letters for one reason"
+        )
+        alarm.add_metric([], 0.0 if status.dead_letter_alarm is None else 1.0)
+        yield alarm
 
 
 class LatencyHistogram(Collector):

@@ -64,6 +64,7 @@ class FakeKafka:
         self.log_start: dict[TopicPartition, int] = {}  # where retention has left a log beginning
         self.plan = CrashPlan()
         self.on_idle: Callable[[], None] = lambda: None  # called when a source has read everything
+        self.max_message_bytes = 1_048_588  # Kafka's default for a topic
         self.longest_silence = 0.0  # seconds a member went without polling: what max.poll.interval.ms bounds
 
     def create(self, topic: str, partitions: int | None = None) -> None:
@@ -199,6 +200,8 @@ class FakeSink(Sink):
             all(isinstance(name, str) and isinstance(data, bytes) for name, data in headers or []),
             "headers are (str, bytes) pairs",
         )
+        size = len(value) + len(key or b"") + sum(len(name) + len(data) for name, data in headers or [])
+        require(size <= self.kafka.max_message_bytes, f"a record of {size} bytes, over max.message.bytes")
         self.buffer.append((topic, Record(key, value, list(headers or []))))
 
     def _deliver(self) -> None:
@@ -255,6 +258,9 @@ class FakeConnector(Connector):
 
     def partition_count(self, topic: str) -> int | None:
         return sum(1 for tp in self.kafka.logs if tp[0] == topic) or None
+
+    def max_message_bytes(self, topics: list[str]) -> dict[str, int]:
+        return dict.fromkeys(topics, self.kafka.max_message_bytes)
 
     def source(self, topics: list[str], group_id: str, instance_id: str) -> Source:
         # The in-memory broker never fails; a service that connects twice recovered from an

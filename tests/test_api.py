@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,8 @@ import pytest
 
 from connectors.kafka import KafkaPythonConnector
 from stream.api import ApiServer
-from stream.config import Config
+from stream.config import Config, load_config
+from stream.errors import ConfigError
 from stream.events import validate_event
 from stream.prequential import Engine
 from stream.service import Service
@@ -119,8 +122,9 @@ def test_predicting_with_a_snapshot_matches_its_model_and_leaves_the_live_model_
     events = drifting_events(20, seed=99)
     response = client.post(f"/api/snapshots/{drift['id']}/predict", json=events)
     assert response.status_code == 200, response.text
-    store = SnapshotStore(f"{config['snapshots']['directory']}/{config['kafka']['input_topic']}-0")
-    engine = Engine(Config.model_validate(config), store, store.load(drift["id"]))
+    parsed = Config.model_validate(config)
+    store = SnapshotStore.from_config(parsed.snapshots, f"{config['kafka']['input_topic']}-0")
+    engine = Engine(parsed, store, store.load(drift["id"]))  # signed with the service's own key
     expected = [engine.predict(validate_event(e, "binary")) for e in events]
     got = response.json()["predictions"]
     assert [p["y_pred"] for p in got] == [p["y_pred"] for p in expected]
@@ -149,6 +153,15 @@ def test_bad_bodies_get_clear_json_errors(running):
     too_many = client.post(f"/api/snapshots/{snapshot}/predict", json=[{"x": {"a": 1}}] * 1001)
     assert too_many.status_code == 413
     assert client.post("/api/snapshots/nope/predict", json={"x": {"a": 1}}).status_code == 404
+    # Only UTF-8, as on the topic: Python's json would read these, the service dead-letters them.
+    good = client.post(f"/api/snapshots/{snapshot}/predict", content=b'{"x": {"a": 1}}',
+                       headers={"Content-Type": "application/json"})  # fmt: skip
+    assert good.status_code == 200
+    for encoding in ("utf-16", "utf-16-le", "utf-32", "utf-32-be", "utf-8-sig"):
+        body = '{"x": {"a": 1}}'.encode(encoding)
+        refused = client.post(f"/api/snapshots/{snapshot}/predict", content=body,
+                              headers={"Content-Type": "application/json"})  # fmt: skip
+        assert refused.status_code == 422 and "not UTF-8" in refused.json()["detail"], encoding
 
 
 def test_state_changes_need_the_token(own_service):
@@ -240,3 +253,127 @@ def test_the_readme_curl_examples_work_as_written(own_service):
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
     assert '"rolled_back_to"' in result.stdout and "stream_predictions_total" in result.stdout
+
+
+# -- hardening: no request breaks or drags the service -------------------------------------------
+
+
+def _snapshot_in(directory: Path, label_of=lambda n: n % 2 == 0, sequence: int | None = None) -> str:
+    """A signed snapshot of a linear model in ``<directory>/events-0``, as the service writes one."""
+    config = Config.model_validate({"snapshots": {"directory": str(directory)}})
+    engine = Engine(config, SnapshotStore.from_config(config.snapshots, "events-0"))
+    for n in range(50):
+        engine.process(validate_event({"x": {"a": float(n)}, "y": label_of(n)}, "binary"))
+    return engine.store.save(engine.state, reason="manual", sequence=sequence).id
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"x": {"a": NaN}}', "feature 'a' is not a finite number"),
+        (b'{"x": {"a": Infinity}}', "feature 'a' is not a finite number"),
+        (b'[{"x": {"a": 1}}, {"x": {"a": -Infinity}}]', "feature 'a' is not a finite number"),
+        (b'{"x": {"a": 1e400}}', "feature 'a' is not a finite number"),
+        (b'{"x": {"a": 1}, "ts": NaN}', "'ts' must be a string or a finite number"),
+        (b'{"x": {"a": "red"}}', "event 1: the model cannot predict it: TypeError"),
+    ],
+)
+def test_an_event_that_cannot_be_predicted_gets_422_with_the_reason(tmp_path, body, reason):
+    snapshot = _snapshot_in(tmp_path)
+    with _offline_api(tmp_path) as (_, client):
+        response = client.post(
+            f"/api/snapshots/{snapshot}/predict", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert reason in json.dumps(response.json()["detail"])
+        assert client.post(f"/api/snapshots/{snapshot}/predict", json={"x": {"a": 1}}).status_code == 200
+
+
+def test_only_requests_that_name_the_api_as_host_are_answered(tmp_path):
+    with _offline_api(tmp_path) as (_, client):
+        port = client.base_url.port
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}", "localhost"):
+            assert client.get("/api/stats", headers={"Host": host}).status_code == 200, host
+        # A page whose DNS name was rebound to this address sends its own name.
+        for host in (f"attacker.example:{port}", "attacker.example", f"localhost:{port + 1}", ""):
+            for path in ("/api/stats", "/api/snapshots", "/", "/metrics", "/static/dashboard.js"):
+                refused = client.get(path, headers={"Host": host})
+                assert refused.status_code == 421, (host, path)
+            assert "api.allowed_hosts" in refused.json()["detail"]
+            assert client.get("/health", headers={"Host": host}).status_code == 200  # probes: no data
+    behind_a_proxy = {"port": 0, "allowed_hosts": ["stream.example.com", "proxy:8443"]}
+    with _offline_api(tmp_path, api=behind_a_proxy) as (_, client):
+        port = client.base_url.port
+        for host in ("stream.example.com", f"stream.example.com:{port}", "proxy:8443"):
+            assert client.get("/api/stats", headers={"Host": host}).status_code == 200, host
+        for host in (f"127.0.0.1:{port}", "proxy", f"stream.example.com:{port + 1}"):
+            assert client.get("/api/stats", headers={"Host": host}).status_code == 421, host
+
+
+@pytest.mark.parametrize("token", ["", "   ", " secret", "secret\n", "sécret"])
+def test_a_token_that_could_never_be_sent_is_refused_naming_the_key(token, monkeypatch):
+    with pytest.raises(ConfigError, match=r"\n  api\.token: Value error, must"):
+        load_config(overrides={"api.token": token})
+    monkeypatch.setenv("STREAM__API__TOKEN", token)
+    with pytest.raises(ConfigError, match=r"api\.token"):
+        load_config()
+
+
+def test_predictions_beyond_the_limit_are_turned_away_at_once_with_retry_after(tmp_path, monkeypatch):
+    snapshot = _snapshot_in(tmp_path)
+    inside, release = threading.Event(), threading.Event()
+    predict = Engine.predict
+
+    def held(self, event):
+        inside.set()
+        assert release.wait(30), "never released"
+        return predict(self, event)
+
+    monkeypatch.setattr(Engine, "predict", held)
+    with _offline_api(tmp_path) as (_, client), ThreadPoolExecutor(1) as pool:
+        url = f"{client.base_url}/api/snapshots/{snapshot}/predict"
+        first = pool.submit(httpx.post, url, json={"x": {"a": 1}}, timeout=30)
+        assert inside.wait(30), "the first prediction never started"
+        busy = client.post(url, json={"x": {"a": 1}}, timeout=10)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert "api.max_concurrent_predicts" in busy.json()["detail"]
+        assert client.get("/api/snapshots").status_code == 200  # reading is not held up
+        release.set()
+        assert first.result().status_code == 200
+        assert client.post(url, json={"x": {"a": 1}}).status_code == 200
+
+
+def test_a_snapshot_is_unpickled_once_for_many_predictions_and_again_once_rewritten(tmp_path, monkeypatch):
+    snapshot = _snapshot_in(tmp_path)
+    loaded: list[str] = []
+    load = SnapshotStore.load
+
+    def counted(self, snapshot_id):
+        loaded.append(snapshot_id)
+        return load(self, snapshot_id)
+
+    monkeypatch.setattr(SnapshotStore, "load", counted)
+    with _offline_api(tmp_path) as (_, client):
+        url = f"/api/snapshots/{snapshot}/predict"
+        before = [client.post(url, json={"x": {"a": 40.0}}).json()["predictions"] for _ in range(3)]
+        assert loaded == [snapshot] and before[0] == before[2]
+        # The same id written again with another model (a recovery writing its sequence again).
+        assert _snapshot_in(tmp_path, label_of=lambda n: n % 2 == 1, sequence=1) == snapshot
+        after = client.post(url, json={"x": {"a": 40.0}}).json()["predictions"]
+        assert loaded == [snapshot, snapshot] and after[0]["y_pred"] != before[0][0]["y_pred"]
+
+
+def test_the_api_knows_only_partition_folders(tmp_path):
+    snapshot = _snapshot_in(tmp_path)
+    (tmp_path / "<img src=x onerror=alert(1)>-0").mkdir()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "linked-1").symlink_to(tmp_path / "events-0")
+    with _offline_api(tmp_path) as (_, client):
+        assert [m["id"] for m in client.get("/api/snapshots").json()] == [snapshot]  # the only one
+        for partition in ("<img src=x onerror=alert(1)>-0", "junk", "linked-1", "..", "../events-0"):
+            listed = client.get("/api/snapshots", params={"partition": partition})
+            assert listed.status_code == 404, partition
+            predicted = client.post(
+                f"/api/snapshots/{snapshot}/predict", params={"partition": partition}, json={"x": {"a": 1}}
+            )
+            assert predicted.status_code == 404, partition

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from stream.config import Config, load_config
+from stream.config import Config, check_snapshot_directory, load_config
 from stream.errors import ConfigError
 
 
@@ -106,7 +106,9 @@ def _scalar_leaves() -> list[tuple[str, str, Any]]:
                 value = not default
             elif annotation in (int, float):
                 value = annotation(default) + 3
-            elif annotation in (str, Path) or default is None:
+            elif annotation in (str, Path) or (
+                default is None and list not in {get_origin(arm) for arm in get_args(annotation)}
+            ):
                 value = f"from_env:{key}"  # a factory must look like module:function
             else:
                 continue  # lists, mappings and pipeline steps: JSON values, tested above by example
@@ -126,6 +128,7 @@ def test_every_key_but_the_structured_ones_is_covered():
         ("kafka", "client_options"),
         ("kafka", "consumer_options"),
         ("kafka", "producer_options"),
+        ("api", "allowed_hosts"),
     }
     assert every_key - {(section, key) for section, key, _ in SCALAR_LEAVES} == structured
 
@@ -159,3 +162,47 @@ def test_any_unknown_section_is_named_in_the_error(section):
     assume(section.lower() not in SECTIONS and "." not in section)
     with pytest.raises(ConfigError, match=rf"\n  {re.escape(section)}: Extra inputs"):
         load_config(overrides={f"{section}.key": 1})
+
+
+# -- environment variables that must be JSON, and the snapshot directory --------------------------
+
+
+@pytest.mark.parametrize(
+    ("variable", "key"),
+    [
+        ("STREAM__MODEL__PIPELINE", "model.pipeline"),
+        ("STREAM__METRICS__NAMES", "metrics.names"),
+        ("STREAM__KAFKA__CLIENT_OPTIONS", "kafka.client_options"),
+        ("STREAM__KAFKA__PRODUCER_OPTIONS", "kafka.producer_options"),
+        ("stream__kafka__consumer_options", "kafka.consumer_options"),
+        ("STREAM__DRIFT", "drift"),
+    ],
+)
+def test_a_list_or_mapping_from_the_environment_must_be_json_and_the_error_names_it(
+    variable, key, monkeypatch
+):
+    monkeypatch.setenv("STREAM__DRIFT__DETECTOR", "drift.ADWIN")  # text, not JSON, and rightly so
+    monkeypatch.setenv(variable, "[oops, not: json}")
+    with pytest.raises(ConfigError) as error:
+        load_config()
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"invalid configuration (environment): {variable} sets {key}, which takes JSON (a list or mapping): "
+    ), message
+
+
+def test_the_snapshot_directory_must_be_a_directory_or_creatable_as_one(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    check_snapshot_directory(tmp_path)
+    check_snapshot_directory(tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(
+        ConfigError, match=rf"^snapshots\.directory: {re.escape(str(a_file))} is not a directory$"
+    ):
+        check_snapshot_directory(a_file)
+    with pytest.raises(
+        ConfigError, match=r"^snapshots\.directory: cannot create .*/a-file/x: .*/a-file is not a"
+    ):
+        check_snapshot_directory(a_file / "x")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,7 @@ from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from stream.api import STATIC
 from tests.kafka_helpers import ServiceProcess, drifting_events, publish, service_config, wait_for_records
 
 pytestmark = pytest.mark.kafka
@@ -80,3 +84,77 @@ def test_dashboard_charts_the_metric_and_rolls_back_through_the_page(kafka, tmp_
         browser.save_screenshot(str(ARTIFACTS / "dashboard-after-rollback.png"))
     finally:
         assert service.stop() == 0, service.log()
+
+
+# -- whatever the API returns is shown as text, never run ------------------------------------------
+
+HOSTILE = '<img src=x onerror="window.pwned=1">'
+
+
+def _hostile_api() -> dict[str, object]:
+    """What /api/stats and /api/snapshots would return if every string could be chosen."""
+    summary = {
+        "metrics": {HOSTILE: 0.5}, "rolling_metric": HOSTILE, "drifts": HOSTILE, "snapshots": HOSTILE,
+        "rollbacks": HOSTILE, "model_version": HOSTILE, "history": [{"event": 1, HOSTILE: 0.5}],
+    }  # fmt: skip
+    stats = {
+        "predictions": HOSTILE, "events_per_second": 1, "lag": HOSTILE, "dead_letters": HOSTILE,
+        "ready": True, "instance_id": HOSTILE, "guarantee": HOSTILE, "throughput": [],
+        "partitions": {HOSTILE: summary},
+    }  # fmt: skip
+    snapshot = {
+        "id": HOSTILE, "created_at": "2026-01-01T00:00:00Z", "reason": HOSTILE, "events_seen": HOSTILE,
+        "model_version": HOSTILE, "metrics": {HOSTILE: 0.5}, "pinned": False,
+    }  # fmt: skip
+    return {"/api/stats": stats, "/api/snapshots": [snapshot]}
+
+
+@pytest.fixture
+def hostile_api() -> Iterator[str]:
+    """The dashboard's files, and an API whose every string is markup."""
+    answers = _hostile_api()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?")[0]
+            if path in answers:
+                body, kind = json.dumps(answers[path]).encode(), "application/json"
+            else:
+                file = STATIC / ("index.html" if path == "/" else path.removeprefix("/static/"))
+                if not file.is_file():
+                    self.send_error(404)
+                    return
+                body, kind = file.read_bytes(), "text/javascript" if file.suffix == ".js" else "text/html"
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_dashboard_shows_what_the_api_returns_as_text_and_never_runs_it(hostile_api, browser):
+    browser.get(hostile_api + "/")
+    wait = WebDriverWait(browser, 30)
+    row = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#snapshots tbody tr"))[0]
+    assert row.get_attribute("data-id") == HOSTILE
+    assert row.find_elements(By.TAG_NAME, "td")[0].text == HOSTILE
+    assert browser.find_element(By.ID, "instance").text.startswith(HOSTILE)
+    assert browser.find_element(By.CSS_SELECTOR, "#partition option").text == HOSTILE
+    assert browser.find_elements(By.TAG_NAME, "img") == []  # no markup was made from the data
+    assert browser.execute_script("return window.pwned") is None
+
+
+def test_the_dashboard_never_parses_data_as_html():
+    script = (STATIC / "dashboard.js").read_text()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+        assert sink not in script, sink

@@ -222,3 +222,12 @@ def test_records_with_numpy_numbers_bool_keys_and_huge_integers_are_written_as_j
     assert encode_record({"id": "e", "y": 2**70}) == b'{"id":"e","y":1180591620717411303424}'
     with pytest.raises(InvalidEvent, match="cannot be written as JSON"):
         encode_record({"id": "e", "y": object()})
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_utf16_and_utf32_events_are_refused_as_not_utf8(encoding):
+    raw = '{"x": {"a": 1}, "y": true}'.encode(encoding)
+    assert json.loads(raw) == {"x": {"a": 1}, "y": True}  # the standard library would read it
+    with pytest.raises(InvalidEvent, match=r"^not UTF-8 text"):
+        decode_event(raw, "binary")
+    assert _decoded_both_ways(raw, "binary") == (None, None)  # and the contract refuses it too

@@ -258,7 +258,7 @@ def test_a_non_finite_prediction_is_refused_like_a_bad_event(tmp_path, monkeypat
     import types
 
     module = types.ModuleType("diverged_models")
-    module.make = _Diverged
+    module.make = lambda: _Diverged()
     monkeypatch.setitem(sys.modules, "diverged_models", module)
     config = Config.model_validate({"model": {"task": "regression", "factory": "diverged_models:make"}})
     engine = Engine(config, SnapshotStore(tmp_path))

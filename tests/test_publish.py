@@ -78,9 +78,9 @@ def test_the_publisher_sends_each_prediction_and_times_it_from_the_produce_time(
     counters, latency = Counters(), LatencyHistogram()
     publisher = Publisher(CONFIG, sink, counters, latency)
     publisher.prediction({"id": "e-0"})  # no produce time known yet: not timed
-    publisher.produced_ms = int(time.time() * 1000) - 250
+    publisher.source = Message("events", 0, 1, None, b"{}", int(time.time() * 1000) - 250)
     publisher.prediction({"id": "e-1", "y_pred": True})
-    publisher.produced_ms = -1  # unknown: not timed
+    publisher.source = Message("events", 0, 2, None, b"{}")  # produce time unknown: not timed
     publisher.prediction({"id": "e-2", "y_pred": False})
     sink.flush()
     assert kafka.values(CONFIG.kafka.predictions_topic)[1:] == [
@@ -89,3 +89,25 @@ def test_the_publisher_sends_each_prediction_and_times_it_from_the_produce_time(
     ]
     assert counters.predictions == 3
     assert sum(latency.counts) == 1 and 0.25 <= latency.total < 0.9
+
+
+def test_every_record_fits_its_topic_and_a_prediction_that_cannot_becomes_a_dead_letter():
+    kafka = FakeKafka()
+    kafka.max_message_bytes = 2_000  # the fake refuses (and fails the test on) any larger record
+    sink = kafka.connector().sink(None)
+    counters = Counters()
+    topics = [CONFIG.kafka.predictions_topic, CONFIG.kafka.dead_letter_topic]
+    publisher = Publisher(CONFIG, sink, counters, LatencyHistogram(), dict.fromkeys(topics, 2_000))
+    event = Message("events", 0, 3, b"key", b'{"x": {"a": 1.0}, "id": "' + b"i" * 5_000 + b'"}')
+    publisher.source = event
+    publisher.prediction({"id": "i" * 5_000, "y_pred": True})  # its id alone is over the limit
+    publisher.dead_letter(event, "a reason " + "r" * 3_000)
+    sink.flush()
+    assert kafka.values(CONFIG.kafka.predictions_topic) == [] and counters.predictions == 0
+    letters = [orjson.loads(value) for value in kafka.values(CONFIG.kafka.dead_letter_topic)]
+    assert (
+        letters[0]["error"]
+        == "its prediction of 5023 bytes does not fit the predictions topic (max.message.bytes 2000)"
+    )
+    assert [letter["source"]["offset"] for letter in letters] == [3, 3] and counters.dead_letters == 2
+    assert all(letter["truncated"] for letter in letters)

@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from hashlib import sha256
 from pathlib import Path
 from typing import get_args
 
@@ -14,9 +15,18 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import stream.snapshots
-from stream.config import Config
-from stream.errors import SnapshotError, SnapshotNotFound, SnapshotWriteError
-from stream.snapshots import MANIFEST, PAYLOAD, SNAPSHOT_ID, Reason, SnapshotManifest, SnapshotStore
+from stream.config import Config, load_config
+from stream.errors import ConfigError, SnapshotError, SnapshotNotFound, SnapshotWriteError
+from stream.snapshots import (
+    MANIFEST,
+    PAYLOAD,
+    SCOPE,
+    SNAPSHOT_ID,
+    Reason,
+    SnapshotManifest,
+    SnapshotStore,
+    list_scopes,
+)
 
 
 class _Tripwire:
@@ -331,3 +341,157 @@ def test_a_write_the_disk_refuses_is_a_snapshot_write_error_and_leaves_nothing_b
         store.save({"w": 2}, reason="checkpoint")
     assert [m.id for m in store.list()] == ["00000001-checkpoint"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000001-checkpoint"]
+
+
+# -- trust: signed by default, bound to the partition, only the store's own names become paths ----
+
+
+def _default_config(tmp_path: Path, **snapshots: object) -> Config:
+    return Config.model_validate({"snapshots": {"directory": str(tmp_path / "snapshots"), **snapshots}})
+
+
+def _forge(folder: Path, payload: bytes) -> None:
+    """What anyone who can write the snapshot folder can do: a new payload, its hash updated."""
+    (folder / PAYLOAD).write_bytes(payload)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["sha256"] = sha256(payload).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_with_the_default_config_a_forged_payload_is_refused_and_never_unpickled(tmp_path):
+    store = SnapshotStore.from_config(_default_config(tmp_path).snapshots, "events-0")
+    manifest = store.save("genuine", reason="checkpoint", offsets={"events:0": 10})
+    assert manifest.hmac_sha256 is not None
+    tripwire = tmp_path / "unpickled"
+    _forge(store.directory / manifest.id, pickle.dumps(_Tripwire(str(tripwire))))
+    with pytest.raises(SnapshotError, match="wrong HMAC signature"):
+        store.load(manifest.id)
+    assert not tripwire.exists()
+    SnapshotStore(store.directory).save("unsigned", reason="manual")  # a store built without the key
+    with pytest.raises(SnapshotError, match="not signed"):
+        store.load("00000002-manual")
+
+
+def test_the_generated_key_is_kept_beside_the_store_for_its_owner_and_shared_through_the_file(tmp_path):
+    config = _default_config(tmp_path)
+    manifest = SnapshotStore.from_config(config.snapshots, "events-0").save("state", reason="manual")
+    key_file = tmp_path / "snapshots.key"
+    assert config.snapshots.resolved_key_file() == key_file
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_text().strip()) == 64
+    # Another instance sharing the directory (same key file) trusts it; one with another key does not.
+    assert (
+        SnapshotStore.from_config(_default_config(tmp_path).snapshots, "events-0").load(manifest.id)
+        == "state"
+    )
+    other = _default_config(tmp_path, key_file=str(tmp_path / "elsewhere.key")).snapshots
+    with pytest.raises(SnapshotError, match="signed with another key"):
+        SnapshotStore.from_config(other, "events-0").load(manifest.id)
+
+
+def test_a_key_file_others_may_read_or_an_empty_one_is_refused_naming_the_key(tmp_path):
+    config = _default_config(tmp_path).snapshots
+    SnapshotStore.from_config(config)
+    key_file = config.resolved_key_file()
+    key_file.chmod(0o644)
+    with pytest.raises(
+        ConfigError, match=r"snapshots\.key_file .* may be read or changed by others .*chmod 600"
+    ):
+        SnapshotStore.from_config(config)
+    key_file.write_text("\n")
+    key_file.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"snapshots\.key_file .* is empty"):
+        SnapshotStore.from_config(config)
+
+
+def test_signing_is_turned_off_only_explicitly_and_with_a_warning(tmp_path, caplog):
+    config = _default_config(tmp_path, signing=False).snapshots
+    for _ in range(2):
+        manifest = SnapshotStore.from_config(config, "events-0").save("state", reason="manual")
+    assert manifest.hmac_sha256 is None and not config.resolved_key_file().exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "snapshots.signing is false" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("snapshots", "message"),
+    [
+        ({"hmac_key": ""}, r"snapshots\.hmac_key: .*must not be empty"),
+        ({"hmac_key": "  "}, r"snapshots\.hmac_key: .*must not be empty"),
+        ({"signing": False, "hmac_key": "k"}, "signing is false, so hmac_key and key_file would not be used"),
+        ({"hmac_key": "k", "key_file": "k.key"}, "give hmac_key or key_file, not both"),
+        ({"directory": "s", "key_file": "s/events-0/key"}, "key_file s/events-0/key is inside directory s"),
+    ],
+)
+def test_key_settings_that_would_not_protect_are_refused(snapshots, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides={f"snapshots.{key}": value for key, value in snapshots.items()})
+
+
+def test_a_signed_snapshot_copied_into_another_partitions_folder_is_refused(tmp_path):
+    config = _default_config(tmp_path).snapshots
+    theirs = SnapshotStore.from_config(config, "events-1").save("partition 1", reason="drift")
+    ours = SnapshotStore.from_config(config, "events-0")
+    shutil.copytree(tmp_path / "snapshots" / "events-1" / theirs.id, ours.directory / theirs.id)
+    assert [m.id for m in ours.list()] == [theirs.id]  # listed: only loading checks signatures
+    with pytest.raises(
+        SnapshotError, match=r"wrong HMAC signature for events-0: .*copied from another partition"
+    ):
+        ours.load(theirs.id)
+
+
+def test_a_manifest_naming_another_folder_is_never_used_or_written_through(tmp_path):
+    store = SnapshotStore(tmp_path / "events-0")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    manifest = store.save("state", reason="manual")
+    planted = manifest.model_copy(update={"id": "../victim"})
+    (store.directory / manifest.id / MANIFEST).write_text(planted.model_dump_json())
+    for operation in (store.get, store.pin, store.load):
+        with pytest.raises(SnapshotError, match="disagrees with its folder's name"):
+            operation(manifest.id)
+    assert list(victim.iterdir()) == []
+
+
+def test_a_snapshot_folder_that_is_a_link_is_neither_listed_nor_followed(tmp_path):
+    store = SnapshotStore(tmp_path / "events-0")
+    outside = SnapshotStore(tmp_path / "outside").save("theirs", reason="manual")
+    (store.directory / outside.id).symlink_to(tmp_path / "outside" / outside.id)
+    before = (tmp_path / "outside" / outside.id / MANIFEST).read_bytes()
+    assert store.list() == []
+    for operation in (store.get, store.pin, store.load, store.delete):
+        with pytest.raises(SnapshotNotFound):
+            operation(outside.id)
+    assert (tmp_path / "outside" / outside.id / MANIFEST).read_bytes() == before
+
+
+SCOPE_ROOT = Path(tempfile.mkdtemp(prefix="snapshot-scopes-"))
+SCOPE_CONFIG = Config.model_validate({"snapshots": {"directory": str(SCOPE_ROOT / "snapshots")}}).snapshots
+(SCOPE_ROOT / "snapshots").mkdir()
+(SCOPE_ROOT / "snapshots" / "linked-0").symlink_to(SCOPE_ROOT)
+
+
+@settings(deadline=None)
+@example(scope="..")
+@example(scope="../outside-0")
+@example(scope="/tmp/x-0")
+@example(scope="events-0/..")
+@example(scope="events-0\n")
+@example(scope="")
+@example(scope="linked-0")
+@given(scope=st.text(st.characters(categories=["L", "N", "P", "S", "Cc", "Zs"]), max_size=40))
+def test_any_scope_that_is_not_a_partition_folder_is_not_found_and_nothing_is_created(scope):
+    if SCOPE.fullmatch(scope) and scope != "linked-0":
+        return
+    before = sorted(str(path) for path in SCOPE_ROOT.rglob("*"))
+    with pytest.raises(SnapshotNotFound, match="no partition"):
+        SnapshotStore.from_config(SCOPE_CONFIG, scope)
+    assert sorted(str(path) for path in SCOPE_ROOT.rglob("*")) == before
+
+
+def test_partition_folders_are_listed_by_name_and_nothing_else(tmp_path):
+    config = _default_config(tmp_path).snapshots
+    for name in ("events-0", "events.v2-11", "<img src=x onerror=alert(1)>-0", "junk", ".tmp-0"):
+        (tmp_path / "snapshots" / name).mkdir(parents=True)
+    (tmp_path / "snapshots" / "linked-1").symlink_to(tmp_path)
+    (tmp_path / "snapshots" / "file-2").write_text("")
+    assert list_scopes(config) == [".tmp-0", "events-0", "events.v2-11"]

@@ -1,4 +1,6 @@
 // The dashboard: polls /api/stats and /api/snapshots, draws two uPlot charts, offers rollbacks.
+// Whatever it shows is set as text (createElement, textContent), never parsed as HTML: a value
+// from the API (a snapshot id, a partition, a metric name) can never become markup or script.
 "use strict";
 
 const state = { partition: null, metricChart: null, throughputChart: null, metricPoints: 0, lastRollback: null };
@@ -10,13 +12,22 @@ async function getJSON(url) {
   return response.json();
 }
 
+function element(tag, text, attributes = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
 function card(label, value) {
-  return `<div class="card"><div class="value">${value}</div><div class="label">${label}</div></div>`;
+  const node = element("div", undefined, { class: "card" });
+  node.append(element("div", value, { class: "value" }), element("div", label, { class: "label" }));
+  return node;
 }
 
 function drawCards(stats, summary) {
   const metric = summary ? summary.metrics[summary.rolling_metric] : undefined;
-  $("#cards").innerHTML = [
+  $("#cards").replaceChildren(
     card("predictions", stats.predictions),
     card("events / s", Math.round(stats.events_per_second)),
     card("lag", stats.lag),
@@ -26,7 +37,7 @@ function drawCards(stats, summary) {
     card("snapshots", summary ? summary.snapshots : "–"),
     card("rollbacks", summary ? summary.rollbacks : "–"),
     card("model version", summary ? "v" + summary.model_version : "–"),
-  ].join("");
+  );
 }
 
 function chart(element, series, data, existing) {
@@ -75,16 +86,22 @@ function drawThroughput(stats) {
   state.throughputChart = chart($("#throughput-chart"), series, data, state.throughputChart);
 }
 
+function snapshotRow(m, metricName) {
+  const metric = metricName && m.metrics[metricName] !== undefined ? m.metrics[metricName].toFixed(3) : "";
+  const created = new Date(m.created_at).toLocaleTimeString();
+  const row = element("tr", undefined, { "data-id": m.id });
+  for (const text of [m.id, created, m.reason, m.events_seen, `v${m.model_version}`, metric, m.pinned ? "yes" : ""]) {
+    row.append(element("td", text));
+  }
+  const actions = element("td");
+  actions.append(element("button", "roll back", { class: "rollback", "data-id": m.id }));
+  row.append(actions);
+  return row;
+}
+
 function drawSnapshots(snapshots, summary) {
   const name = summary ? summary.rolling_metric : null;
-  $("#snapshots tbody").innerHTML = snapshots.slice().reverse().map((m) => `
-    <tr data-id="${m.id}">
-      <td>${m.id}</td><td>${new Date(m.created_at).toLocaleTimeString()}</td><td>${m.reason}</td>
-      <td>${m.events_seen}</td><td>v${m.model_version}</td>
-      <td>${name && m.metrics[name] !== undefined ? m.metrics[name].toFixed(3) : ""}</td>
-      <td>${m.pinned ? "yes" : ""}</td>
-      <td><button class="rollback" data-id="${m.id}">roll back</button></td>
-    </tr>`).join("");
+  $("#snapshots tbody").replaceChildren(...snapshots.slice().reverse().map((m) => snapshotRow(m, name)));
 }
 
 async function rollback(snapshotId) {
@@ -102,7 +119,8 @@ async function rollback(snapshotId) {
     $("#message").textContent = `rolled back to ${body.rolled_back_to}: model v${body.model_version}`;
   } else {
     if (response.status === 401) sessionStorage.removeItem("stream-token");
-    $("#message").textContent = `rollback refused (${response.status}): ${body.detail}`;
+    const reason = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+    $("#message").textContent = `rollback refused (${response.status}): ${reason}`;
   }
   refresh();
 }
@@ -115,7 +133,11 @@ async function refresh() {
     $("#ready").className = "badge " + (stats.ready ? "ok" : "bad");
     const partitions = Object.keys(stats.partitions || {}).sort();
     if (!partitions.includes(state.partition)) state.partition = partitions[0] || null;
-    $("#partition").innerHTML = partitions.map((p) => `<option ${p === state.partition ? "selected" : ""}>${p}</option>`).join("");
+    $("#partition").replaceChildren(...partitions.map((p) => {
+      const option = element("option", p, { value: p });
+      option.selected = p === state.partition;
+      return option;
+    }));
     const summary = state.partition ? stats.partitions[state.partition] : null;
     drawCards(stats, summary);
     drawThroughput(stats);
@@ -130,7 +152,7 @@ async function refresh() {
   }
 }
 
-$("#partition").addEventListener("change", (event) => { state.partition = event.target.value; state.metricChart = null; $("#metric-chart").innerHTML = ""; refresh(); });
+$("#partition").addEventListener("change", (event) => { state.partition = event.target.value; state.metricChart = null; $("#metric-chart").replaceChildren(); refresh(); });
 $("#snapshots").addEventListener("click", (event) => { if (event.target.matches("button.rollback")) rollback(event.target.dataset.id); });
 window.dashboard = { state, refresh, metricPoints: () => state.metricPoints };
 refresh();
