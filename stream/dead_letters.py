@@ -81,25 +81,33 @@ class DeadLetterWatch:
     def __init__(self, window: int = 500, share: float = 0.5) -> None:
         self.window = window
         self.threshold = max(1, int(window * share))
-        self._recent: deque[str | None] = deque()
+        self._seen = 0  # outcomes so far
+        self._letters: deque[tuple[int, str]] = deque()  # (outcome number, kind) of recent dead letters
         self._counts: Counter[str] = Counter()
         self.alarm: str | None = None
 
     def outcome(self, reason: str | None) -> None:
-        """One event's outcome: ``None`` for a prediction, else its dead letter's reason."""
-        kind = None if reason is None else reason.partition(":")[0][:200]
-        recent = self._recent
-        recent.append(kind)
-        if kind is not None:
-            self._counts[kind] += 1
-        if len(recent) > self.window:
-            gone = recent.popleft()
-            if gone is not None:
-                self._counts[gone] -= 1
-        if len(recent) < self.window:  # too few yet to tell
+        """One event's outcome: ``None`` for a prediction, else its dead letter's reason. A
+        prediction costs a count (and, while the alarm is on, a look at whether it is over)."""
+        self._seen += 1
+        if reason is None:
+            if self.alarm is not None:
+                self._forget_old()
+                if not self._counts or max(self._counts.values()) < self.threshold:
+                    self.alarm = None
             return
-        if kind is not None and self._counts[kind] >= self.threshold:
-            count = self._counts[kind]
-            self.alarm = f"{count} of the last {len(recent)} events were dead letters for one reason: {kind}"
-        elif self.alarm is not None and (not self._counts or max(self._counts.values()) < self.threshold):
-            self.alarm = None
+        kind = reason.partition(":")[0][:200]
+        self._letters.append((self._seen, kind))
+        self._counts[kind] += 1
+        self._forget_old()
+        count = self._counts[kind]
+        if self._seen >= self.window and count >= self.threshold:
+            self.alarm = f"{count} of the last {self.window} events were dead letters for one reason: {kind}"
+
+    def _forget_old(self) -> None:
+        letters, oldest = self._letters, self._seen - self.window
+        while letters and letters[0][0] <= oldest:
+            _, kind = letters.popleft()
+            self._counts[kind] -= 1
+            if not self._counts[kind]:
+                del self._counts[kind]

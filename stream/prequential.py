@@ -173,7 +173,7 @@ class Engine:
         except InvalidEvent:
             self._rebuild(journal.entries)  # all or nothing: no trace of the refused event
             raise
-        journal.record(event, prediction, origin, size)
+        journal.record(event.x, event.y, event.id, origin, size)
         if self.task == "multiclass" and event.y is not None:
             self.state.label_kind = type(event.y).__name__
         if emit is not None:
@@ -233,7 +233,7 @@ class Engine:
         entries = self._journal.entries
         if not entries:
             return True
-        last = entries[-1].event
+        last = entries[-1]
         model = self.state.model
         self.state.model = copy.deepcopy(model)
         try:
@@ -265,11 +265,11 @@ class Engine:
             self.state.errors += 1
             reason = f"learning this event broke the model ({symptom}); it was unlearned"
             self.unlearned.append((culprit.origin, reason))
-            logger.error("event %s: %s", culprit.event.id, reason)
+            logger.error("event %s: %s", culprit.id, reason)
 
         for entry in entries:
-            self.learn(entry.event, entry.prediction)
-            if self._answers(journal.answered, entry.event.x):
+            self._relearn(entry)
+            if self._answers(journal.answered, entry.x):
                 kept.append(entry)
                 continue
             # The model broke while learning this event; the cause may be an event just before,
@@ -278,7 +278,7 @@ class Engine:
             for suspect in reversed(kept[-SUSPECTS_BEFORE:]):
                 without = [kept_entry for kept_entry in kept if kept_entry is not suspect]
                 self._rebuild([*without, entry])
-                if self._answers(journal.answered, entry.event.x):
+                if self._answers(journal.answered, entry.x):
                     kept = [*without, entry]
                     unlearn(suspect)
                     break
@@ -311,7 +311,13 @@ class Engine:
         self._configure()
         self._bind_model()
         for entry in entries:
-            self.learn(entry.event, entry.prediction)
+            self._relearn(entry)
+
+    def _relearn(self, entry: JournalEntry) -> None:
+        """Predict and learn a journal's event again: the prediction is the one it was learned
+        with, since the state before it is the same again."""
+        event = Event(x=entry.x, y=entry.y, id=entry.id)
+        self.learn(event, self.predict(event))
 
     def predict(self, event: Event) -> dict[str, Any]:
         """The prediction record for one event; the model is not changed."""
