@@ -280,7 +280,7 @@ class Checkpointer:
                 keep_alive_at = time.monotonic() + KEEP_ALIVE_SECONDS
         owned.since_checkpoint, owned.uncommitted = 0, False
         # Events healing unlearned were dead-lettered when they were first processed.
-        engine.unlearned.clear()
+        engine.take_unlearned()
         engine.state.offsets[partition.key] = max(owned.next_offset, committed)
         self.counters.relearned += relearned
         logger.info(
@@ -318,7 +318,7 @@ class Checkpointer:
 
     def _checkpoint(self, owned: OwnedPartition, reason: Reason) -> SnapshotManifest:
         manifest = owned.checkpoint(reason)
-        for message, why in self.step.unlearned(owned.engine):
+        for message, why in owned.engine.take_unlearned():
             self.dead_letter(message, why)
         return manifest
 

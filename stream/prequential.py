@@ -180,6 +180,12 @@ class Engine:
             emit(prediction)
         return prediction
 
+    def take_unlearned(self) -> list[tuple[Any, str]]:
+        """The ``(origin, reason)`` of the events healing unlearned since the last call, handed over
+        once: for the caller to dead-letter (a re-learning caller, which did so before, drops them)."""
+        found, self.unlearned = self.unlearned, []
+        return found
+
     def _check_label_kind(self, y: Any) -> None:
         """One kind of label per multiclass model, the first one's: ``true`` and ``1`` are one
         class to Python, and trees cannot order strings among integers."""
@@ -237,10 +243,7 @@ class Engine:
         model = self.state.model
         self.state.model = copy.deepcopy(model)
         try:
-            if self.task == "anomaly":
-                self.state.model.learn_one(last.x)
-            elif last.y is not None:
-                self.state.model.learn_one(last.x, last.y)
+            self._update_model(last.x, last.y)
             return self._answers(self._journal.answered, last.x)
         except Exception:
             return False
@@ -275,32 +278,41 @@ class Engine:
             # The model broke while learning this event; the cause may be an event just before,
             # whose trace only this one's learning turned non-finite (a scaler's infinite variance
             # becomes NaN at its next update): the culprit is the latest whose absence heals.
-            for suspect in reversed(kept[-SUSPECTS_BEFORE:]):
-                without = [kept_entry for kept_entry in kept if kept_entry is not suspect]
-                self._rebuild([*without, entry])
-                if self._answers(journal.answered, entry.x):
-                    kept = [*without, entry]
-                    unlearn(suspect)
-                    break
-            else:
+            found = self._without_a_suspect(
+                kept, [entry], lambda x=entry.x: self._answers(journal.answered, x)
+            )
+            if found is None:
                 self._rebuild(kept)
                 unlearn(entry)
-        if not self._survives_an_update():  # the trace of the last events waits for an update
-            for suspect in reversed(kept[-SUSPECTS_BEFORE:]):
-                without = [kept_entry for kept_entry in kept if kept_entry is not suspect]
-                self._rebuild(without)
-                if self._survives_an_update():
-                    kept = without
-                    unlearn(suspect)
-                    break
             else:
+                suspect, kept = found
+                unlearn(suspect)
+        if not self._survives_an_update():  # the trace of the last events waits for an update
+            found = self._without_a_suspect(kept, [], self._survives_an_update)
+            if found is None:
                 self._rebuild(kept)
+            else:
+                suspect, kept = found
+                unlearn(suspect)
         if not unlearned:
             raise ModelFailure(
                 f"the model stopped answering ({symptom}), and no event learned since its last good "
                 "state is the cause"
             )
         journal.entries = kept
+
+    def _without_a_suspect(
+        self, kept: list[JournalEntry], then: list[JournalEntry], healthy: Callable[[], bool]
+    ) -> tuple[JournalEntry, list[JournalEntry]] | None:
+        """The latest of the last :data:`SUSPECTS_BEFORE` events in ``kept`` without which the state
+        (rebuilt from ``kept`` without it, then ``then``) is ``healthy``, and those entries; None if
+        none is. The state is left rebuilt from the last entries tried."""
+        for suspect in reversed(kept[-SUSPECTS_BEFORE:]):
+            entries = [*(entry for entry in kept if entry is not suspect), *then]
+            self._rebuild(entries)
+            if healthy():
+                return suspect, entries
+        return None
 
     def _rebuild(self, entries: list[JournalEntry]) -> None:
         """The state as the journal's good state plus ``entries``, learned again. Where the
@@ -356,10 +368,7 @@ class Engine:
         # The model learns first: if it refuses the event, no counter or metric has moved. Only the
         # model's refusal is the event's fault; anything else (say a full disk) is the caller's.
         try:
-            if self.task == "anomaly":
-                state.model.learn_one(event.x)
-            elif y is not None:
-                state.model.learn_one(event.x, y)
+            self._update_model(event.x, y)
         except Exception as error:
             raise InvalidEvent(
                 f"the model cannot learn this event: {type(error).__name__}: {error}"
@@ -381,6 +390,13 @@ class Engine:
         if state.monitor is not None:
             self._watch_drift(event.x, y, loss_of(self.task, y, prediction["y_pred"]))
         self._periodic_snapshot()
+
+    def _update_model(self, x: dict[str, Any], y: Any) -> None:
+        """The model's own update: an anomaly detector learns every event, others labelled ones."""
+        if self.task == "anomaly":
+            self.state.model.learn_one(x)
+        elif y is not None:
+            self.state.model.learn_one(x, y)
 
     def _periodic_snapshot(self) -> None:
         every = self.config.snapshots.every_events

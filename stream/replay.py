@@ -51,7 +51,7 @@ def run_replay(
         reason = step(engine, raw, "", position, emit, (position, raw))
         if reason is not None:
             refuse(position, raw, reason)
-        for (culprit_position, culprit_raw), why in step.unlearned(engine):
+        for (culprit_position, culprit_raw), why in engine.take_unlearned():
             refuse(culprit_position, culprit_raw, why)
         if reason is None and on_progress is not None:
             on_progress(position)

@@ -150,10 +150,9 @@ class Service:
         self._sleep(backoff)
 
     def _made_progress(self) -> None:
-        if self._failures_in_a_row:
-            logger.info("recovered: making progress again after %d failures", self._failures_in_a_row)
-            self._failures_in_a_row = 0
-            self.status.failed(None, 0)
+        logger.info("recovered: making progress again after %d failures", self._failures_in_a_row)
+        self._failures_in_a_row = 0
+        self.status.failed(None, 0)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -241,7 +240,7 @@ class Service:
         )
         if reason is not None:
             publisher.dead_letter(message, reason)
-        for culprit, why in self.step.unlearned(engine):
+        for culprit, why in engine.take_unlearned():
             publisher.dead_letter(culprit, why)
 
     # -- commands from other threads (the HTTP API) ----------------------------------------

@@ -12,8 +12,8 @@ both check the same things in the same order:
 
 A record that fails any of these is counted on the engine as an error, and the step returns the
 reason; the caller writes the dead letter where its records go. So does an earlier record whose
-learning broke the model, found now (the engine lists it in ``engine.unlearned`` with the
-``origin`` it was processed with; :meth:`RecordStep.unlearned` hands those over once).
+learning broke the model, found now (:meth:`Engine.take_unlearned` hands it over with the
+``origin`` it was processed with).
 
 >>> import tempfile
 >>> from stream.config import Config
@@ -87,9 +87,3 @@ class RecordStep:
             engine.record_error()
             return str(error)
         return None
-
-    @staticmethod
-    def unlearned(engine: Engine) -> list[tuple[Any, str]]:
-        """The ``(origin, reason)`` of the events healing unlearned since the last call."""
-        found, engine.unlearned = engine.unlearned, []
-        return found
