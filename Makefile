@@ -40,8 +40,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian packages the tests use: kcat (an independent Kafka client to cross-check with), chromium and
-# chromedriver (the dashboard test) and curl (the README's API examples). The jars are the local broker.
-DEBIAN_TOOLS := kcat:kcat chromium:chromium chromedriver:chromium-driver curl:curl
+# chromedriver (the dashboard test), curl (the README's API examples) and chattr (the test that makes
+# a snapshot folder immutable under a running service). The jars are the local broker.
+DEBIAN_TOOLS := kcat:kcat chromium:chromium chromedriver:chromium-driver curl:curl chattr:e2fsprogs
 
 tools: $(VENV)/.installed
 	@missing=""; for tool in $(DEBIAN_TOOLS); do \
