@@ -161,8 +161,7 @@ class OwnedPartition:
         self.uncommitted = True
 
     def checkpoint(self, reason: Reason) -> SnapshotManifest:
-        self.engine.heal_if_broken()  # a broken model is never what a restore starts from
-        return self.checkpointed(self.engine.snapshot(reason))
+        return self.checkpointed(self.engine.checkpoint(reason))
 
     def checkpointed(self, manifest: SnapshotManifest) -> SnapshotManifest:
         """``manifest`` (a snapshot of the state as it is now) is what commits name from now on."""

@@ -21,6 +21,7 @@ from stream.config import Config, load_config
 from stream.errors import ConfigError, ModelError, ModelFailure, SnapshotError
 from stream.models import check_config
 from stream.prequential import LearnerSummary
+from stream.replay import ReplaySummary
 from stream.snapshots import (
     SnapshotManifest,
     SnapshotStore,
@@ -112,11 +113,30 @@ def replay(
         Path | None, typer.Option(help="Write rejected records here (JSONL) with their reason.")
     ] = None,
     snapshots: Annotated[Path | None, typer.Option(help="Snapshot directory (overrides config).")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Delayed labels: a JSONL or CSV file of {id, y, ts}, merged with the events by ts "
+            "(a label first at equal ts). Events without y wait for theirs (labels.* bounds)."
+        ),
+    ] = None,
+    inline_labels: Annotated[
+        bool,
+        typer.Option(
+            "--inline-labels",
+            help="Delayed labels as records of the input itself ({id, y, ts}, no x), in file order.",
+        ),
+    ] = False,
 ) -> None:
     """Run the engine over a file of events, without Kafka: predict, then learn, for each event.
 
+    With --labels or --inline-labels, an event without y is predicted at once and learned when its
+    label comes, with the prediction made at event time (River's delayed progressive validation).
+
     Example: stream replay events.jsonl -c config.yaml --output predictions.jsonl --summary summary.json
     """
+    if labels is not None and inline_labels:
+        raise _fail("give --labels FILE or --inline-labels, not both")
     from stream.replay import replay_file
 
     config = _load(config_path, check=True, **{"snapshots.directory": snapshots})
@@ -130,7 +150,7 @@ def replay(
                 progress.update(task, completed=position)
 
         try:
-            result = replay_file(input_path, config, output, dead_letters, on_progress)
+            result = replay_file(input_path, config, output, dead_letters, on_progress, labels, inline_labels)
         except (ModelError, ModelFailure, FileNotFoundError) as error:
             raise _fail(str(error)) from None
     if summary:
@@ -152,6 +172,10 @@ def _print_summary(result: LearnerSummary) -> None:
         table.add_row(key, str(getattr(result, key)))
     for name, value in result.metrics.items():
         table.add_row(name, f"{value:.4f}")
+    if isinstance(result, ReplaySummary) and result.labels is not None:
+        for key, value in result.labels.model_dump().items():
+            shown = "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+            table.add_row(f"labels: {key.replace('_', ' ')}", shown)
     out.print(table)
 
 

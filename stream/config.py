@@ -142,6 +142,11 @@ class KafkaConfig(_Section):
     predictions_topic: str = "predictions"
     dead_letter_topic: str = "events.dead-letter"
     group_id: str = "stream"
+    label_topic: str | None = Field(
+        default=None,
+        description="delayed labels: a topic of {id, y, ts} messages, keyed and partitioned like "
+        "the input topic; events without y wait for their label there (see labels.*)",
+    )
     backend: Literal["kafka-python", "confluent-kafka"] = Field(
         default="kafka-python",
         description="Kafka client library: kafka-python (pure Python) or confluent-kafka (librdkafka, "
@@ -279,6 +284,29 @@ class LimitsConfig(_Section):
     )
 
 
+class LabelsConfig(_Section):
+    """Delayed labels (``kafka.label_topic``, or ``stream replay --labels``): how long and how many
+    events wait for their label, and labels for their event."""
+
+    max_wait_seconds: float | None = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="an event waits this long for its label, then expires unlearned (and a label "
+        "this long for its event, then is a dead letter); null: no time limit",
+    )
+    max_wait_events: int | None = Field(
+        default=None, ge=1, description="or until this many later events arrived; null: no limit"
+    )
+    max_pending: int = Field(
+        default=1_000_000, ge=1, description="events waiting at most; beyond, the oldest expires (evicted)"
+    )
+    max_held: int = Field(
+        default=100_000,
+        ge=1,
+        description="labels waiting for their event at most; beyond, the oldest is a dead letter",
+    )
+
+
 class Config(BaseSettings):
     """The whole configuration; every section has defaults, so ``{}`` is a valid config."""
 
@@ -293,6 +321,7 @@ class Config(BaseSettings):
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
 
     @classmethod

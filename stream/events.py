@@ -47,7 +47,9 @@ class Event:
     ts: str | float | None = None
 
 
-def _check_label(y: Any, task: Task) -> Label | None:
+def check_label(y: Any, task: Task) -> Label | None:
+    """``y`` as the task's label (0/1 read as booleans for binary tasks); raises
+    :class:`InvalidEvent` with the reason. Events and labels (:mod:`stream.labels`) share it."""
     if y is None:
         return None
     if task in ("binary", "anomaly"):
@@ -115,7 +117,7 @@ def validate_event(payload: Any, task: Task) -> Event:
         raise InvalidEvent("'ts' must be a string or a finite number")
     return Event(
         x=x,
-        y=_check_label(payload.get("y"), task),
+        y=check_label(payload.get("y"), task),
         id=None if event_id is None else str(event_id),
         key=key,
         ts=ts,
@@ -136,7 +138,7 @@ def decode_event(raw: bytes | bytearray | memoryview | str, task: Task) -> Event
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        payload = _decode_with_json(raw)
+        payload = decode_with_json(raw)
     return validate_event(payload, task)
 
 
@@ -152,7 +154,8 @@ def _utf8_text(raw: bytes | bytearray | memoryview) -> str:
     return text
 
 
-def _decode_with_json(raw: bytes | bytearray | memoryview | str) -> Any:
+def decode_with_json(raw: bytes | bytearray | memoryview | str) -> Any:
+    """What orjson refused, parsed by :mod:`json` (which words the error) under the same rules."""
     text = raw if isinstance(raw, str) else _utf8_text(raw)
     try:
         payload = json.loads(text)

@@ -2,32 +2,41 @@
 
 Learning one event is all or nothing, and no single event may leave a model broken. River models
 cannot undo a ``learn_one``, and copying the model before every event would cost more than
-learning it. So the engine keeps, in memory, a pickled state from before some recent event (taken
-right after a prediction succeeded: a state that answers) and the events it learned since. Any
-later state is that state plus those events, predicted and learned again: learning is
-deterministic. Undoing an event is rebuilding without it; the cost is paid only when something
-went wrong.
+learning it. So the engine keeps, in memory, a state known to be good (one that answers) and the
+events it learned since. Any later state is that state plus those events, predicted and learned
+again: learning is deterministic. Undoing an event is rebuilding without it; the cost is paid only
+when something went wrong.
+
+The good state costs the loop no pickle of its own: it is the fresh model (built again from the
+configuration when needed), or the pickle a checkpoint writes anyway. Only a restored state, or
+a window that outgrew ``max_entries`` or ``budget_bytes`` without a checkpoint, is pickled here.
+That matters beyond the pickle's own time: on CPython 3.11 pickling an object materializes its
+attribute dict, and the object's attribute reads are slower ever after (measured in the README).
 
 The events are kept as tuples of plain values (features, label, id, and where they came from),
-which the garbage collector does not track: thousands of them cost the loop nothing. A new good
-state is pickled every ``window`` events, the window growing with the pickle (a large model is
-pickled less often) so that pickling stays a small share of the loop, and sooner when the events
-kept reach ``budget_bytes``.
+which the garbage collector does not track: thousands of them cost the loop nothing.
 
+>>> import pickle
 >>> journal = Journal()
 >>> journal.due()
 True
->>> journal.start({"weights": [1.0]}, answered={"a": 1.0})
+>>> journal.start(pickle.dumps({"weights": [1.0]}), answered={"a": 1.0})
 >>> journal.record({"a": 2.0}, True, "e-1", origin=7, size=30)
->>> journal.due(), [entry.origin for entry in journal.entries], journal.window
-(False, [7], 2000)
+>>> journal.due(), [entry.origin for entry in journal.entries]
+(False, [7])
 >>> journal.base_state()
 {'weights': [1.0]}
+
+A fresh model needs no pickle: the function that builds it will do.
+
+>>> journal.start(lambda: {"weights": [0.0]}, answered=None)
+>>> journal.base_state(), journal.entries
+({'weights': [0.0]}, [])
 
 Large events start a new window sooner, so the journal's memory stays bounded:
 
 >>> journal = Journal(budget_bytes=1000)
->>> journal.start({}, answered={})
+>>> journal.start(pickle.dumps({}), answered={})
 >>> journal.record({}, None, "big", origin=8, size=1000)
 >>> journal.due()
 True
@@ -36,14 +45,14 @@ True
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
-# Learned events between two pickles of the state at least; at most, so that a rebuild stays short.
-MIN_WINDOW, MAX_WINDOW = 2000, 50_000
-# Pickled bytes per event of the window: a pickle costs about as much as learning this many bytes'
-# worth of events, so pickling stays at a few percent of the loop (measured in the README).
-PICKLE_BYTES_PER_EVENT = 32
-# The bytes of events kept in between at most (large events start a new window sooner).
+# Events kept at most before a new good state is pickled: a rebuild stays short. The service's
+# checkpoints (every 10,000 events by default) start new windows sooner.
+MAX_ENTRIES = 50_000
+# The bytes of events kept at most (large events start a new window sooner).
 BUDGET_BYTES = 64 * 1024 * 1024
 
 
@@ -55,45 +64,70 @@ class JournalEntry(NamedTuple):
     y: Any
     id: str | None
     origin: Any
+    prediction: dict[str, Any] | None  # kept only when made before the state that learned it
 
 
 class Journal:
     """A good state (pickled) and the events learned since, oldest first."""
 
-    def __init__(self, budget_bytes: int = BUDGET_BYTES) -> None:
-        self.window = MIN_WINDOW
+    def __init__(self, budget_bytes: int = BUDGET_BYTES, max_entries: int = MAX_ENTRIES) -> None:
         self.budget_bytes = budget_bytes
+        self.max_entries = max_entries
         self._bytes = 0
-        self._base: bytes | None = None
+        self._load_base: Callable[[], Any] | None = None
         self.answered: dict[str, Any] | None = None  # features the good state gave a finite output for
-        self.entries: list[JournalEntry] = []
+        self._kept: list[tuple[Any, ...]] = []  # plain tuples: a NamedTuple costs the loop a call
 
     def due(self) -> bool:
-        """Whether the next good state should be kept (none yet, or the window is full)."""
-        return self._base is None or len(self.entries) >= self.window or self._bytes >= self.budget_bytes
+        """Whether a new good state should be kept (none yet, or the window is full)."""
+        return (
+            self._load_base is None or len(self._kept) >= self.max_entries or self._bytes >= self.budget_bytes
+        )
 
-    def start(self, state: Any, answered: dict[str, Any]) -> None:
-        """Keep ``state`` (a copy: pickled now), which has just answered ``answered``, as the good
-        state; no event learned since."""
-        self._base = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        self.window = min(MAX_WINDOW, max(MIN_WINDOW, len(self._base) // PICKLE_BYTES_PER_EVENT))
+    def start(self, base: bytes | Callable[[], Any], answered: dict[str, Any] | None) -> None:
+        """Keep a good state, pickled (``bytes``) or built by a function (a fresh model), which
+        has answered ``answered`` (None: nothing asked yet); no event learned since."""
+        self._load_base = partial(pickle.loads, base) if isinstance(base, bytes) else base
         self.answered = answered
-        self.entries, self._bytes = [], 0
+        self._kept, self._bytes = [], 0
 
-    def record(self, x: dict[str, Any], y: Any, event_id: str | None, origin: Any, size: int = 0) -> None:
-        """Keep a learned event; ``size``: the bytes it came as, held against the budget."""
-        self.entries.append(JournalEntry(x, y, event_id, origin))
+    def record(
+        self,
+        x: dict[str, Any],
+        y: Any,
+        event_id: str | None,
+        origin: Any,
+        size: int = 0,
+        prediction: dict[str, Any] | None = None,
+    ) -> None:
+        """Keep a learned event; ``size``: the bytes it came as, held against the budget;
+        ``prediction``: the one it was learned with, if an earlier state made it."""
+        self._kept.append((x, y, event_id, origin, prediction))
         self._bytes += size
 
     @property
+    def entries(self) -> list[JournalEntry]:
+        """The events learned since the good state, oldest first."""
+        return [JournalEntry._make(kept) for kept in self._kept]
+
+    @property
+    def latest(self) -> JournalEntry | None:
+        """The event learned last, if any since the good state."""
+        return JournalEntry._make(self._kept[-1]) if self._kept else None
+
+    @entries.setter
+    def entries(self, entries: list[JournalEntry]) -> None:
+        self._kept = list(entries)
+
+    @property
     def started(self) -> bool:
-        return self._base is not None
+        return self._load_base is not None
 
     def base_state(self) -> Any:
         """A fresh copy of the good state."""
-        assert self._base is not None, "no good state kept yet"
-        return pickle.loads(self._base)
+        assert self._load_base is not None, "no good state kept yet"
+        return self._load_base()
 
     def clear(self) -> None:
         """Forget everything: the state changed in a way no event reproduces (a manual rollback)."""
-        self._base, self.answered, self.entries, self._bytes = None, None, [], 0
+        self._load_base, self.answered, self._kept, self._bytes = None, None, [], 0

@@ -25,6 +25,7 @@ import copy
 import heapq
 import logging
 import math
+import pickle
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,10 @@ class LearnerSummary(BaseModel):
 Summary = TypeVar("Summary", bound=LearnerSummary)
 
 
+def _pickled(state: LearnerState) -> bytes:
+    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
 def _finite(values: dict[str, float]) -> dict[str, float]:
     return {name: value for name, value in values.items() if math.isfinite(value)}
 
@@ -111,8 +116,11 @@ class Engine:
         self.config = config
         self.task = config.model.task
         self.store = store
-        self.state = state or self.new_state()
         self._journal = Journal()
+        if state is None:
+            state = self.new_state()
+            self._journal.start(self.new_state, answered=None)  # a fresh model: nothing to pickle
+        self.state = state
         self._last_answered: dict[str, Any] | None = None  # features of the last event predicted
         self.unlearned: list[tuple[Any, str]] = []  # (origin, reason) of events healing unlearned
         self._configure()
@@ -165,20 +173,45 @@ class Engine:
         if self.task == "multiclass" and event.y is not None:
             self._check_label_kind(event.y)
         prediction = self._predict_or_heal(event)
+        self._learn_or_refuse(event, prediction, origin, size, None)
+        if emit is not None:
+            emit(prediction)
+        return prediction
+
+    def answer(self, event: Event) -> dict[str, Any]:
+        """Predict only, for an event whose label comes later (:mod:`stream.join`); a model that
+        stopped answering heals first, as in :meth:`process`. The state does not change."""
+        return self._predict_or_heal(event)
+
+    def learn_joined(self, event: Event, prediction: dict[str, Any], origin: Any = None) -> None:
+        """Learn an event whose label came later, with ``prediction``, the one made when the event
+        came: the metrics and the drift monitor see that one, as River's delayed progressive
+        validation does. All or nothing, as in :meth:`process`."""
+        if self.task == "multiclass":
+            self._check_label_kind(event.y)
+        if self._journal.due():
+            self._predict_or_heal(event)  # a good state to keep must answer something now
+        self._learn_or_refuse(event, prediction, origin, 0, prediction)
+
+    def _learn_or_refuse(
+        self, event: Event, prediction: dict[str, Any], origin: Any, size: int, joined: dict[str, Any] | None
+    ) -> None:
+        """Learn the event, or leave no trace of it and raise :class:`InvalidEvent`."""
         journal = self._journal
         if journal.due():
-            journal.start(self.state, event.x)
+            journal.start(_pickled(self.state), event.x)
+        elif journal.answered is None:  # the good state's first answer: nothing learned since it
+            journal.answered = event.x
         try:
             self.learn(event, prediction)
         except InvalidEvent:
             self._rebuild(journal.entries)  # all or nothing: no trace of the refused event
+            if joined is None:  # the rebuilt state answered this event: keep it, so the next
+                journal.start(_pickled(self.state), event.x)  # refusal rebuilds nothing
             raise
-        journal.record(event.x, event.y, event.id, origin, size)
+        journal.record(event.x, event.y, event.id, origin, size, joined)
         if self.task == "multiclass" and event.y is not None:
             self.state.label_kind = type(event.y).__name__
-        if emit is not None:
-            emit(prediction)
-        return prediction
 
     def take_unlearned(self) -> list[tuple[Any, str]]:
         """The ``(origin, reason)`` of the events healing unlearned since the last call, handed over
@@ -227,6 +260,14 @@ class Engine:
             return False
         return True
 
+    def checkpoint(self, reason: Reason) -> SnapshotManifest:
+        """A snapshot a restore may start from: healed first if broken, so a broken model is never
+        made durable. Its pickle is the journal's new good state (the loop pickles nothing more)."""
+        self.heal_if_broken()
+        manifest, payload = self._snapshot(reason)
+        self._journal.start(payload, self._last_answered)
+        return manifest
+
     def heal_if_broken(self) -> None:
         """Heal before the state is kept (a checkpoint): a broken model is never made durable,
         nor one that answers but whose next update would break it (a scaler's variance gone
@@ -236,10 +277,9 @@ class Engine:
 
     def _survives_an_update(self) -> bool:
         """Whether the model still answers after learning the last learned event again (on a copy)."""
-        entries = self._journal.entries
-        if not entries:
+        last = self._journal.latest
+        if last is None:
             return True
-        last = entries[-1]
         model = self.state.model
         self.state.model = copy.deepcopy(model)
         try:
@@ -327,9 +367,9 @@ class Engine:
 
     def _relearn(self, entry: JournalEntry) -> None:
         """Predict and learn a journal's event again: the prediction is the one it was learned
-        with, since the state before it is the same again."""
+        with, since the state before it is the same again (or was kept: a joined label's)."""
         event = Event(x=entry.x, y=entry.y, id=entry.id)
-        self.learn(event, self.predict(event))
+        self.learn(event, self.predict(event) if entry.prediction is None else entry.prediction)
 
     def predict(self, event: Event) -> dict[str, Any]:
         """The prediction record for one event; the model is not changed."""
@@ -490,6 +530,10 @@ class Engine:
 
     def snapshot(self, reason: Reason, note: str | None = None) -> SnapshotManifest:
         """Write the current state to the store (durably) and remember it as a candidate."""
+        return self._snapshot(reason, note)[0]
+
+    def _snapshot(self, reason: Reason, note: str | None = None) -> tuple[SnapshotManifest, bytes]:
+        """:meth:`snapshot`, and the pickle it wrote."""
         state = self.state
         sequence = state.next_sequence
         snapshot_id = f"{sequence:08d}-{reason}"
@@ -499,8 +543,9 @@ class Engine:
         state.last_snapshot_id = snapshot_id
         if reason in CANDIDATE_REASONS:
             state.recent_snapshots.append(snapshot_id)
-        manifest = self.store.save(
-            state,
+        payload = _pickled(state)
+        manifest = self.store.save_pickled(
+            payload,
             reason,
             sequence=sequence,
             parent=parent,
@@ -512,7 +557,7 @@ class Engine:
             note=note,
         )
         self.last_snapshot_bytes = manifest.size_bytes
-        return manifest
+        return manifest, payload
 
     def rollback(self, snapshot_id: str) -> SnapshotManifest:
         """Make a stored snapshot's model the current one (a manual rollback)."""

@@ -272,7 +272,18 @@ class SnapshotStore:
         (a recovery re-learning the same events) keeps the existing snapshot when its payload
         is identical and replaces it otherwise.
         """
-        payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        return self.save_pickled(
+            pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), reason, sequence, **fields
+        )
+
+    def save_pickled(
+        self,
+        payload: bytes,
+        reason: Reason,
+        sequence: int | None = None,
+        **fields: Any,
+    ) -> SnapshotManifest:
+        """:meth:`save` for a state the caller pickled (and keeps the pickle of)."""
         sequence = sequence or self.next_sequence()
         snapshot_id = f"{sequence:08d}-{reason}"
         manifest = SnapshotManifest(

@@ -100,6 +100,9 @@ def _scalar_leaves() -> list[tuple[str, str, Any]]:
         for key, field in model.model_fields.items():
             default = field.get_default(call_default_factory=True)
             annotation = field.annotation
+            arms = set(get_args(annotation)) - {type(None)}
+            if len(arms) == 1 and arms <= {int, float} and get_args(annotation):  # an optional number
+                annotation, default = arms.pop(), default or 0
             if get_origin(annotation) is Literal:
                 value = next(choice for choice in get_args(annotation) if choice != default)
             elif annotation is bool:

@@ -10,6 +10,7 @@ import tempfile
 
 import pytest
 
+from stream import prequential
 from stream.config import Config
 from stream.errors import ModelFailure
 from stream.events import Event, validate_event
@@ -105,12 +106,39 @@ def test_a_checkpoint_never_keeps_a_broken_model(tmp_path):
     for n in range(20):
         engine.process(Event(x={"a": float(n % 3)}, y=n % 2 == 0, id=str(n)), origin=n)
     engine.process(Event(x={"a": 1e308}, y=True, id="poison"), origin="poison")
-    engine.heal_if_broken()
+    manifest = engine.checkpoint("checkpoint")
     assert (
         engine.unlearned == [("poison", engine.unlearned[0][1])]
         and "broke the model" in engine.unlearned[0][1]
     )
-    assert engine.predict(Event(x={"a": 1.0}))["y_pred"] is not None
+    kept = engine.store.load(manifest.id).model
+    assert kept.predict_proba_one({"a": 1.0})[True] == pytest.approx(
+        engine.predict(Event(x={"a": 1.0}))["y_proba"][True]
+    )
+
+
+def test_the_loop_pickles_nothing_and_healing_starts_from_the_last_checkpoint(tmp_path, monkeypatch):
+    pickled = []
+    real = prequential._pickled
+    monkeypatch.setattr(prequential, "_pickled", lambda state: pickled.append(1) or real(state))
+    relearned = []
+    real_relearn = Engine._relearn
+    monkeypatch.setattr(
+        Engine, "_relearn", lambda self, entry: relearned.append(entry.id) or real_relearn(self, entry)
+    )
+    engine = Engine(_config(), SnapshotStore(tmp_path))
+    for n in range(300):
+        engine.process(Event(x={"a": float(n % 3)}, y=n % 2 == 0, id=str(n)))
+    assert pickled == []  # a fresh model is its own good state: no pickle, no materialized dicts
+    engine.checkpoint("checkpoint")
+    assert len(pickled) == 1  # the checkpoint's pickle, kept as the good state too
+    for n in range(300, 310):
+        engine.process(Event(x={"a": float(n % 3)}, y=n % 2 == 0, id=str(n)))
+    engine.process(Event(x={"a": 1e308}, y=True, id="poison"), origin="poison")
+    for n in range(310, 313):
+        engine.process(Event(x={"a": float(n % 3)}, y=n % 2 == 0, id=str(n)), origin=n)
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    assert relearned and set(relearned) <= {str(n) for n in range(300, 313)} | {"poison"}
 
 
 def test_limits_turn_what_would_grow_a_model_without_bound_into_dead_letters():
@@ -147,3 +175,30 @@ def test_a_multiclass_model_keeps_one_kind_of_label_and_refuses_the_mix(first, o
     assert [letter["source"]["position"] for letter in dead_letters] == [20]
     assert f"label {other!r} is a {type(other).__name__}" in dead_letters[0]["error"]
     assert len(predictions) == 40 and engine.state.labelled == 40
+
+
+def test_the_journal_benchmark_compares_the_engine_with_and_without_it():
+    import subprocess
+    import sys
+
+    from tests import REPO_ROOT
+
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.journal",
+        "--events",
+        "300",
+        "--pairs",
+        "4",
+        "--checkpoint-every",
+        "100",
+    ]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = [
+        line.split()
+        for line in result.stdout.splitlines()
+        if line.startswith(("StandardScaler", "Hoeffding"))
+    ]
+    assert len(rows) == 2 and all(0.3 < float(row[3]) < 3 for row in rows)

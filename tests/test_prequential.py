@@ -275,6 +275,6 @@ def test_a_failing_snapshot_write_is_not_mistaken_for_a_bad_event(tmp_path, monk
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine.store, "save", full_disk)
+    monkeypatch.setattr(engine.store, "save_pickled", full_disk)
     with pytest.raises(OSError, match="No space left"):
         engine.process(Event(x={"a": 1.0}, y=True))

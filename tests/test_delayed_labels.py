@@ -1,0 +1,226 @@
+"""Delayed labels without Kafka: the join (stream/join.py) through the per-record step, as
+``stream replay`` runs it; and replay agrees with River's delayed progressive validation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+from river import datasets, evaluate, metrics, stream
+
+from stream.config import Config
+from stream.events import Event
+from stream.join import Join
+from stream.models import build_model
+from stream.prequential import Engine
+from stream.replay import Record, replay_file, run_replay, with_inline_labels
+from stream.snapshots import SnapshotStore
+
+LINEAR = ["preprocessing.StandardScaler", "linear_model.LogisticRegression"]
+
+
+def _config(task: str = "binary", pipeline: list | None = None, metric: str = "Accuracy", **labels) -> Config:
+    return Config.model_validate(
+        {
+            "model": {"task": task, "pipeline": pipeline or LINEAR},
+            "metrics": {"names": [metric]},
+            "drift": {"policy": "none"},
+            "labels": labels,
+        }
+    )
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def _replay_inline(config: Config, records: list[dict]):
+    engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="delayed-")))
+    join = Join(config.labels)
+    predictions, dead_letters = io.StringIO(), io.StringIO()
+    lines = [(n, json.dumps(record).encode()) for n, record in enumerate(records, 1)]
+    summary = run_replay(with_inline_labels(lines), engine, predictions, dead_letters, join=join)
+    decoded = [[json.loads(line) for line in f.getvalue().splitlines()] for f in (predictions, dead_letters)]
+    return summary, decoded[0], decoded[1], engine
+
+
+@pytest.mark.parametrize(
+    ("dataset", "task", "pipeline", "metric", "river_metric"),
+    [
+        (datasets.Phishing, "binary", LINEAR, "Accuracy", metrics.Accuracy),
+        (
+            datasets.TrumpApproval,
+            "regression",
+            ["preprocessing.StandardScaler", "linear_model.LinearRegression"],
+            "MAE",
+            metrics.MAE,
+        ),
+    ],
+)
+@pytest.mark.parametrize("delay", [1, 30])
+def test_replay_with_an_integer_delay_equals_rivers_delayed_progressive_validation(
+    dataset, task, pipeline, metric, river_metric, delay
+):
+    config = _config(task, pipeline, metric)
+    expected = evaluate.progressive_val_score(
+        dataset(), build_model(config.model), river_metric(), delay=delay
+    ).get()
+    # The same questions and answers, in the order River asks and answers them, as one file.
+    records = [
+        {"id": str(i), "x": x} if y is None else {"id": str(i), "y": y}
+        for i, x, y in stream.simulate_qa(dataset(), moment=None, delay=delay)
+    ]
+    summary, predictions, dead_letters, _ = _replay_inline(config, records)
+    assert dead_letters == []
+    assert summary.metrics[metric] == expected  # to the last digit
+    assert summary.labels.joined == len(predictions) == dataset().n_samples
+    assert summary.labels.waiting == summary.labels.held == 0
+
+
+def test_replay_with_a_time_delay_equals_rivers_delayed_progressive_validation(tmp_path):
+    rng = random.Random(7)
+    clock, events, labels, data = 1_700_000_000, [], [], []
+    for i, (x, y) in enumerate(datasets.Phishing()):
+        clock += rng.randint(1, 60)  # whole seconds: labels often come at an event's very moment
+        x = {**x, "t": clock}
+        data.append((x, y))
+        events.append({"id": str(i), "x": x, "ts": clock})
+        labels.append({"id": str(i), "y": y, "ts": clock + 45})
+    config = _config()
+    expected = evaluate.progressive_val_score(
+        data,
+        build_model(config.model),
+        metrics.Accuracy(),
+        moment=lambda x: dt.datetime.fromtimestamp(x["t"], dt.UTC),
+        delay=dt.timedelta(seconds=45),
+    ).get()
+    summary = replay_file(
+        _write_jsonl(tmp_path / "events.jsonl", events),
+        config,
+        labels=_write_jsonl(tmp_path / "labels.jsonl", labels),
+    )
+    assert summary.metrics["Accuracy"] == expected
+    assert summary.labels.joined == len(events)
+    assert summary.labels.mean_label_delay_seconds == summary.labels.max_label_delay_seconds == 45
+
+
+def test_a_label_before_its_event_is_held_and_the_event_learned_at_once():
+    summary, predictions, dead_letters, engine = _replay_inline(
+        _config(),
+        [{"id": "a", "y": True}, {"id": "a", "x": {"f": 1.0}}, {"id": "b", "x": {"f": 2.0}}],
+    )
+    assert [(p["id"], p.get("y")) for p in predictions] == [("a", True), ("b", None)]
+    assert summary.labels.joined == 1 and summary.labels.waiting == 1 and dead_letters == []
+    assert engine.state.labelled == 1
+
+
+def test_a_joined_label_is_scored_with_the_prediction_made_when_its_event_came():
+    records = [{"id": f"w{n}", "x": {"f": 1.0}, "y": False} for n in range(50)]
+    records += [{"id": "late", "x": {"f": 1.0}}]  # predicted False now
+    records += [{"id": f"v{n}", "x": {"f": 1.0}, "y": True} for n in range(150)]  # now it says True
+    records += [{"id": "late", "y": True}]
+    summary, predictions, _, engine = _replay_inline(_config(), records)
+    late = next(p for p in predictions if p["id"] == "late")
+    assert late["y_pred"] is False and engine.predict(Event(x={"f": 1.0}))["y_pred"] is True
+    hits = sum(p["y_pred"] == p["y"] for p in predictions if "y" in p) + (late["y_pred"] is True)
+    assert summary.metrics["Accuracy"] == hits / 201  # the miss at event time counts, not a new hit
+
+
+def test_duplicate_labels_are_learned_once_and_counted():
+    summary, _, dead_letters, engine = _replay_inline(
+        _config(),
+        [
+            {"id": "a", "x": {"f": 1.0}},
+            {"id": "a", "y": True},
+            {"id": "a", "y": False},
+            {"id": "a", "y": True},
+        ],
+    )
+    assert engine.state.labelled == 1
+    assert summary.labels.joined == 1 and summary.labels.duplicates == 2 and dead_letters == []
+
+
+def test_a_label_for_an_unknown_id_is_a_dead_letter_with_the_reason():
+    summary, _, dead_letters, _ = _replay_inline(
+        _config(max_wait_events=3),
+        [{"id": "ghost", "y": True}, *({"id": str(n), "x": {"f": 1.0}, "y": True} for n in range(5))],
+    )
+    assert [letter["source"]["position"] for letter in dead_letters] == [1]
+    assert "no event with id 'ghost' came within" in dead_letters[0]["error"]
+    assert "labels.max_wait_events=3" in dead_letters[0]["error"]
+    assert summary.labels.orphans == 1
+
+
+def test_an_event_whose_label_is_too_late_expires_unlearned_and_the_label_is_a_dead_letter():
+    records = [{"id": "slow", "x": {"f": 1.0}, "ts": 0}]
+    records += [{"id": str(n), "x": {"f": 1.0}, "y": True, "ts": 10 * n} for n in range(1, 5)]
+    records += [{"id": "slow", "y": True, "ts": 45}]
+    summary, _, dead_letters, engine = _replay_inline(_config(max_wait_seconds=25), records)
+    assert summary.labels.expired == 1 and summary.labels.joined == 0
+    assert engine.state.labelled == 4  # the four that carried their labels; not "slow"
+    assert dead_letters[0]["error"] == "the event 'slow' expired unlearned before its label came"
+
+
+def test_at_most_max_pending_events_wait_and_the_oldest_is_evicted():
+    records = [{"id": str(n), "x": {"f": float(n)}} for n in range(5)]
+    records += [{"id": "0", "y": True}, {"id": "4", "y": True}]
+    summary, _, dead_letters, _ = _replay_inline(_config(max_pending=3), records)
+    assert summary.labels.evicted == 2 and summary.labels.joined == 1 and summary.labels.waiting == 2
+    assert "'0' expired unlearned" in dead_letters[0]["error"]
+
+
+def test_every_event_and_every_label_ends_in_exactly_one_counted_outcome():
+    rng = random.Random(3)
+    records: list[dict] = []
+    for n in range(400):
+        if rng.random() < 0.3:
+            records.append({"id": f"e{n}", "x": {"f": rng.random()}, "y": rng.random() < 0.5})
+        else:
+            records.append({"id": f"e{n}", "x": {"f": rng.random()}})
+        if rng.random() < 0.6:
+            records.append({"id": f"e{rng.randrange(n + 5)}", "y": rng.random() < 0.5})
+        if rng.random() < 0.05:
+            records.append({"id": f"e{n}", "y": "not a boolean"})
+    summary, predictions, dead_letters, engine = _replay_inline(
+        _config(max_wait_events=20, max_pending=30, max_held=10), records
+    )
+    labels = sum(1 for record in records if "x" not in record)
+    events = len(records) - labels
+    joined = summary.labels
+    assert len(predictions) == events  # every event predicted (none was invalid)
+    inline = engine.state.labelled - joined.joined
+    assert (
+        events == inline + joined.joined + joined.expired + joined.evicted + joined.waiting + joined.refused
+    )
+    assert labels == (
+        joined.joined + joined.duplicates + joined.orphans + joined.invalid_labels + joined.held
+    )
+    assert len(dead_letters) == joined.orphans + joined.invalid_labels + joined.refused
+
+
+def test_replay_merges_a_labels_file_by_ts_a_label_first_at_equal_ts():
+    events = [(1, b'{"id": "a", "x": {"f": 1.0}, "ts": 10}'), (2, b'{"id": "b", "x": {"f": 1.0}, "ts": 20}')]
+    labels = [(1, b'{"id": "a", "y": true, "ts": 20}')]
+    from stream.replay import with_labels_file
+
+    order = [(record.is_label, record.clock) for record in with_labels_file(events, labels)]
+    assert order == [(False, 10.0), (True, 20.0), (False, 20.0)]
+    assert isinstance(next(iter(with_labels_file(events, labels))), Record)
+
+
+def test_what_the_join_keeps_stays_bounded_by_what_waits_not_by_what_passed():
+    join = Join(_config().labels)  # the default time bound: a week, far longer than this stream
+    for n in range(20_000):
+        assert join.event_came(str(n), now=float(n)) is None
+        join.wait(str(n), {"f": 1.0}, {"y_pred": True}, now=float(n))
+        assert join.label_came(str(n), True, now=float(n)) is not None
+        join.joined(str(n), float(n), float(n), float(n))
+    assert join.waiting == 0
+    # The arrival orders do not keep one entry per event that ever came.
+    assert len(join._waiting_order) <= 1025 and len(join._recent_order) <= 2 * len(join._recent) + 1025
