@@ -31,6 +31,7 @@ def _config(task: str = "binary", pipeline: list | None = None, metric: str = "A
             "metrics": {"names": [metric]},
             "drift": {"policy": "none"},
             "labels": labels,
+            "snapshots": {"directory": tempfile.mkdtemp(prefix="delayed-snapshots-")},
         }
     )
 
