@@ -96,6 +96,11 @@ class Source(ABC):
     def beginning_offset(self, partition: TopicPartition) -> int: ...
 
     @abstractmethod
+    def end_offset(self, partition: TopicPartition) -> int:
+        """The offset after the last record of any partition (assigned or not) that a reader can
+        read: every record before it is in a finished transaction (or none)."""
+
+    @abstractmethod
     def lag(self) -> dict[TopicPartition, int]:
         """Records behind the end of each assigned partition (as last seen by the client)."""
 
@@ -131,8 +136,14 @@ class Sink(ABC):
 
     @abstractmethod
     def send(
-        self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None
-    ) -> None: ...
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """Send a record (``value`` None: a tombstone) to ``partition``, or the key's partition."""
 
     @abstractmethod
     def begin(self) -> None:
@@ -176,8 +187,10 @@ class Connector(ABC):
         return self.sink_class(transactional_id, self.bootstrap_servers, self.settings)
 
     @abstractmethod
-    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
-        """Create those of ``topics`` that do not exist yet."""
+    def ensure_topics(
+        self, topics: list[str], partitions: int = 1, configs: dict[str, str] | None = None
+    ) -> None:
+        """Create those of ``topics`` that do not exist yet, with ``configs`` (say, compaction)."""
 
     @abstractmethod
     def partition_count(self, topic: str) -> int | None:

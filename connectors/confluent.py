@@ -73,6 +73,8 @@ class ConfluentSource(Source):
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "allow.auto.create.topics": False,  # the operator creates the input topic, with its partitions
+            # Partition p of every subscribed topic to one member: co-partitioned events and labels.
+            "partition.assignment.strategy": "range",
             "session.timeout.ms": 10_000,
             "heartbeat.interval.ms": 1_000,
             "fetch.max.bytes": MAX_MESSAGE_BYTES * 2,
@@ -166,6 +168,13 @@ class ConfluentSource(Source):
     def beginning_offset(self, partition: TopicPartition) -> int:
         low, _ = self.consumer.get_watermark_offsets(KafkaTopicPartition(*partition), timeout=self._timeout)
         return low
+
+    def end_offset(self, partition: TopicPartition) -> int:
+        # The high watermark: librdkafka does not give the last stable offset. Only an owner
+        # writes an internal partition, and its earlier transactions were aborted when its
+        # producer started (fenced), so none is open below the high watermark when it asks.
+        _, high = self.consumer.get_watermark_offsets(KafkaTopicPartition(*partition), timeout=self._timeout)
+        return high
 
     def lag(self) -> dict[TopicPartition, int]:
         result = {}
@@ -263,10 +272,18 @@ class ConfluentSink(Sink):
             # Fences any older producer with this id and aborts its open transaction.
             self.producer.init_transactions(self._timeout)
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list | None = None,
+        partition: int | None = None,
+    ) -> None:
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value, key, headers=headers)
+                self.producer.produce(topic, value, key, headers=headers, **where)
                 return
             except BufferError:  # librdkafka's queue is full: let it send, then try again
                 self.producer.poll(0.05)
@@ -330,11 +347,16 @@ class ConfluentConnector(Connector):
             for resource, future in futures.items()
         }
 
-    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
+    def ensure_topics(
+        self, topics: list[str], partitions: int = 1, configs: dict[str, str] | None = None
+    ) -> None:
         admin = self._admin()
         timeout = self.settings.request_timeout
         existing = set(admin.list_topics(timeout=timeout).topics)
-        missing = [NewTopic(t, partitions, replication_factor=1) for t in set(topics) - existing]
+        missing = [
+            NewTopic(t, partitions, replication_factor=1, config=configs or {})
+            for t in set(topics) - existing
+        ]
         for topic, future in admin.create_topics(missing).items() if missing else []:
             try:
                 future.result(timeout)

@@ -23,6 +23,7 @@ from typing import Any
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -74,6 +75,8 @@ class KafkaSource(Source):
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             allow_auto_create_topics=False,  # the operator creates the input topic, with its partitions
+            # Partition p of every subscribed topic to one member: co-partitioned events and labels.
+            partition_assignment_strategy=(RangePartitionAssignor,),
             bootstrap_timeout_ms=self._timeout_ms,
             fetch_max_bytes=MAX_MESSAGE_BYTES * 2,
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
@@ -132,6 +135,10 @@ class KafkaSource(Source):
     def beginning_offset(self, partition: TopicPartition) -> int:
         tp = KafkaTopicPartition(*partition)
         return self.consumer.beginning_offsets([tp], timeout_ms=self._timeout_ms)[tp]
+
+    def end_offset(self, partition: TopicPartition) -> int:
+        tp = KafkaTopicPartition(*partition)  # read_committed: the last stable offset
+        return self.consumer.end_offsets([tp], timeout_ms=self._timeout_ms)[tp]
 
     def lag(self) -> dict[TopicPartition, int]:
         result = {}
@@ -223,8 +230,15 @@ class KafkaSink(Sink):
                 self.producer.close(timeout=1)
                 raise
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
-        future = self.producer.send(topic, value=value, key=key, headers=headers)
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list | None = None,
+        partition: int | None = None,
+    ) -> None:
+        future = self.producer.send(topic, value=value, key=key, headers=headers, partition=partition)
         if not self.transactional:
             self._unconfirmed.append(future)
 
@@ -302,12 +316,14 @@ class KafkaPythonConnector(Connector):
             admin.close()
         return {topic: int(configs["max.message.bytes"]["value"]) for topic, configs in described.items()}
 
-    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
+    def ensure_topics(
+        self, topics: list[str], partitions: int = 1, configs: dict[str, str] | None = None
+    ) -> None:
         admin = self._admin()
         try:
             existing = set(admin.list_topics())
             missing = [
-                NewTopic(t, num_partitions=partitions, replication_factor=1)
+                NewTopic(t, num_partitions=partitions, replication_factor=1, topic_configs=configs or {})
                 for t in topics
                 if t not in existing
             ]

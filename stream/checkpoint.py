@@ -62,11 +62,11 @@ and a restore point is chosen as described in 4:
 >>> store = SnapshotStore(tempfile.mkdtemp())
 >>> _ = store.save(State(offsets={"events:0": 100}), reason="checkpoint", offsets={"events:0": 100})
 >>> _ = store.save(State(offsets={"events:0": 250}), reason="checkpoint", offsets={"events:0": 250})
->>> restore_point(store, "events:0", committed=200)[0].id
+>>> restore_point(store, {"events:0": 200})[0].id
 '00000001-checkpoint'
->>> restore_point(store, "events:0", committed=250)[0].id
+>>> restore_point(store, {"events:0": 250})[0].id
 '00000002-checkpoint'
->>> restore_point(store, "events:0", committed=250, checkpoint_id="00000001-checkpoint")[0].id
+>>> restore_point(store, {"events:0": 250}, checkpoint_id="00000001-checkpoint")[0].id
 '00000001-checkpoint'
 """
 
@@ -74,13 +74,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 from connectors.base import Message, Position, Sink, Source, TopicPartition
+from stream.changelog import decode_example, decode_join_entry, encode_example, encode_join_entry
 from stream.config import Config
 from stream.errors import NotOwnedError, SnapshotError
+from stream.events import Event, InvalidEvent
+from stream.join import Join
 from stream.prequential import Engine
 from stream.snapshots import Reason, SnapshotManifest, SnapshotStore
 from stream.status import Counters
@@ -116,16 +121,22 @@ class PartitionId(NamedTuple):
 
 
 def restore_point(
-    store: SnapshotStore, key: str, committed: int, checkpoint_id: str = ""
+    store: SnapshotStore, committed: dict[str, int], checkpoint_id: str = ""
 ) -> tuple[SnapshotManifest, Any] | None:
-    """The state to restore for partition ``key`` at ``committed``, loaded and checked.
+    """The state to restore for a partition whose inputs are committed at ``committed`` (offsets
+    by key: the input's first, then the labels' if any), loaded and checked.
 
     First the snapshot the commit names (``checkpoint_id``); failing that, the valid snapshot
-    with the highest offset for ``key`` not beyond ``committed``. A snapshot beyond the committed
-    offset belongs to a checkpoint whose transaction never committed: its events will be
+    with the highest input offset not beyond any committed one. A snapshot beyond a committed
+    offset belongs to a checkpoint whose transaction never committed: its records will be
     processed (and published) again, so it is never used.
     """
-    candidates = [m for m in store.list() if key in m.offsets and m.offsets[key] <= committed]
+    key = next(iter(committed))
+    candidates = [
+        m
+        for m in store.list()
+        if key in m.offsets and all(m.offsets.get(name, 0) <= offset for name, offset in committed.items())
+    ]
     candidates.sort(key=lambda m: (m.id == checkpoint_id, m.offsets[key], m.sequence), reverse=True)
     for manifest in candidates:
         try:
@@ -142,21 +153,31 @@ def restore_point(
 
 @dataclass
 class OwnedPartition:
-    """A partition this instance owns: its engine, and how far it is checkpointed and committed."""
+    """A partition this instance owns: its engine, its step, and how far it is checkpointed and
+    committed; with delayed labels, the partition of labels that goes with it and their join."""
 
     id: PartitionId
     engine: Engine
     checkpoint_id: str = ""  # what commits name: restore from it, then re-learn up to the commit
-    since_checkpoint: int = 0  # events claimed since the last checkpoint
-    uncommitted: bool = False  # an event was claimed since the last commit
+    since_checkpoint: int = 0  # records claimed since the last checkpoint
+    uncommitted: bool = False  # a record was claimed since the last commit
+    labels: PartitionId | None = None
+    join: Join | None = None
+    step: RecordStep = field(init=False)  # set by whoever builds it: the step may refer to it
 
     @property
     def next_offset(self) -> int:
         return self.engine.state.offsets[self.id.key]
 
-    def claim(self, offset: int) -> None:
-        """Record the event at ``offset`` as learned, before it is processed (protocol step 1)."""
-        self.engine.state.offsets[self.id.key] = offset + 1
+    @property
+    def next_label_offset(self) -> int:
+        assert self.labels is not None
+        return self.engine.state.offsets[self.labels.key]
+
+    def claim(self, offset: int, key: str | None = None) -> None:
+        """Record the record at ``offset`` (of the input, or of the partition ``key`` names) as
+        processed, before it is (protocol step 1)."""
+        self.engine.state.offsets[key or self.id.key] = offset + 1
         self.since_checkpoint += 1
         self.uncommitted = True
 
@@ -177,23 +198,27 @@ class Checkpointer:
         config: Config,
         source: Source,
         sink: Sink,
-        step: RecordStep,
         counters: Counters,
         dead_letter: Callable[[Message, str], None],
+        on_label_delay: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.source = source
         self.sink = sink
-        self.step = step
         self.counters = counters
+        self.on_label_delay = on_label_delay
+        kafka = config.kafka
+        self.input_topic, self.label_topic = kafka.input_topic, kafka.label_topic
         # Where a checkpoint sends the events its healing unlearned (in the transaction it commits).
         self.dead_letter = dead_letter
         self.partitions: dict[TopicPartition, OwnedPartition] = {}  # keyed by PartitionId
         self._last_checkpoint = self._last_commit = time.monotonic()
 
     def owner(self, message: Message) -> OwnedPartition | None:
-        """The owned partition of ``message``; None if it was revoked while its batch was in flight."""
-        return self.partitions.get((message.topic, message.partition))
+        """The owned partition of ``message`` (an event's or a label's); None if it was revoked
+        while its batch was in flight."""
+        topic = self.input_topic if message.topic == self.label_topic else message.topic
+        return self.partitions.get((topic, message.partition))
 
     def owned(self, scope: str) -> OwnedPartition:
         """The owned partition named ``scope`` (``topic-partition``)."""
@@ -210,7 +235,7 @@ class Checkpointer:
     def rebalance(self, revoked: bool) -> None:
         """Follow the source's assignment (protocol step 5); then every owned partition is
         positioned at its next event."""
-        assignment = {PartitionId(*tp) for tp in self.source.assignment()}
+        assignment = {PartitionId(*tp) for tp in self.source.assignment() if tp[0] == self.input_topic}
         if revoked or not assignment.issuperset(self.partitions):
             # What is not committed yet may belong to a partition that is gone (announced or not):
             # drop it all, and restore every partition from its commit.
@@ -239,16 +264,24 @@ class Checkpointer:
         for partition, owned in self.partitions.items():
             if partition in assigned:
                 self.source.seek(partition, owned.next_offset)
+            if owned.labels is not None and owned.labels in assigned:
+                self.source.seek(owned.labels, owned.next_label_offset)
         logger.info("assignment: %s", sorted(owned.id.key for owned in self.partitions.values()))
 
     def _restore(self, partition: PartitionId) -> tuple[OwnedPartition, int]:
         """The partition's state at its committed offset: snapshot, then silent re-learning (step 4);
-        and how many events were re-learned."""
+        and how many records were re-learned."""
         source = self.source
-        position = source.committed(partition)
-        committed, checkpoint_id = position if position else (source.beginning_offset(partition), "")
+        labels = None if self.label_topic is None else PartitionId(self.label_topic, partition.partition)
+        committed: dict[str, int] = {}
+        checkpoint_id = ""
+        for inputs in (partition,) if labels is None else (partition, labels):
+            position = source.committed(inputs)
+            committed[inputs.key] = position[0] if position else source.beginning_offset(inputs)
+            if position and inputs == partition:
+                checkpoint_id = position[1]
         store = SnapshotStore.from_config(self.config.snapshots, partition.scope)
-        restored = restore_point(store, partition.key, committed, checkpoint_id)
+        restored = restore_point(store, committed, checkpoint_id)
         if restored is None:
             engine = Engine(self.config, store)
             start = source.beginning_offset(partition)
@@ -265,34 +298,120 @@ class Checkpointer:
             engine = Engine(self.config, store, state)
             start = manifest.offsets[partition.key]
             origin = f"snapshot {manifest.id}"
-        engine.state.offsets[partition.key] = start
-        owned = OwnedPartition(partition, engine, restored[0].id if restored else "")
-        relearned = 0
-        keep_alive_at = time.monotonic() + KEEP_ALIVE_SECONDS
-        for message in source.read_range(partition, start, committed):
-            owned.claim(message.offset)
-            # A refused record was dead-lettered when it was first processed; now it only counts.
-            self.step(engine, message.value, partition.id_prefix, message.offset)
-            relearned += 1
-            if time.monotonic() >= keep_alive_at:
-                source.keep_alive()
-                keep_alive_at = time.monotonic() + KEEP_ALIVE_SECONDS
+        join = None if labels is None else Join(self.config.labels, self.on_label_delay, track_changes=True)
+        owned = OwnedPartition(
+            partition, engine, restored[0].id if restored else "", labels=labels, join=join
+        )
+        owned.step = RecordStep(
+            self.config, join, None if join is None else partial(self._write_example, owned)
+        )
+        if join is None:
+            relearned = self._relearn_input(owned, start, committed[partition.key])
+        else:
+            relearned = self._relearn_examples(owned)
+            self._restore_join(owned)
         owned.since_checkpoint, owned.uncommitted = 0, False
         # Events healing unlearned were dead-lettered when they were first processed.
         engine.take_unlearned()
-        engine.state.offsets[partition.key] = max(owned.next_offset, committed)
+        for key, offset in committed.items():
+            engine.state.offsets[key] = max(engine.state.offsets.get(key, 0), offset)
         self.counters.relearned += relearned
-        logger.info(
-            "restored %s from %s at offset %d; re-learned %d events up to the committed offset %d",
-            partition.key, origin, start, relearned, committed,
-        )  # fmt: skip
+        if join is None:
+            logger.info(
+                "restored %s from %s at offset %d; re-learned %d events up to the committed offset %d",
+                partition.key, origin, start, relearned, committed[partition.key],
+            )  # fmt: skip
+        else:
+            logger.info(
+                "restored %s from %s; re-learned %d examples; committed offsets %s",
+                partition.key, origin, relearned, committed,
+            )  # fmt: skip
         return owned, relearned
+
+    def _relearn_input(self, owned: OwnedPartition, start: int, committed: int) -> int:
+        """Learn the input's events from ``start`` to the committed offset again, silently."""
+        partition, engine = owned.id, owned.engine
+        engine.state.offsets[partition.key] = start
+        relearned = 0
+        with self._keeping_alive() as keep_alive:
+            for message in self.source.read_range(partition, start, committed):
+                owned.claim(message.offset)
+                # A refused record was dead-lettered when it was first processed; now it only counts.
+                owned.step(engine, message.value, partition.id_prefix, message.offset)
+                relearned += 1
+                keep_alive()
+        return relearned
+
+    def _relearn_examples(self, owned: OwnedPartition) -> int:
+        """Delayed labels: learn the examples written after the snapshot, in the order written."""
+        engine, examples = owned.engine, PartitionId(self.config.kafka.examples_topic, owned.id.partition)
+        source = self.source
+        start = max(engine.state.offsets.get(examples.key, 0), source.beginning_offset(examples))
+        relearned = 0
+        with self._keeping_alive() as keep_alive:
+            for message in source.read_range(examples, start, source.end_offset(examples)):
+                seq, event, prediction = decode_example(message.value or b"")
+                if seq <= engine.state.examples_learned:  # in the snapshot already
+                    continue
+                if seq != engine.state.examples_learned + 1:
+                    logger.error("%s: examples %d..%d are gone (topic retention); the model misses them",
+                                 examples.key, engine.state.examples_learned + 1, seq - 1)  # fmt: skip
+                try:
+                    if prediction is None:
+                        engine.process(event)
+                    else:
+                        engine.learn_joined(event, prediction)
+                except InvalidEvent as error:  # refused when first learned too: no trace either time
+                    logger.debug("%s: example %d is refused: %s", examples.key, seq, error)
+                engine.state.examples_learned = seq
+                relearned += 1
+                keep_alive()
+        return relearned
+
+    def _restore_join(self, owned: OwnedPartition) -> None:
+        """Delayed labels: the join as of the last commit, from its changelog."""
+        assert owned.join is not None
+        changelog = PartitionId(self.config.kafka.join_topic, owned.id.partition)
+        source = self.source
+        records = source.read_range(
+            changelog, source.beginning_offset(changelog), source.end_offset(changelog)
+        )
+        entries = []
+        for message in records:
+            key = (message.key or b"").decode()
+            entries.append((key, decode_join_entry(key, message.value)))
+        owned.join.restore(entries)
+        logger.info("%s: the join holds %d waiting events and %d held labels",
+                    owned.id.key, owned.join.waiting, owned.join.held)  # fmt: skip
+
+    def _write_example(self, owned: OwnedPartition, event: Event, prediction: dict[str, Any] | None) -> None:
+        """Delayed labels: an example the partition's model is about to learn, in order."""
+        state = owned.engine.state
+        state.examples_learned += 1
+        value = encode_example(state.examples_learned, event, prediction)
+        self.sink.send(self.config.kafka.examples_topic, value, partition=owned.id.partition)
+
+    @contextmanager
+    def _keeping_alive(self) -> Iterator[Callable[[], None]]:
+        """A function to call between records of a long re-learning: it shows the group this
+        member is alive every :data:`KEEP_ALIVE_SECONDS`."""
+        due = time.monotonic() + KEEP_ALIVE_SECONDS
+
+        def keep_alive() -> None:
+            nonlocal due
+            if time.monotonic() >= due:
+                self.source.keep_alive()
+                due = time.monotonic() + KEEP_ALIVE_SECONDS
+
+        yield keep_alive
 
     # -- checkpoints and commits -----------------------------------------------------------
 
     def tick(self, now: float) -> None:
         """Checkpoint or commit if one is due (protocol steps 2 and 3)."""
         service = self.config.service
+        if self.label_topic is not None:
+            self._expire_waiting(time.time())
         pending = sum(owned.since_checkpoint for owned in self.partitions.values())
         if pending >= service.checkpoint_every_events or (
             pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
@@ -302,6 +421,16 @@ class Checkpointer:
             owned.uncommitted for owned in self.partitions.values()
         ):
             self.commit()
+
+    def _expire_waiting(self, now: float) -> None:
+        """What waited past its time expires even when no record comes."""
+        for owned in self.partitions.values():
+            assert owned.join is not None
+            owned.join.expire(now)
+            for origin, why in owned.join.take_orphans():
+                self.dead_letter(origin, why)
+            if owned.join.changed:
+                owned.uncommitted = True
 
     def checkpoint(self, reason: Reason) -> None:
         """Snapshot every partition that learned since its last checkpoint (durably; all of them at
@@ -316,6 +445,10 @@ class Checkpointer:
         self.commit(snapshotted)
 
     def _checkpoint(self, owned: OwnedPartition, reason: Reason) -> SnapshotManifest:
+        if owned.join is not None:
+            # Where a restore starts reading the examples: none this state learned lies beyond it.
+            examples = PartitionId(self.config.kafka.examples_topic, owned.id.partition)
+            owned.engine.state.offsets[examples.key] = self.source.end_offset(examples)
         manifest = owned.checkpoint(reason)
         for message, why in owned.engine.take_unlearned():
             self.dead_letter(message, why)
@@ -327,11 +460,14 @@ class Checkpointer:
         A partition with a new snapshot is always committed, so that a rollback, which no event
         reproduces, sticks.
         """
-        positions: dict[TopicPartition, Position] = {
-            partition: (owned.next_offset, owned.checkpoint_id)
-            for partition, owned in self.partitions.items()
-            if owned.uncommitted or partition in snapshotted
-        }
+        positions: dict[TopicPartition, Position] = {}
+        for partition, owned in self.partitions.items():
+            if owned.uncommitted or partition in snapshotted:
+                positions[partition] = (owned.next_offset, owned.checkpoint_id)
+                if owned.labels is not None:
+                    positions[owned.labels] = (owned.next_label_offset, "")
+            if owned.join is not None:
+                self._write_join_changes(owned)
         if self.sink.transactional:
             self.sink.commit(positions, self.source.group_metadata())
             self.sink.begin()
@@ -343,6 +479,13 @@ class Checkpointer:
             owned.uncommitted = False
         self._last_commit = time.monotonic()
         self.counters.commits += 1
+
+    def _write_join_changes(self, owned: OwnedPartition) -> None:
+        """Delayed labels: the join's changes since the last commit, in the transaction."""
+        assert owned.join is not None
+        topic, partition = self.config.kafka.join_topic, owned.id.partition
+        for key, entry in owned.join.take_changes():
+            self.sink.send(topic, encode_join_entry(key, entry), key=key.encode(), partition=partition)
 
     def rollback(self, scope: str, snapshot_id: str) -> SnapshotManifest:
         """Switch a partition's model to a snapshot's; the rollback's own snapshot is committed at

@@ -448,6 +448,8 @@ def serve(
         logging.getLogger("stream.api").info("API and dashboard at http://%s:%d/", config.api.host, port)
     try:
         code = service.run()
+    except ConfigError as error:  # found only once the broker answers (say, a label topic's partitions)
+        raise _fail(str(error), 2) from None
     finally:
         if server is not None:
             server.stop()

@@ -178,6 +178,20 @@ class KafkaConfig(_Section):
         "that died, which until then holds back every read_committed reader of the output topics",
     )
 
+    @property
+    def examples_topic(self) -> str:
+        """Delayed labels: every example learned, in order (:mod:`stream.changelog`)."""
+        return f"{self.group_id}.{self.input_topic}.examples"
+
+    @property
+    def join_topic(self) -> str:
+        """Delayed labels: the join's changes, compacted (:mod:`stream.changelog`)."""
+        return f"{self.group_id}.{self.input_topic}.join"
+
+    @property
+    def output_topics(self) -> list[str]:
+        return [self.predictions_topic, self.dead_letter_topic]
+
     def connector(self) -> Connector:
         """The connector of the configured backend, with these options and time bounds."""
         from connectors import create_connector

@@ -192,7 +192,7 @@ def _report(
     partition = PartitionId(topic, 0)
     scope = partition.scope
     store = SnapshotStore.from_config(Config.model_validate(config).snapshots, scope)
-    manifest, state = restore_point(store, partition.key, committed=10**12)
+    manifest, state = restore_point(store, {partition.key: 10**12})
 
     table = Table(title="accuracy over time (windows of 500 events)")
     for column in ("events", "concept", "with policy", "", "no policy", "model", "what happened"):

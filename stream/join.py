@@ -50,8 +50,8 @@ False
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel
@@ -112,6 +112,10 @@ class JoinSummary(BaseModel):
 
 
 LEARNED, EXPIRED = "learned", "expired"
+# How the entries of a join are keyed in a changelog: the kind, a slash, the event id.
+WAITING, HELD, RECENT = "w/", "h/", "r/"
+# The changelog key of the counters and the event count.
+METER = "meter"
 # The arrival orders below keep entries no longer current until they come up; past twice the
 # current entries (and this many), an order is rebuilt from its dict, whose order is arrival's.
 COMPACT_SLACK = 1024
@@ -136,9 +140,17 @@ def _take_oldest(
 class Join:
     """The events waiting for labels and the labels waiting for events of one partition."""
 
-    def __init__(self, config: LabelsConfig, on_delay: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: LabelsConfig,
+        on_delay: Callable[[float], None] | None = None,
+        track_changes: bool = False,
+    ) -> None:
         self.config = config
         self.on_delay = on_delay  # told each joined label's delay (a histogram's observe)
+        # With track_changes, the keys changed since the last take_changes(): what a changelog
+        # needs to bring a restored join to this one (a key changed twice is written once).
+        self._changed: set[str] | None = set() if track_changes else None
         self.counts = JoinCounts()
         self.events_seen = 0
         self._waiting: dict[str, WaitingEvent] = {}
@@ -170,7 +182,10 @@ class Join:
         once with it, then calls :meth:`joined` (or :meth:`orphan` if the event is refused)."""
         self.events_seen += 1
         self.expire(now)
-        return self._held.pop(event_id, None)
+        held = self._held.pop(event_id, None)
+        if held is not None:
+            self._touch(HELD, event_id)
+        return held
 
     def wait(
         self,
@@ -184,6 +199,7 @@ class Join:
         if len(self._waiting) >= self.config.max_pending:
             self._evict_oldest_event(now)
         self._waiting[event_id] = WaitingEvent(x, prediction, now, self.events_seen, ts)
+        self._touch(WAITING, event_id)
         self._waiting_order.append((event_id, now, self.events_seen))
         if len(self._waiting_order) > 2 * len(self._waiting) + COMPACT_SLACK:
             self._waiting_order = deque(
@@ -206,6 +222,7 @@ class Join:
         self.expire(now)
         waiting = self._waiting.pop(event_id, None)
         if waiting is not None:
+            self._touch(WAITING, event_id)
             return waiting
         outcome = self._recent.get(event_id)
         if outcome is not None and outcome[0] == LEARNED:
@@ -218,6 +235,7 @@ class Join:
             if len(self._held) >= self.config.max_held:
                 self._evict_oldest_label()
             self._held[event_id] = HeldLabel(y, now, self.events_seen, ts, origin)
+            self._touch(HELD, event_id)
             self._held_order.append((event_id, now, self.events_seen))
             if len(self._held_order) > 2 * len(self._held) + COMPACT_SLACK:
                 self._held_order = deque((key, entry.since, entry.seen) for key, entry in self._held.items())
@@ -255,6 +273,7 @@ class Join:
         """No event will come any more (a replay's end): every held label is an orphan."""
         for event_id, held in self._held.items():
             self.orphan(held.origin, f"no event with id {event_id!r} came")
+            self._touch(HELD, event_id)
         self._held.clear()
         self._held_order.clear()
 
@@ -273,9 +292,11 @@ class Join:
 
         while (found := _take_oldest(self._waiting_order, self._waiting, too_old)) is not None:
             self.counts.expired += 1
+            self._touch(WAITING, found[0])
             self._remember(found[0], EXPIRED, now)
         while (found := _take_oldest(self._held_order, self._held, too_old)) is not None:
             event_id, label = found
+            self._touch(HELD, event_id)
             self.orphan(label.origin, f"no event with id {event_id!r} came within {self._bounds()}")
         while self._recent_order and oldest_time is not None and self._recent_order[0][1] < oldest_time:
             self._forget_oldest()
@@ -284,11 +305,13 @@ class Join:
         found = _take_oldest(self._waiting_order, self._waiting, lambda since, seen: True)
         if found is not None:
             self.counts.evicted += 1
+            self._touch(WAITING, found[0])
             self._remember(found[0], EXPIRED, now)
 
     def _evict_oldest_label(self) -> None:
         found = _take_oldest(self._held_order, self._held, lambda since, seen: True)
         if found is not None:
+            self._touch(HELD, found[0])
             self.orphan(
                 found[1].origin,
                 f"labels.max_held={self.config.max_held} labels were waiting for their events; "
@@ -306,6 +329,7 @@ class Join:
     def _remember(self, event_id: str, outcome: str, now: float) -> None:
         self._recent.pop(event_id, None)  # to the end: the dict's order stays the order of time
         self._recent[event_id] = (outcome, now)
+        self._touch(RECENT, event_id)
         self._recent_order.append((event_id, now))
         if len(self._recent_order) > 2 * len(self._recent) + COMPACT_SLACK:
             self._recent_order = deque((key, when) for key, (_, when) in self._recent.items())
@@ -317,6 +341,54 @@ class Join:
         current = self._recent.get(event_id)
         if current is not None and current[1] == when:
             del self._recent[event_id]
+            self._touch(RECENT, event_id)
+
+    # -- a changelog of the join -----------------------------------------------------------
+
+    def _touch(self, kind: str, event_id: str) -> None:
+        if self._changed is not None:
+            self._changed.add(kind + event_id)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything changed since the last :meth:`take_changes`."""
+        return bool(self._changed)
+
+    def take_changes(self) -> list[tuple[str, Any]]:
+        """``(key, entry)`` for each key changed since the last call (``entry`` None: gone), then
+        the counters under :data:`METER`: enough to bring a join restored from them to this one."""
+        assert self._changed is not None, "built without track_changes"
+        tables: dict[str, dict[str, Any]] = {WAITING: self._waiting, HELD: self._held, RECENT: self._recent}
+        changes = [(key, tables[key[:2]].get(key[2:])) for key in self._changed]
+        self._changed = set()
+        changes.append((METER, {"events_seen": self.events_seen, **asdict(self.counts)}))
+        return changes
+
+    def restore(self, entries: Iterable[tuple[str, Any]]) -> None:
+        """Bring this (new) join to the state whose changes are ``entries``, oldest first; the
+        latest entry of a key counts."""
+        latest: dict[str, Any] = {}
+        for key, entry in entries:
+            latest.pop(key, None)
+            latest[key] = entry
+        meter = latest.pop(METER, None)
+        if meter is not None:
+            self.events_seen = meter.pop("events_seen")
+            self.counts = JoinCounts(**meter)
+        tables: dict[str, dict[str, Any]] = {WAITING: self._waiting, HELD: self._held, RECENT: self._recent}
+        for key, entry in latest.items():
+            if entry is not None:
+                tables[key[:2]][key[2:]] = entry
+        for table in (self._waiting, self._held):  # in the order they came, for expiry
+            ordered = sorted(table.items(), key=lambda item: (item[1].seen, item[1].since))
+            table.clear()
+            table.update(ordered)
+        ordered_recent = sorted(self._recent.items(), key=lambda item: item[1][1])
+        self._recent.clear()
+        self._recent.update(ordered_recent)
+        self._waiting_order = deque((key, entry.since, entry.seen) for key, entry in self._waiting.items())
+        self._held_order = deque((key, entry.since, entry.seen) for key, entry in self._held.items())
+        self._recent_order = deque((key, when) for key, (_, when) in self._recent.items())
 
     def summary(self) -> JoinSummary:
         counts = self.counts

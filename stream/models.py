@@ -287,6 +287,15 @@ def check_config(config: Config) -> None:
         raise ConfigError(str(error)) from None
     check_snapshot_directory(config.snapshots.directory)
     check_signing_key(config.snapshots)
+    if config.kafka.label_topic is not None and task == "anomaly":
+        raise ConfigError(
+            "kafka.label_topic: delayed labels are for supervised tasks (binary, multiclass, "
+            "regression); an anomaly detector learns every event as it comes"
+        )
+    if config.kafka.label_topic in (config.kafka.input_topic, *config.kafka.output_topics):
+        raise ConfigError(
+            f"kafka.label_topic: {config.kafka.label_topic!r} is already the input or an output topic"
+        )
 
 
 def predict_one_is_argmax(model: Any) -> bool:

@@ -77,6 +77,7 @@ class LearnerState:
     label_kind: str | None = None  # multiclass: the type of the labels the model learns
     recent_snapshots: deque = field(default_factory=deque)
     offsets: dict[str, int] = field(default_factory=dict)
+    examples_learned: int = 0  # delayed labels: the examples written in the learning order (changelog)
     history: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
@@ -356,10 +357,13 @@ class Engine:
 
     def _rebuild(self, entries: list[JournalEntry]) -> None:
         """The state as the journal's good state plus ``entries``, learned again. Where the
-        partition stands and the snapshot numbering are not learning: they are kept as they are."""
-        offsets, next_sequence = dict(self.state.offsets), self.state.next_sequence
+        partition stands, the snapshot numbering and the examples written are not learning:
+        they are kept as they are."""
+        state = self.state
+        offsets, next_sequence, examples = dict(state.offsets), state.next_sequence, state.examples_learned
         self.state = self._journal.base_state()
         self.state.offsets, self.state.next_sequence = offsets, next_sequence
+        self.state.examples_learned = examples
         self._configure()
         self._bind_model()
         for entry in entries:

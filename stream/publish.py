@@ -19,7 +19,7 @@ from stream.config import Config
 from stream.dead_letters import DeadLetterWatch, dead_letter
 from stream.events import encode_record
 from stream.status import Counters
-from stream.telemetry import LatencyHistogram
+from stream.telemetry import Histogram
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Publisher:
         config: Config,
         sink: Sink,
         counters: Counters,
-        latency: LatencyHistogram,
+        latency: Histogram,
         max_message_bytes: Mapping[str, int] | None = None,
         watch: DeadLetterWatch | None = None,
     ) -> None:

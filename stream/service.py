@@ -38,11 +38,10 @@ from connectors.base import Connector, Message, TopicPartition
 from stream.checkpoint import Checkpointer, OwnedPartition
 from stream.config import Config
 from stream.dead_letters import DeadLetterWatch
-from stream.errors import NotOwnedError, SnapshotError, SnapshotWriteError
+from stream.errors import ConfigError, NotOwnedError, SnapshotError, SnapshotWriteError
 from stream.publish import Publisher
 from stream.snapshots import SnapshotManifest
 from stream.status import Counters, PartitionStatus, StatusBoard
-from stream.step import RecordStep
 from stream.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,6 @@ class Service:
         self.config = config
         self.connector = connector
         self.instance_id = instance_id
-        self.step = RecordStep(config)
         self.counters = Counters()
         self.telemetry = Telemetry()
         self.status = StatusBoard(self.instance_id, config.service.guarantee)
@@ -97,7 +95,9 @@ class Service:
         )  # fmt: skip
         if not self._wait_for_input_topic():
             return 0
-        self.connector.ensure_topics([kafka.predictions_topic, kafka.dead_letter_topic])
+        self.connector.ensure_topics(kafka.output_topics)
+        if kafka.label_topic is not None:
+            self._prepare_label_topics()
         while not self._stopping:
             try:
                 checkpointer, publisher = self._connect()
@@ -128,6 +128,34 @@ class Service:
             waited += 1
             self._sleep(2.0)
         return False
+
+    def _prepare_label_topics(self) -> None:
+        """Delayed labels: the label topic must be co-partitioned with the input (same partition
+        count; a producer keys labels as their events); the internal topics are made so."""
+        kafka, connector = self.config.kafka, self.connector
+        partitions = connector.partition_count(kafka.input_topic)
+        labels = connector.partition_count(kafka.label_topic or "")
+        if labels is None:
+            raise ConfigError(f"kafka.label_topic: the topic {kafka.label_topic!r} does not exist; create it "
+                              f"with the input's {partitions} partitions")  # fmt: skip
+        if labels != partitions:
+            raise ConfigError(
+                f"kafka.label_topic: {kafka.label_topic!r} has {labels} partitions and the input "
+                f"{kafka.input_topic!r} {partitions}: labels must be co-partitioned with their events "
+                "(the same partition count, and keyed as their events)"
+            )
+        # Records of the internal topics hold an event's features: room for the largest event.
+        room = str(2 * self.config.service.max_event_bytes + 1024 * 1024)
+        connector.ensure_topics([kafka.examples_topic], partitions, {"max.message.bytes": room})
+        connector.ensure_topics(
+            [kafka.join_topic], partitions, {"cleanup.policy": "compact", "max.message.bytes": room}
+        )
+        for internal in (kafka.examples_topic, kafka.join_topic):
+            if connector.partition_count(internal) != partitions:
+                raise ConfigError(
+                    f"kafka.label_topic: the internal topic {internal!r} has "
+                    f"{connector.partition_count(internal)} partitions, not the input's {partitions}"
+                )
 
     def _recover_from(self, error: Exception) -> None:
         """Say what failed, count it, and wait before the next attempt: longer each time the
@@ -174,12 +202,18 @@ class Service:
             self.dead_letter_watch,
         )
         sink.begin()
-        source = self.connector.source([kafka.input_topic], kafka.group_id, self.instance_id)
+        topics = [kafka.input_topic] if kafka.label_topic is None else [kafka.input_topic, kafka.label_topic]
+        source = self.connector.source(topics, kafka.group_id, self.instance_id)
         # Called on the client's I/O thread: only take note; the loop acts on it after the poll.
         source.on_assign = lambda partitions: self._rebalances.put(False)
         source.on_revoke = lambda partitions: self._rebalances.put(bool(partitions))
         self.checkpointer = Checkpointer(
-            self.config, source, sink, self.step, self.counters, publisher.dead_letter
+            self.config,
+            source,
+            sink,
+            self.counters,
+            publisher.dead_letter,
+            self.telemetry.label_delay.observe,
         )
         return self.checkpointer, publisher
 
@@ -207,8 +241,9 @@ class Service:
             messages = source.poll(timeout=POLL_SECONDS, max_records=POLL_RECORDS)
             if self._apply_rebalances(checkpointer):
                 continue  # every owned partition was re-positioned: the batch will be fetched again
+            now = time.time()  # the join's clock: for its time bounds, one reading per batch will do
             for message in messages:
-                self._handle(checkpointer, publisher, message)
+                self._handle(checkpointer, publisher, message, now)
             self._run_commands()
             now = time.monotonic()
             checkpointer.tick(now)
@@ -227,21 +262,29 @@ class Service:
             checkpointer.rebalance(revoked)
         return changed
 
-    def _handle(self, checkpointer: Checkpointer, publisher: Publisher, message: Message) -> None:
+    def _handle(self, checkpointer: Checkpointer, publisher: Publisher, message: Message, now: float) -> None:
         """One record: claim it, run the step, publish its prediction or dead letter."""
         owned = checkpointer.owner(message)
         if owned is None:  # revoked while the batch was in flight
             return
-        owned.claim(message.offset)
         publisher.source = message
         engine = owned.engine
-        reason = self.step(
-            engine, message.value, owned.id.id_prefix, message.offset, publisher.prediction, message
-        )
+        labels = owned.labels
+        if labels is not None and message.topic == labels.topic:
+            owned.claim(message.offset, labels.key)
+            reason = owned.step.label(engine, message.value, message, now)
+        else:
+            owned.claim(message.offset)
+            reason = owned.step(
+                engine, message.value, owned.id.id_prefix, message.offset, publisher.prediction, message, now
+            )
         if reason is not None:
             publisher.dead_letter(message, reason)
         for culprit, why in engine.take_unlearned():
             publisher.dead_letter(culprit, why)
+        if owned.join is not None:
+            for orphan, why in owned.join.take_orphans():
+                publisher.dead_letter(orphan, why)
 
     # -- commands from other threads (the HTTP API) ----------------------------------------
 
@@ -306,6 +349,7 @@ class Service:
                 lag=lag.get(partition, 0),
                 snapshot_bytes=owned.engine.last_snapshot_bytes,
                 rolling_metric=owned.engine.state.metrics.primary_rolling[0],
+                labels=None if owned.join is None else owned.join.summary(),
             )
         alarm = self.dead_letter_watch.alarm
         if alarm != self.status.latest.dead_letter_alarm:

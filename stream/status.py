@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from pydantic import BaseModel, Field
 
+from stream.join import JoinSummary
 from stream.prequential import LearnerSummary
 
 THROUGHPUT_SAMPLES = 600
@@ -44,6 +45,7 @@ class PartitionStatus(LearnerSummary):
     lag: int
     snapshot_bytes: int = Field(default=0, description="the size of the last snapshot: what the model weighs")
     rolling_metric: str = Field(description="the name of the metric in `metrics` the charts follow")
+    labels: JoinSummary | None = Field(default=None, description="delayed labels: the join's counts")
 
 
 class ThroughputSample(BaseModel):

@@ -49,12 +49,22 @@ class RecordStep:
     :class:`~stream.join.Join`, events without ``y`` wait for their labels, which come through
     :meth:`label`."""
 
-    def __init__(self, config: Config, join: Join | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        join: Join | None = None,
+        on_learning: Callable[[Event, dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        """``on_learning``, with a join: told each example about to be learned, in order, with
+        the prediction made when its event came if it is a joined label's. Before, as a claim
+        is: a snapshot taken while it is learned (a drift's) holds it as learned. One the model
+        then refuses leaves no trace, so learning it again (a restore does) changes nothing."""
         self.task = config.model.task
         self.max_event_bytes = config.service.max_event_bytes
         self.max_features = config.limits.max_features
         self.max_label_chars = config.limits.max_label_chars
         self.join = join
+        self.on_learning = on_learning
 
     def __call__(
         self,
@@ -103,8 +113,11 @@ class RecordStep:
             waiting = join.label_came(label.id, label.y, now, origin, label_ts)
             if waiting is None:
                 return None
+            example = Event(x=waiting.x, y=label.y, id=label.id)
+            if self.on_learning is not None:
+                self.on_learning(example, waiting.prediction)
             try:
-                engine.learn_joined(Event(x=waiting.x, y=label.y, id=label.id), waiting.prediction, origin)
+                engine.learn_joined(example, waiting.prediction, origin)
             except InvalidEvent as error:
                 join.refused()
                 return f"the model cannot learn event {label.id!r} with this label: {error}"
@@ -134,6 +147,8 @@ class RecordStep:
                 emit(prediction)
             join.wait(event.id, event.x, prediction, now, event_ts)
             return
+        if self.on_learning is not None:
+            self.on_learning(event, None)
         try:
             engine.process(event, emit, origin, size)
         except InvalidEvent as error:

@@ -16,9 +16,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from stream.join import JoinSummary
 from stream.status import PartitionStatus, ServiceStatus
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A label's delay, event time to label time: seconds to a week.
+LABEL_DELAY_BUCKETS = (1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 6 * 3600.0, 86400.0, 7 * 86400.0)
 
 
 class _StatusCollector(Collector):
@@ -50,6 +53,7 @@ class _StatusCollector(Collector):
             for scope, partition in status.partitions.items():
                 counter.add_metric([scope], read(partition))
             yield counter
+        yield from _label_metrics(status)
         lag = GaugeMetricFamily("stream_lag", "records behind the end of the partition", labels=["partition"])
         metric = GaugeMetricFamily(
             "stream_rolling_metric", "the rolling model metric", labels=["partition", "metric"]
@@ -78,17 +82,54 @@ class _StatusCollector(Collector):
         yield alarm
 
 
-class LatencyHistogram(Collector):
-    """Prediction latency, observed by the service thread alone and exported at scrape time.
+def _label_metrics(status: ServiceStatus) -> Iterator[Any]:
+    """Delayed labels, for the partitions that have them."""
+    joins = {scope: partition.labels for scope, partition in status.partitions.items() if partition.labels}
+    if not joins:
+        return
+    counters: dict[str, tuple[str, Callable[[JoinSummary], int]]] = {
+        "stream_labels_joined": ("delayed labels learned with their event", lambda j: j.joined),
+        "stream_events_expired": (
+            "events that waited for their label past labels.max_wait, or were evicted (labels.max_pending)",
+            lambda j: j.expired + j.evicted,
+        ),
+        "stream_labels_orphaned": (
+            "labels whose event expired or never came (dead letters)",
+            lambda j: j.orphans,
+        ),
+        "stream_labels_duplicate": (
+            "labels for an event already learned (not learned again)",
+            lambda j: j.duplicates,
+        ),
+    }
+    for name, (help_text, read) in counters.items():
+        counter = CounterMetricFamily(name, help_text, labels=["partition"])
+        for scope, join in joins.items():
+            counter.add_metric([scope], read(join))
+        yield counter
+    waiting = GaugeMetricFamily(
+        "stream_events_waiting", "events waiting for their label", labels=["partition"]
+    )
+    held = GaugeMetricFamily("stream_labels_held", "labels waiting for their event", labels=["partition"])
+    for scope, join in joins.items():
+        waiting.add_metric([scope], join.waiting)
+        held.add_metric([scope], join.held)
+    yield waiting
+    yield held
 
-    >>> histogram = LatencyHistogram()
+
+class Histogram(Collector):
+    """A histogram observed by the service thread alone and exported at scrape time.
+
+    >>> histogram = Histogram("stream_prediction_latency_seconds", "latency", LATENCY_BUCKETS)
     >>> histogram.observe(0.004); histogram.observe(0.2)
     >>> buckets = {s.labels["le"]: s.value for s in next(histogram.collect()).samples if "le" in s.labels}
     >>> buckets["0.0025"], buckets["0.005"], buckets["0.25"], buckets["+Inf"]
     (0, 1, 2, 2)
     """
 
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+    def __init__(self, name: str, help_text: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.help_text = name, help_text
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
         self.total = 0.0
@@ -103,21 +144,26 @@ class LatencyHistogram(Collector):
         for bound, count in zip((*map(str, self.bounds), "+Inf"), counts, strict=True):
             cumulative += count
             buckets.append((bound, cumulative))
-        yield HistogramMetricFamily(
-            "stream_prediction_latency_seconds",
-            "from the event's produce time to its prediction being sent",
-            buckets=buckets,
-            sum_value=total,
-        )
+        yield HistogramMetricFamily(self.name, self.help_text, buckets=buckets, sum_value=total)
 
 
 class Telemetry:
-    """The registry, and the one metric the loop updates itself."""
+    """The registry, and the histograms the loop updates itself."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.latency = LatencyHistogram()
+        self.latency = Histogram(
+            "stream_prediction_latency_seconds",
+            "from the event's produce time to its prediction being sent",
+            LATENCY_BUCKETS,
+        )
+        self.label_delay = Histogram(
+            "stream_label_delay_seconds",
+            "delayed labels: from the event's time to its label's (their ts, else when they came)",
+            LABEL_DELAY_BUCKETS,
+        )
         self.registry.register(self.latency)
+        self.registry.register(self.label_delay)
 
     def watch(self, status: Callable[[], ServiceStatus]) -> None:
         self.registry.register(_StatusCollector(status))

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import settings
 from kafka.admin import KafkaAdminClient, NewTopic
 
+import stream.snapshots
 from kafka_local import BrokerError, LocalBroker
 
 # Property tests try 500 examples each; a mutation run (`make mutate`) runs every survivor's
@@ -89,3 +90,24 @@ def new_topic(kafka: _Broker, request: pytest.FixtureRequest) -> Callable[..., s
         return name
 
     return create
+
+
+@pytest.fixture
+def file_steps(monkeypatch):
+    """Snapshot file operations report to the crash plan of the broker under test, once there is one."""
+    kafkas: list = []  # the FakeKafka under test
+    write, rename = stream.snapshots._write_durably, os.rename
+
+    def reported_write(path, data):
+        if kafkas:
+            kafkas[0].plan.reached("snapshot.write")
+        write(path, data)
+
+    def reported_rename(source, target):
+        if kafkas:
+            kafkas[0].plan.reached("snapshot.rename")
+        rename(source, target)
+
+    monkeypatch.setattr(stream.snapshots, "_write_durably", reported_write)
+    monkeypatch.setattr(stream.snapshots.os, "rename", reported_rename)
+    return kafkas

@@ -59,6 +59,7 @@ class FakeKafka:
     def __init__(self, partitions: int = 1, batch: int = 100) -> None:
         self.default_partitions = partitions
         self.batch = batch  # records per poll at most: small batches, many step boundaries
+        self.interleave = 0  # records a poll takes from each partition in turn; 0: all it can
         self.logs: dict[TopicPartition, list[Record]] = {}
         self.group_offsets: dict[tuple[str, TopicPartition], Position] = {}
         self.log_start: dict[TopicPartition, int] = {}  # where retention has left a log beginning
@@ -72,6 +73,7 @@ class FakeKafka:
             self.logs.setdefault((topic, partition), [])
 
     def append(self, topic: str, values: list[bytes]) -> None:
+        """Records spread over the topic's partitions in turn (use keys to choose)."""
         self.create(topic)
         partitions = sorted(tp for tp in self.logs if tp[0] == topic)
         for number, value in enumerate(values):
@@ -124,11 +126,18 @@ class FakeSource(Source):
             return []
         messages: list[Message] = []
         max_records = min(max_records, self.kafka.batch)
-        for tp, position in self.positions.items():
-            log = self.kafka.logs[tp]
-            for offset in range(position, min(len(log), position + max_records - len(messages))):
-                messages.append(Message(tp[0], tp[1], offset, log[offset].key, log[offset].value))
-            self.positions[tp] = position + sum(1 for m in messages if (m.topic, m.partition) == tp)
+        # Each partition in turn, ``interleave`` records at a time (all it has, by default).
+        chunk = self.kafka.interleave or max_records
+        while len(messages) < max_records:
+            before = len(messages)
+            for tp, position in self.positions.items():
+                log = self.kafka.logs[tp]
+                end = min(len(log), position + chunk, position + max_records - len(messages))
+                for offset in range(position, end):
+                    messages.append(Message(tp[0], tp[1], offset, log[offset].key, log[offset].value))
+                self.positions[tp] = max(position, end)
+            if len(messages) == before:
+                break
         if not messages:
             self.kafka.on_idle()
         return messages
@@ -160,6 +169,10 @@ class FakeSource(Source):
         require(partition in self.kafka.logs, f"no partition {partition!r}")
         return self.kafka.log_start.get(partition, 0)
 
+    def end_offset(self, partition: TopicPartition) -> int:
+        require(partition in self.kafka.logs, f"no partition {partition!r}")
+        return len(self.kafka.logs[partition])
+
     def lag(self) -> dict[TopicPartition, int]:
         return {tp: len(self.kafka.logs[tp]) - position for tp, position in self.positions.items()}
 
@@ -189,25 +202,36 @@ class FakeSink(Sink):
         self.buffer: list[tuple[str, Record]] = []  # sent, not yet delivered (or in the open transaction)
         self.in_transaction = False
 
-    def send(self, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None) -> None:
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list | None = None,
+        partition: int | None = None,
+    ) -> None:
         self.kafka.plan.reached("send")
         require(not self.transactional or self.in_transaction, "send outside a transaction")
         # What the real clients accept, or they raise.
         require(
-            isinstance(value, bytes) and (key is None or isinstance(key, bytes)), "value and key are bytes"
+            (value is None or isinstance(value, bytes)) and (key is None or isinstance(key, bytes)),
+            "value and key are bytes (a tombstone's value is None)",
         )
         require(
             all(isinstance(name, str) and isinstance(data, bytes) for name, data in headers or []),
             "headers are (str, bytes) pairs",
         )
-        size = len(value) + len(key or b"") + sum(len(name) + len(data) for name, data in headers or [])
+        size = (
+            len(value or b"") + len(key or b"") + sum(len(name) + len(data) for name, data in headers or [])
+        )
         require(size <= self.kafka.max_message_bytes, f"a record of {size} bytes, over max.message.bytes")
-        self.buffer.append((topic, Record(key, value, list(headers or []))))
+        self.buffer.append(((topic, partition or 0), Record(key, value, list(headers or []))))
 
     def _deliver(self) -> None:
-        for topic, record in self.buffer:
+        for (topic, partition), record in self.buffer:
             self.kafka.create(topic)
-            self.kafka.logs[(topic, 0)].append(record)
+            require((topic, partition) in self.kafka.logs, f"no partition {(topic, partition)!r}")
+            self.kafka.logs[(topic, partition)].append(record)
         self.buffer = []
 
     def begin(self) -> None:
@@ -252,7 +276,9 @@ class FakeConnector(Connector):
         self.kafka = kafka
         self.connected = False
 
-    def ensure_topics(self, topics: list[str], partitions: int = 1) -> None:
+    def ensure_topics(
+        self, topics: list[str], partitions: int = 1, configs: dict[str, str] | None = None
+    ) -> None:
         for topic in topics:
             self.kafka.create(topic, partitions)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-import stream.snapshots
 import tests.slow_models
 from stream.checkpoint import KEEP_ALIVE_SECONDS, PartitionId, restore_point
 from stream.config import Config
@@ -83,27 +81,6 @@ def _run(kafka: FakeKafka, config: Config) -> Service:
     return service
 
 
-@pytest.fixture
-def file_steps(monkeypatch):
-    """Snapshot file operations report to the crash plan of the broker under test, once there is one."""
-    kafkas: list[FakeKafka] = []
-    write, rename = stream.snapshots._write_durably, os.rename
-
-    def reported_write(path, data):
-        if kafkas:
-            kafkas[0].plan.reached("snapshot.write")
-        write(path, data)
-
-    def reported_rename(source, target):
-        if kafkas:
-            kafkas[0].plan.reached("snapshot.rename")
-        rename(source, target)
-
-    monkeypatch.setattr(stream.snapshots, "_write_durably", reported_write)
-    monkeypatch.setattr(stream.snapshots.os, "rename", reported_rename)
-    return kafkas
-
-
 def _crash_then_finish(config: Config, step: str, at: int, file_steps: list) -> FakeKafka:
     kafka = FakeKafka()
     file_steps.append(kafka)
@@ -118,7 +95,7 @@ def _crash_then_finish(config: Config, step: str, at: int, file_steps: list) -> 
 
 def _final_model(config: Config):
     store = SnapshotStore.from_config(config.snapshots, PartitionId("events", 0).scope)
-    manifest, state = restore_point(store, PartitionId("events", 0).key, committed=10**12)
+    manifest, state = restore_point(store, {PartitionId("events", 0).key: 10**12})
     assert manifest.reason == "shutdown"
     return state
 
@@ -227,7 +204,7 @@ def test_a_snapshot_whose_state_disagrees_with_its_manifest_is_not_restored(tmp_
     store.save(State(offsets={"events:0": 100}), reason="checkpoint", offsets={"events:0": 100})
     # The manifest says 200 but the state has learned up to 150: restoring it would skip 50 events.
     store.save(State(offsets={"events:0": 150}), reason="checkpoint", offsets={"events:0": 200})
-    manifest, state = restore_point(store, "events:0", committed=200)
+    manifest, state = restore_point(store, {"events:0": 200})
     assert manifest.id == "00000001-checkpoint" and state.offsets == {"events:0": 100}
     assert (
         "snapshot 00000002-checkpoint: its state and manifest disagree on the offset; skipped"
@@ -295,21 +272,21 @@ def test_the_restore_point_is_the_named_checkpoint_else_the_latest_valid_snapsho
     save(120, "manual")  # newer by sequence, older by offset
     store.save(State(offsets={"events:1": 250}), reason="checkpoint", offsets={"events:1": 250})
 
-    assert restore_point(store, "events:0", committed=200, checkpoint_id=named)[0].id == named
+    assert restore_point(store, {"events:0": 200}, checkpoint_id=named)[0].id == named
     # Without a name: the highest offset not beyond the commit (never `beyond`, never another partition's).
-    assert restore_point(store, "events:0", committed=299)[0].id == named
+    assert restore_point(store, {"events:0": 299})[0].id == named
     # The named one damaged: the next best, and the log says why.
     (tmp_path / named / "state.pkl").write_bytes(b"damaged")
-    manifest, state = restore_point(store, "events:0", committed=200, checkpoint_id=named)
+    manifest, state = restore_point(store, {"events:0": 200}, checkpoint_id=named)
     assert (manifest.id, state.offsets) == (drift, {"events:0": 150})
     assert any(
         m.startswith(f"cannot restore from snapshot {named}: snapshot {named} is corrupted")
         for m in caplog.messages
     )
-    assert restore_point(store, "events:0", committed=120)[0].id.endswith("manual")
-    assert restore_point(store, "events:0", committed=110)[0].id == older
-    assert restore_point(store, "events:0", committed=300)[0].id == beyond
-    assert restore_point(store, "events:0", committed=99) is None
+    assert restore_point(store, {"events:0": 120})[0].id.endswith("manual")
+    assert restore_point(store, {"events:0": 110})[0].id == older
+    assert restore_point(store, {"events:0": 300})[0].id == beyond
+    assert restore_point(store, {"events:0": 99}) is None
 
 
 def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_says_so(tmp_path, caplog):

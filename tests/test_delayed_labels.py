@@ -225,3 +225,41 @@ def test_what_the_join_keeps_stays_bounded_by_what_waits_not_by_what_passed():
     assert join.waiting == 0
     # The arrival orders do not keep one entry per event that ever came.
     assert len(join._waiting_order) <= 1025 and len(join._recent_order) <= 2 * len(join._recent) + 1025
+
+
+def test_a_join_restored_from_its_changes_goes_on_as_the_original():
+    rng = random.Random(11)
+    config = _config(max_wait_seconds=50, max_pending=40, max_held=15).labels
+    original, log = Join(config, track_changes=True), []
+
+    def run(join: Join, steps: range) -> list:
+        outcomes = []
+        for step in steps:
+            now = float(step)
+            event_id = f"e{rng.randrange(step + 10)}"
+            if rng.random() < 0.5:
+                held = join.event_came(event_id, now)
+                if held is not None:
+                    join.joined(event_id, now, now, held.since)
+                elif not join.is_waiting(event_id):
+                    join.wait(event_id, {"f": now}, {"y_pred": True}, now)
+                outcomes.append(("event", event_id, held))
+            else:
+                waiting = join.label_came(event_id, True, now, origin=step)
+                if waiting is not None:
+                    join.joined(event_id, now, waiting.since, now)
+                outcomes.append(("label", event_id, waiting))
+            if rng.random() < 0.1:
+                log.extend(join.take_changes())
+        return outcomes
+
+    run(original, range(300))
+    log.extend(original.take_changes())
+    restored = Join(config, track_changes=True)
+    restored.restore(log)
+    assert restored.summary() == original.summary() and restored.events_seen == original.events_seen
+    rng.seed(12)
+    after_original = run(original, range(300, 500))
+    rng.seed(12)
+    after_restored = run(restored, range(300, 500))
+    assert after_restored == after_original and restored.summary() == original.summary()

@@ -17,7 +17,7 @@ from stream.publish import Publisher
 from stream.snapshots import SnapshotStore
 from stream.status import Counters
 from stream.step import RecordStep
-from stream.telemetry import LatencyHistogram
+from stream.telemetry import LATENCY_BUCKETS, Histogram
 from tests.fake_connector import FakeKafka
 
 CONFIG = Config.model_validate({"service": {"max_event_bytes": 10_000}})
@@ -28,7 +28,7 @@ def test_the_publisher_sends_the_dead_letter_with_the_key_and_the_reason_as_a_he
     kafka = FakeKafka()
     sink = kafka.connector().sink(None)
     counters = Counters()
-    publisher = Publisher(CONFIG, sink, counters, LatencyHistogram())
+    publisher = Publisher(CONFIG, sink, counters, Histogram("latency", "latency", LATENCY_BUCKETS))
     for offset in (7, 8):
         publisher.dead_letter(Message("events", 0, offset, b"k", b"{oops"), "malformed JSON: " + "x" * 600)
     sink.flush()
@@ -61,7 +61,7 @@ def test_the_publisher_writes_a_dead_letter_for_any_refused_record(value, reason
     kafka = FakeKafka()
     sink = kafka.connector().sink(None)
     counters = Counters()
-    publisher = Publisher(CONFIG, sink, counters, LatencyHistogram())
+    publisher = Publisher(CONFIG, sink, counters, Histogram("latency", "latency", LATENCY_BUCKETS))
     publisher.dead_letter(Message("events", 0, 7, b"k", value), reason or "accepted, sent anyway")
     sink.flush()
     [written] = kafka.values(CONFIG.kafka.dead_letter_topic)
@@ -75,7 +75,7 @@ def test_the_publisher_writes_a_dead_letter_for_any_refused_record(value, reason
 def test_the_publisher_sends_each_prediction_and_times_it_from_the_produce_time():
     kafka = FakeKafka()
     sink = kafka.connector().sink(None)
-    counters, latency = Counters(), LatencyHistogram()
+    counters, latency = Counters(), Histogram("latency", "latency", LATENCY_BUCKETS)
     publisher = Publisher(CONFIG, sink, counters, latency)
     publisher.prediction({"id": "e-0"})  # no produce time known yet: not timed
     publisher.source = Message("events", 0, 1, None, b"{}", int(time.time() * 1000) - 250)
@@ -97,7 +97,9 @@ def test_every_record_fits_its_topic_and_a_prediction_that_cannot_becomes_a_dead
     sink = kafka.connector().sink(None)
     counters = Counters()
     topics = [CONFIG.kafka.predictions_topic, CONFIG.kafka.dead_letter_topic]
-    publisher = Publisher(CONFIG, sink, counters, LatencyHistogram(), dict.fromkeys(topics, 2_000))
+    publisher = Publisher(
+        CONFIG, sink, counters, Histogram("latency", "latency", LATENCY_BUCKETS), dict.fromkeys(topics, 2_000)
+    )
     event = Message("events", 0, 3, b"key", b'{"x": {"a": 1.0}, "id": "' + b"i" * 5_000 + b'"}')
     publisher.source = event
     publisher.prediction({"id": "i" * 5_000, "y_pred": True})  # its id alone is over the limit

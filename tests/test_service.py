@@ -49,7 +49,7 @@ def _reference(config: dict, events: list[dict]) -> tuple[list[str], Engine]:
 
 def _final_state(config: dict, topic: str, partition: int = 0):
     store = SnapshotStore(Path(config["snapshots"]["directory"]) / f"{topic}-{partition}")
-    restored = restore_point(store, PartitionId(topic, partition).key, committed=10**12)
+    restored = restore_point(store, {PartitionId(topic, partition).key: 10**12})
     assert restored is not None, "the service left no snapshot"
     return restored
 
