@@ -263,3 +263,16 @@ def test_a_join_restored_from_its_changes_goes_on_as_the_original():
     rng.seed(12)
     after_restored = run(restored, range(300, 500))
     assert after_restored == after_original and restored.summary() == original.summary()
+
+
+def test_the_labels_benchmark_measures_the_join_and_a_checkpoint_beside_it():
+    import subprocess
+    import sys
+
+    from tests import REPO_ROOT
+
+    command = [sys.executable, "-m", "benchmarks.labels", "--pending", "30000", "--labels", "20000"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "waiting: 30000 events" in result.stdout and "checkpoint:" in result.stdout
+    assert "labels joined and learned" in result.stdout and "us a label" in result.stdout
