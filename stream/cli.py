@@ -457,6 +457,43 @@ def serve(
 
 
 @app.command()
+def rebuild(
+    config_path: ConfigOption = None,
+    partition: Annotated[
+        int | None, typer.Option(help="Rebuild this partition only (default: every partition of the input).")
+    ] = None,
+) -> None:
+    """Train each partition's model again from its examples topic (delayed labels), and put it in
+    place of the partition's last checkpoint: the way across a River upgrade, whose snapshots do
+    not load. Stop the service first; it restores the rebuilt models when it starts.
+
+    Example: stream rebuild -c config.yaml
+    """
+    from stream.rebuild import rebuild_partition
+
+    config = _load(config_path, check=True)
+    connector = config.kafka.connector()
+    count = connector.partition_count(config.kafka.input_topic)
+    if count is None:
+        raise _fail(f"the input topic {config.kafka.input_topic!r} does not exist", 2)
+    partitions = range(count) if partition is None else [partition]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        for number in partitions:
+            task = progress.add_task(f"partition {number}", total=None)
+
+            def on_progress(learned: int, total: int, task: Any = task) -> None:
+                if learned % 1000 == 0 or learned == total:
+                    progress.update(task, completed=learned, total=total)
+
+            try:
+                manifest = rebuild_partition(config, connector, number, on_progress)
+            except (ConfigError, SnapshotError) as error:
+                raise _fail(str(error), 2 if isinstance(error, ConfigError) else 1) from None
+            out.print(f"partition {number}: {manifest.id} rebuilt from {manifest.examples_learned} examples")
+
+
+@app.command()
 def publish(
     input_path: Annotated[
         Path, typer.Argument(metavar="FILE", help="JSONL or CSV file of events; - for stdin.")

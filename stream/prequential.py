@@ -557,6 +557,7 @@ class Engine:
             labelled_seen=state.labelled,
             model_version=state.model_version,
             offsets=dict(state.offsets),
+            examples_learned=state.examples_learned,
             metrics=_finite(state.metrics.values()),
             note=note,
         )

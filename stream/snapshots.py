@@ -92,6 +92,7 @@ class SnapshotManifest(BaseModel):
     labelled_seen: int = 0
     model_version: int = 1
     offsets: dict[str, int] = Field(default_factory=dict)
+    examples_learned: int = Field(default=0, description="delayed labels: examples learned, in order")
     metrics: dict[str, float] = Field(default_factory=dict)
     sha256: str
     size_bytes: int

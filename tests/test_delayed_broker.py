@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,52 @@ def test_a_label_topic_that_is_not_co_partitioned_is_refused_at_start(kafka, tmp
     assert service.process.wait(60) == 2, service.log()
     assert "must be co-partitioned with their events" in service.log()
     assert "has 3 partitions and the input" in service.log()
+
+
+def test_rebuild_trains_the_last_checkpoint_again_from_the_examples_and_the_service_goes_on_from_it(
+    kafka, tmp_path, new_topic
+):
+    config = _config(kafka, tmp_path, new_topic, "confluent-kafka", partitions=1)
+    topics = config["kafka"]
+    events, labels = delayed_stream(900, seed=4)
+    _keyed(kafka.bootstrap_servers, topics["input_topic"], events[:700])
+    _keyed(
+        kafka.bootstrap_servers,
+        topics["label_topic"],
+        [label for label in labels if int(label["id"][1:]) < 700],
+    )
+    examples_topic = Config.model_validate(config).kafka.examples_topic
+    service = ServiceProcess(tmp_path, config).start()
+    try:
+        wait_for_records(kafka.bootstrap_servers, examples_topic, 700, 120, service.log)
+    finally:
+        assert service.stop() == 0, service.log()
+    store = SnapshotStore.from_config(Config.model_validate(config).snapshots, f"{topics['input_topic']}-0")
+    last = store.list()[-1]
+    original = store.load(last.id)
+
+    rebuilt = subprocess.run(
+        [sys.executable, "-m", "stream", "rebuild", "-c", str(service.config_path)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert f"partition 0: {last.id} rebuilt from 700 examples" in rebuilt.stdout
+    state = store.load(last.id)  # in the checkpoint's place, from the examples alone
+    assert store.get(last.id).note.startswith("rebuilt from 700 examples")
+    assert canonical_pickle(state.model) == canonical_pickle(original.model)
+    assert state.metrics.values() == original.metrics.values() and state.offsets == original.offsets
+
+    service.start()
+    try:
+        _keyed(kafka.bootstrap_servers, topics["input_topic"], events[700:])
+        _keyed(
+            kafka.bootstrap_servers,
+            topics["label_topic"],
+            [label for label in labels if int(label["id"][1:]) >= 700],
+        )
+        wait_for_records(kafka.bootstrap_servers, examples_topic, 900, 120, service.log)
+    finally:
+        assert service.stop() == 0, service.log()
+    assert f"from snapshot {last.id}; re-learned 0 examples" in service.log()
+    predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 900)
+    assert sorted(p["id"] for p in predictions) == sorted(e["id"] for e in events)
