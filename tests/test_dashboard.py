@@ -142,6 +142,38 @@ def hostile_api() -> Iterator[str]:
     server.server_close()
 
 
+@pytest.mark.kafka
+def test_with_delayed_labels_the_dashboard_shows_what_waits_and_what_was_joined(
+    kafka, tmp_path, browser, new_topic
+):
+    config = service_config(
+        kafka.bootstrap_servers,
+        tmp_path,
+        kafka={"input_topic": new_topic(prefix="events"), "label_topic": new_topic(prefix="labels")},
+    )
+    topics = config["kafka"]
+    events = [{**event, "id": f"e{n}"} for n, event in enumerate(drifting_events(300))]
+    publish(kafka.bootstrap_servers, topics["input_topic"], [
+        json.dumps({name: value for name, value in e.items() if name != "y"}).encode() for e in events
+    ])  # fmt: skip
+    labels = [{"id": e["id"], "y": e["y"]} for e in events[:200]]  # the last 100 still wait
+    publish(kafka.bootstrap_servers, topics["label_topic"], [json.dumps(label).encode() for label in labels])
+    service = ServiceProcess(tmp_path, config).start()
+    try:
+        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 300, timeout=120)
+        browser.get(service.api_url() + "/")
+
+        def cards() -> dict[str, str]:
+            found = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
+            return {c.find_element(By.CLASS_NAME, "label").text: c.find_element(By.CLASS_NAME, "value").text
+                    for c in found}  # fmt: skip
+
+        WebDriverWait(browser, 60).until(lambda _: cards().get("labels joined") == "200")
+        assert cards()["events waiting"] == "100" and cards()["orphan labels"] == "0"
+    finally:
+        assert service.stop() == 0, service.log()
+
+
 def test_the_dashboard_shows_what_the_api_returns_as_text_and_never_runs_it(hostile_api, browser):
     browser.get(hostile_api + "/")
     wait = WebDriverWait(browser, 30)

@@ -37,7 +37,22 @@ function drawCards(stats, summary) {
     card("snapshots", summary ? summary.snapshots : "–"),
     card("rollbacks", summary ? summary.rollbacks : "–"),
     card("model version", summary ? "v" + summary.model_version : "–"),
+    ...labelCards(summary ? summary.labels : null),
   );
+}
+
+// Delayed labels (kafka.label_topic): what waits, and what became of the labels.
+function labelCards(labels) {
+  if (!labels) return [];
+  const delay = labels.mean_label_delay_seconds;
+  return [
+    card("events waiting", labels.waiting),
+    card("labels joined", labels.joined),
+    card("expired", labels.expired + labels.evicted),
+    card("orphan labels", labels.orphans),
+    card("duplicate labels", labels.duplicates),
+    card("mean label delay (s)", delay === null || delay === undefined ? "–" : delay.toFixed(1)),
+  ];
 }
 
 function chart(element, series, data, existing) {
