@@ -77,38 +77,18 @@ def _examples(bootstrap: str, topic: str, partition: int) -> list[tuple[int, Any
     return records
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
-def test_sigkill_at_five_points_with_delayed_labels_learns_each_label_once_and_keeps_the_model(
-    kafka, tmp_path, new_topic, backend
-):
-    config = _config(kafka, tmp_path, new_topic, backend, service={"checkpoint_every_events": 400})
+def _check_the_learning_order(bootstrap: str, config: dict, events: list[dict], tmp_path: Path) -> None:
+    """Each event predicted once, each example learned once; per partition, the final model and
+    the predictions are those of a fresh model learning the partition's examples in order."""
     topics = config["kafka"]
-    events, labels = delayed_stream(3_000, seed=9)
-    _keyed(kafka.bootstrap_servers, topics["input_topic"], events)
-    _keyed(kafka.bootstrap_servers, topics["label_topic"], labels)
-
-    service = ServiceProcess(tmp_path, config)
-    watcher = ProgressWatcher(kafka.bootstrap_servers, topics["predictions_topic"])
-    for point in sorted(random.Random(20261201).sample(range(300, 2_700), 5)):
-        service.start()
-        assert watcher.wait_for(point, timeout=120) >= point, service.log()
-        service.kill()  # mid-batch, mid-transaction
-    watcher.close()
-    service.start()
     examples_topic = Config.model_validate(config).kafka.examples_topic
-    try:
-        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], len(events), 180, service.log)
-        wait_for_records(kafka.bootstrap_servers, examples_topic, len(events), 180, service.log)
-    finally:
-        assert service.stop() == 0, service.log()
-
-    predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], len(events))
+    predictions = read_topic(bootstrap, topics["predictions_topic"], len(events))
     assert duplicates([p["id"] for p in predictions]) == {}, "a read_committed reader saw a prediction twice"
     assert len(predictions) == len(events)
     published = {p["id"]: p for p in predictions}
     learned: list[str] = []
     for partition in range(2):
-        examples = _examples(kafka.bootstrap_servers, examples_topic, partition)
+        examples = _examples(bootstrap, examples_topic, partition)
         assert [seq for seq, _, _ in examples] == list(range(1, len(examples) + 1))
         learned += [event.id for _, event, _ in examples]
         # A fresh model learning this partition's examples in order: the same model and predictions.
@@ -130,6 +110,39 @@ def test_sigkill_at_five_points_with_delayed_labels_learns_each_label_once_and_k
         assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)
         assert state.metrics.values() == reference.state.metrics.values()
     assert duplicates(learned) == {} and sorted(learned) == sorted(e["id"] for e in events)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_sigkill_at_five_points_with_delayed_labels_learns_each_label_once_and_keeps_the_model(
+    kafka, tmp_path, new_topic, backend
+):
+    # Checkpoints far apart: a restore has examples to learn again after its checkpoint.
+    service_options = {"checkpoint_every_events": 2_000, "checkpoint_every_seconds": 60.0}
+    config = _config(kafka, tmp_path, new_topic, backend, service=service_options)
+    topics = config["kafka"]
+    events, labels = delayed_stream(3_000, seed=9)
+    _keyed(kafka.bootstrap_servers, topics["input_topic"], events)
+    _keyed(kafka.bootstrap_servers, topics["label_topic"], labels)
+
+    service = ServiceProcess(tmp_path, config).start()
+    examples_topic = Config.model_validate(config).kafka.examples_topic
+    # Once the service made the examples topic (a reader asking first would create it, wrongly).
+    wait_until(lambda: "assignment: ['" in service.log(), 120, "the service never took its partitions")
+    watcher = ProgressWatcher(kafka.bootstrap_servers, examples_topic)  # kill as examples are learned
+    for number, point in enumerate(sorted(random.Random(20261201).sample(range(300, 2_700), 5))):
+        if number:
+            service.start()
+        assert watcher.wait_for(point, timeout=120) >= point, service.log()
+        service.kill()  # mid-batch, mid-transaction
+    watcher.close()
+    service.start()
+    try:
+        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], len(events), 180, service.log)
+        wait_for_records(kafka.bootstrap_servers, examples_topic, len(events), 180, service.log)
+    finally:
+        assert service.stop() == 0, service.log()
+
+    _check_the_learning_order(kafka.bootstrap_servers, config, events, tmp_path)
     relearned = [int(n) for n in re.findall(r"re-learned (\d+) examples", service.log())]
     assert any(relearned), "no restore learned examples again: the kills missed what this test is about"
 
@@ -247,3 +260,44 @@ def test_rebuild_trains_the_last_checkpoint_again_from_the_examples_and_the_serv
     assert f"from snapshot {last.id}; re-learned 0 examples" in service.log()
     predictions = read_topic(kafka.bootstrap_servers, topics["predictions_topic"], 900)
     assert sorted(p["id"] for p in predictions) == sorted(e["id"] for e in events)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_when_one_of_two_instances_dies_the_survivor_goes_on_with_its_labels_and_join(
+    kafka, tmp_path, new_topic, backend
+):
+    config = _config(kafka, tmp_path, new_topic, backend)
+    topics = config["kafka"]
+    events, labels = delayed_stream(2_400, seed=13)
+    first_half = {e["id"] for e in events[:1_200]}
+    _keyed(kafka.bootstrap_servers, topics["input_topic"], events[:1_200])
+    _keyed(
+        kafka.bootstrap_servers,
+        topics["label_topic"],
+        [label for label in labels if label["id"] in first_half],
+    )
+    first = ServiceProcess(tmp_path, config, "first").start()
+    second = ServiceProcess(tmp_path, config, "second").start()
+    examples_topic = Config.model_validate(config).kafka.examples_topic
+    try:
+        wait_until(
+            lambda: "assignment: ['" in first.log() and "assignment: ['" in second.log(),
+            120,
+            "the two instances never shared the partitions",
+        )
+        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 1_200, 120, second.log)
+        second.kill()  # its partition's join and examples go on at the survivor
+        _keyed(kafka.bootstrap_servers, topics["input_topic"], events[1_200:])
+        _keyed(
+            kafka.bootstrap_servers,
+            topics["label_topic"],
+            [label for label in labels if label["id"] not in first_half],
+        )
+        wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], len(events), 180, first.log)
+        wait_for_records(kafka.bootstrap_servers, examples_topic, len(events), 180, first.log)
+    finally:
+        if second.alive():
+            second.kill()
+        assert first.stop() == 0, first.log()
+    assert first.log().count("assignment: [") >= 2  # it took the dead one's partition over
+    _check_the_learning_order(kafka.bootstrap_servers, config, events, tmp_path)
