@@ -2,12 +2,15 @@
 
 service-eos / service-alos                 ``stream serve`` on kafka-python, exactly_once / at_least_once
 service-eos-confluent / -alos-confluent    the same on the confluent-kafka backend
+service-eos-delayed-confluent              delayed labels: events without ``y``, each label on the label
+                                           topic; done when every label is learned (examples topic)
 peer-kafka-python                          a plain kafka-python consume/predict/produce/learn script
 peer-quix-eos / peer-quix-alos             the model in a Quix Streams application
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,10 +33,13 @@ KAFKA_PATHS = (
     "service-alos",
     "service-eos-confluent",
     "service-alos-confluent",
+    "service-eos-delayed-confluent",
     "peer-kafka-python",
     "peer-quix-eos",
     "peer-quix-alos",
 )
+# Paths whose labels come on their own topic: measured for throughput only.
+DELAYED_PATHS = ("service-eos-delayed-confluent",)
 # How often every path that commits on a timer commits: the service's default, and Quix is set to it.
 COMMIT_INTERVAL = 0.2
 # A path that shows no progress for this long has failed (start-up and a group join take seconds).
@@ -74,12 +80,38 @@ class Run:
         return f"bench-out-{self.name}"
 
     @property
+    def label_topic(self) -> str:
+        return f"bench-labels-{self.name}"
+
+    @property
+    def delayed(self) -> bool:
+        return self.path in DELAYED_PATHS
+
+    @property
+    def progress_topic(self) -> str:
+        """Where an event's work shows as done: its prediction, or (delayed labels) its example."""
+        return f"bench-{self.name}.{self.input_topic}.examples" if self.delayed else self.output_topic
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / f"{self.path}-{self.name}.log"
 
     def create_topics(self) -> None:
         connector = create_connector("confluent-kafka", self.bootstrap)
         connector.ensure_topics([self.input_topic, self.output_topic])
+        if self.delayed:  # the examples topic too: the reader assigns it before the service starts
+            connector.ensure_topics([self.label_topic, self.progress_topic])
+
+    def publish(self, lines: list[bytes]) -> None:
+        """Pre-produce the events; with delayed labels, without ``y``, and each label on the label
+        topic."""
+        if not self.delayed:
+            publish(self.bootstrap, self.input_topic, lines)
+            return
+        events = [json.loads(line) for line in lines]
+        labels = [json.dumps({"id": event["id"], "y": event.pop("y")}).encode() for event in events]
+        publish(self.bootstrap, self.input_topic, [json.dumps(event).encode() for event in events])
+        publish(self.bootstrap, self.label_topic, labels)
 
     def command(self) -> list[str]:
         path, model, count = self.path, self.model, str(self.count)
@@ -95,6 +127,8 @@ class Run:
                 "dead_letter_topic": f"bench-dead-{self.name}",
                 "group_id": f"bench-{self.name}",
             }
+            if self.delayed:
+                config["kafka"]["label_topic"] = self.label_topic
             config_path = self.workdir / f"config-{self.name}.yaml"
             config_path.write_text(yaml.safe_dump(config))
             return [sys.executable, "-m", "stream", "--log-level", "WARNING", "serve", "-c", str(config_path)]
@@ -156,7 +190,7 @@ class Run:
             "bootstrap.servers": self.bootstrap, "group.id": f"bench-reader-{self.name}",
             "enable.auto.commit": False, "isolation.level": isolation,
         })  # fmt: skip
-        consumer.assign([TopicPartition(self.output_topic, 0, OFFSET_BEGINNING)])
+        consumer.assign([TopicPartition(self.progress_topic, 0, OFFSET_BEGINNING)])
         return consumer
 
     def producer(self) -> Producer:

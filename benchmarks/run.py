@@ -10,6 +10,9 @@ Paths, for each model (``benchmarks/models.py``), on the same pre-generated Agra
   service-eos          ``stream serve``, exactly_once, kafka-python backend, on the local broker
   service-alos         ``stream serve``, at_least_once, kafka-python backend
   service-*-confluent  the same on the confluent-kafka backend (``kafka.backend``)
+  service-eos-delayed-confluent
+                       delayed labels: the events without ``y``, each label on the label topic;
+                       timed to the last example learned (the examples topic), throughput only
   peer-kafka-python    a plain kafka-python consume/predict/produce/learn script (at-least-once)
   peer-quix-eos        the model in a Quix Streams application, processing_guarantee exactly-once
   peer-quix-alos       the same, at-least-once
@@ -57,7 +60,7 @@ from river import metrics
 from benchmarks import REPO_ROOT
 from benchmarks.latency import measure_latency, measure_memory, measure_recovery
 from benchmarks.models import LABELS, MODELS
-from benchmarks.paths import KAFKA_PATHS, Run, engine_config, peak_rss_mb, publish, take
+from benchmarks.paths import DELAYED_PATHS, KAFKA_PATHS, Run, engine_config, peak_rss_mb, take
 from kafka_local import LocalBroker
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
@@ -66,7 +69,7 @@ from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
 
 PATHS = ("bare", "replay", *KAFKA_PATHS)
-SERVICE_PATHS = tuple(p for p in KAFKA_PATHS if p.startswith("service"))
+SERVICE_PATHS = tuple(p for p in KAFKA_PATHS if p.startswith("service") and p not in DELAYED_PATHS)
 
 
 # -- in-process paths, each in a fresh interpreter (spawn, not fork) so its peak RSS is its own ----
@@ -106,7 +109,7 @@ def in_child(function: Any, *args: Any) -> tuple[float, float]:
 def throughput(run: Run, lines: list[bytes]) -> tuple[float, float]:
     """Events/s from the first prediction produced to the last committed, and peak RSS."""
     run.create_topics()
-    publish(run.bootstrap, run.input_topic, lines)
+    run.publish(lines)
     produced, committed = run.reader("read_uncommitted"), run.reader("read_committed")
     process = run.start()
     seen, first_at, rss = 0, 0.0, 0.0
@@ -145,7 +148,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             services = [r["events_per_second"] for r in rows if r["path"] in SERVICE_PATHS]
             if services and args.latency_seconds:
                 offered = 0.5 * max(services)
-                for path in (p for p in KAFKA_PATHS if p in args.paths):
+                for path in (p for p in KAFKA_PATHS if p in args.paths and p not in DELAYED_PATHS):
                     latency, recovery = _latency(args, path, model, records, offered, broker, workdir)
                     report["latency"].append(latency)
                     if recovery:
