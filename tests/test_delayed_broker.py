@@ -14,14 +14,17 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
 
 from connectors import BACKENDS
+from kafka_local import LocalBroker
 from stream.changelog import decode_example
 from stream.checkpoint import restore_point
 from stream.config import Config
@@ -301,3 +304,42 @@ def test_when_one_of_two_instances_dies_the_survivor_goes_on_with_its_labels_and
         assert first.stop() == 0, first.log()
     assert first.log().count("assignment: [") >= 2  # it took the dead one's partition over
     _check_the_learning_order(kafka.bootstrap_servers, config, events, tmp_path)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_twenty_second_broker_outage_with_delayed_labels_loses_no_label_and_learns_none_twice(
+    tmp_path, backend
+):
+    broker = LocalBroker(data_dir=tmp_path / "broker")
+    broker.start()
+    try:
+        bootstrap = broker.bootstrap_servers
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        names = [f"events-{uuid.uuid4().hex[:8]}", f"labels-{uuid.uuid4().hex[:8]}"]
+        admin.create_topics([NewTopic(name, num_partitions=2, replication_factor=1) for name in names])
+        admin.close()
+        config = service_config(
+            bootstrap, tmp_path, kafka={"backend": backend, "input_topic": names[0], "label_topic": names[1]}
+        )
+        events, labels = delayed_stream(2_000, seed=21)
+        first = {e["id"] for e in events[:1_000]}
+        _keyed(bootstrap, names[0], events[:1_000])
+        _keyed(bootstrap, names[1], [label for label in labels if label["id"] in first])
+        examples_topic = Config.model_validate(config).kafka.examples_topic
+        service = ServiceProcess(tmp_path, config).start()
+        try:
+            wait_for_records(bootstrap, config["kafka"]["predictions_topic"], 1_000, 120, service.log)
+            api = httpx.Client(base_url=service.api_url(), timeout=10)
+            broker.stop()
+            time.sleep(20)  # the outage itself
+            assert service.alive(), service.log()
+            broker.start()
+            wait_until(lambda: api.get("/ready").status_code == 200, 120, "the service never came back")
+            _keyed(bootstrap, names[0], events[1_000:])
+            _keyed(bootstrap, names[1], [label for label in labels if label["id"] not in first])
+            wait_for_records(bootstrap, examples_topic, len(events), 180, service.log)
+        finally:
+            assert service.stop() == 0, service.log()
+        _check_the_learning_order(bootstrap, config, events, tmp_path)
+    finally:
+        broker.close()
