@@ -71,7 +71,8 @@ class Source(ABC):
     def __init__(
         self, topics: list[str], group_id: str, instance_id: str, bootstrap: str, settings: ClientSettings
     ) -> None:
-        """Join ``group_id`` as the static member ``instance_id`` and subscribe to ``topics``."""
+        """Join ``group_id`` as the static member ``instance_id`` and subscribe to ``topics``; with no
+        topics, a reader of ranges and offsets only (it joins no group)."""
 
     @abstractmethod
     def poll(self, timeout: float, max_records: int) -> list[Message]:
@@ -85,6 +86,13 @@ class Source(ABC):
 
     @abstractmethod
     def assignment(self) -> set[TopicPartition]: ...
+
+    @abstractmethod
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        """Fetch no more of these partitions until :meth:`resume` (what was returned is the caller's)."""
+
+    @abstractmethod
+    def resume(self, partitions: list[TopicPartition]) -> None: ...
 
     @abstractmethod
     def seek(self, partition: TopicPartition, offset: int) -> None: ...

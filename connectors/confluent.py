@@ -84,12 +84,13 @@ class ConfluentSource(Source):
         })  # fmt: skip
         # Seeks librdkafka refused because the partition's fetcher had not started yet.
         self._pending_seeks: dict[TopicPartition, int] = {}
-        self.consumer.subscribe(
-            topics,
-            on_assign=lambda _, assigned: self.on_assign(_partitions(assigned)),
-            on_revoke=lambda _, revoked: self._revoked(_partitions(revoked)),
-            on_lost=lambda _, lost: self._revoked(_partitions(lost)),
-        )
+        if topics:  # none: a reader of ranges (read_range, offsets), never a group member
+            self.consumer.subscribe(
+                topics,
+                on_assign=lambda _, assigned: self.on_assign(_partitions(assigned)),
+                on_revoke=lambda _, revoked: self._revoked(_partitions(revoked)),
+                on_lost=lambda _, lost: self._revoked(_partitions(lost)),
+            )
 
     def _client_error(self, error: KafkaError) -> None:
         # Called from inside consume, on this thread; poll raises what was fatal.
@@ -142,6 +143,13 @@ class ConfluentSource(Source):
 
     def assignment(self) -> set[TopicPartition]:
         return set(_partitions(self.consumer.assignment()))
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.pause([KafkaTopicPartition(*tp) for tp in partitions])
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        assigned = self.assignment()
+        self.consumer.resume([KafkaTopicPartition(*tp) for tp in partitions if tp in assigned])
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self._pending_seeks[partition] = offset

@@ -82,7 +82,8 @@ class KafkaSource(Source):
             max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             **{"session_timeout_ms": 10_000, "heartbeat_interval_ms": 1_000, **self._options},
         )
-        self.consumer.subscribe(topics, listener=_Listener(self))
+        if topics:  # none: a reader of ranges (read_range, offsets), never a group member
+            self.consumer.subscribe(topics, listener=_Listener(self))
 
     def poll(self, timeout: float, max_records: int) -> list[Message]:
         batches = self.consumer.poll(timeout_ms=int(timeout * 1000), max_records=max_records)
@@ -122,6 +123,15 @@ class KafkaSource(Source):
 
     def assignment(self) -> set[TopicPartition]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        assigned = self.consumer.assignment()
+        self.consumer.resume(
+            *(tp for tp in map(lambda p: KafkaTopicPartition(*p), partitions) if tp in assigned)
+        )
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.consumer.seek(KafkaTopicPartition(*partition), offset)

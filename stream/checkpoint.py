@@ -86,6 +86,7 @@ from stream.config import Config
 from stream.errors import NotOwnedError, SnapshotError
 from stream.events import Event, InvalidEvent
 from stream.join import Join
+from stream.order import TimeOrder
 from stream.prequential import Engine
 from stream.snapshots import Reason, SnapshotManifest, SnapshotStore
 from stream.status import Counters
@@ -96,6 +97,8 @@ logger = logging.getLogger(__name__)
 # How often a restore shows the group it is alive while it re-learns; well under any
 # max.poll.interval.ms a user would set.
 KEEP_ALIVE_SECONDS = 0.5
+# Delayed labels: records of one topic held for time order before its partition is paused.
+MAX_HELD_IN_ORDER = 20_000
 
 
 class PartitionId(NamedTuple):
@@ -163,6 +166,7 @@ class OwnedPartition:
     uncommitted: bool = False  # a record was claimed since the last commit
     labels: PartitionId | None = None
     join: Join | None = None
+    order: TimeOrder | None = None  # its events' and labels' records held, to go in time order
     step: RecordStep = field(init=False)  # set by whoever builds it: the step may refer to it
 
     @property
@@ -209,6 +213,7 @@ class Checkpointer:
         self.on_label_delay = on_label_delay
         kafka = config.kafka
         self.input_topic, self.label_topic = kafka.input_topic, kafka.label_topic
+        self._paused: set[TopicPartition] = set()  # partitions with too many records held in order
         # Where a checkpoint sends the events its healing unlearned (in the transaction it commits).
         self.dead_letter = dead_letter
         self.partitions: dict[TopicPartition, OwnedPartition] = {}  # keyed by PartitionId
@@ -266,6 +271,11 @@ class Checkpointer:
                 self.source.seek(partition, owned.next_offset)
             if owned.labels is not None and owned.labels in assigned:
                 self.source.seek(owned.labels, owned.next_label_offset)
+            if owned.order is not None:
+                owned.order.clear()  # what it held will be read again
+        if self._paused:
+            self.source.resume(sorted(self._paused))
+            self._paused = set()
         logger.info("assignment: %s", sorted(owned.id.key for owned in self.partitions.values()))
 
     def _restore(self, partition: PartitionId) -> tuple[OwnedPartition, int]:
@@ -299,8 +309,9 @@ class Checkpointer:
             start = manifest.offsets[partition.key]
             origin = f"snapshot {manifest.id}"
         join = None if labels is None else Join(self.config.labels, self.on_label_delay, track_changes=True)
+        order = None if labels is None else TimeOrder(self.config.labels.order_wait_seconds, time.monotonic())
         owned = OwnedPartition(
-            partition, engine, restored[0].id if restored else "", labels=labels, join=join
+            partition, engine, restored[0].id if restored else "", labels=labels, join=join, order=order
         )
         owned.step = RecordStep(
             self.config, join, None if join is None else partial(self._write_example, owned)
@@ -421,6 +432,36 @@ class Checkpointer:
             owned.uncommitted for owned in self.partitions.values()
         ):
             self.commit()
+
+    def in_time_order(self, messages: list[Message], now: float) -> list[Message]:
+        """Delayed labels: ``messages`` held with those of their partitions, and what can go now,
+        in produce-time order (:mod:`stream.order`); ``now``: a monotonic clock."""
+        for message in messages:
+            owned = self.owner(message)
+            if owned is not None and owned.order is not None:
+                owned.order.add(message, message.topic == self.label_topic, now)
+        ready: list[Message] = []
+        lag: dict[TopicPartition, int] | None = None
+        for owned in self.partitions.values():
+            order = owned.order
+            if not order:
+                continue
+            if lag is None:
+                lag = self.source.lag()
+            sides = {False: owned.id, True: owned.labels}
+            ready.extend(
+                order.take(now, lambda is_label, lag=lag, sides=sides: lag.get(sides[is_label], 1) == 0)
+            )
+            for is_label, partition in sides.items():
+                assert partition is not None
+                held = order.held(is_label)
+                if held >= MAX_HELD_IN_ORDER and partition not in self._paused:
+                    self.source.pause([partition])
+                    self._paused.add(partition)
+                elif held < MAX_HELD_IN_ORDER // 2 and partition in self._paused:
+                    self.source.resume([partition])
+                    self._paused.discard(partition)
+        return ready
 
     def _expire_waiting(self, now: float) -> None:
         """What waited past its time expires even when no record comes."""

@@ -314,6 +314,12 @@ class LabelsConfig(_Section):
     max_pending: int = Field(
         default=1_000_000, ge=1, description="events waiting at most; beyond, the oldest expires (evicted)"
     )
+    order_wait_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        description="records of a partition's events and labels are taken in produce-time order: "
+        "one waits this long at most for the other topic to show a record to compare it with",
+    )
     max_held: int = Field(
         default=100_000,
         ge=1,

@@ -52,10 +52,8 @@ def rebuild_partition(
                             "from its examples without one)")  # fmt: skip
     last = checkpoints[-1]
     examples = PartitionId(kafka.examples_topic, partition)
-    # A reader of the examples topic, in a group of its own: the service's group is left alone.
-    source = connector.source(
-        [kafka.examples_topic], f"{kafka.group_id}-rebuild-{uuid.uuid4().hex[:8]}", "rebuild"
-    )
+    # A reader of ranges only: it joins no group (a member never polled could hold up its close).
+    source = connector.source([], f"{kafka.group_id}-rebuild-{uuid.uuid4().hex[:8]}", "rebuild")
     engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="stream-rebuild-")))
     try:
         start, end = source.beginning_offset(examples), source.end_offset(examples)

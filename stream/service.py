@@ -242,6 +242,8 @@ class Service:
             if self._apply_rebalances(checkpointer):
                 continue  # every owned partition was re-positioned: the batch will be fetched again
             now = time.time()  # the join's clock: for its time bounds, one reading per batch will do
+            if checkpointer.label_topic is not None:
+                messages = checkpointer.in_time_order(messages, time.monotonic())
             for message in messages:
                 self._handle(checkpointer, publisher, message, now)
             self._run_commands()

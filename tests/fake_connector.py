@@ -51,6 +51,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    timestamp_ms: int = -1
 
 
 class FakeKafka:
@@ -72,12 +73,15 @@ class FakeKafka:
         for partition in range(partitions or self.default_partitions):
             self.logs.setdefault((topic, partition), [])
 
-    def append(self, topic: str, values: list[bytes]) -> None:
-        """Records spread over the topic's partitions in turn (use keys to choose)."""
+    def append(self, topic: str, values: list[bytes], timestamps_ms: list[int] | None = None) -> None:
+        """Records spread over the topic's partitions in turn, with their produce times if given."""
         self.create(topic)
         partitions = sorted(tp for tp in self.logs if tp[0] == topic)
         for number, value in enumerate(values):
-            self.logs[partitions[number % len(partitions)]].append(Record(None, value))
+            timestamp = timestamps_ms[number] if timestamps_ms else -1
+            self.logs[partitions[number % len(partitions)]].append(
+                Record(None, value, timestamp_ms=timestamp)
+            )
 
     def records(self, topic: str) -> list[Record]:
         """Everything a read_committed reader sees in ``topic``, with keys and headers."""
@@ -101,6 +105,7 @@ class FakeSource(Source):
         self.on_assign = lambda partitions: None
         self.on_revoke = lambda partitions: None
         self.positions: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
         self._assigned = False
         self._last_poll = time.monotonic()
 
@@ -131,10 +136,15 @@ class FakeSource(Source):
         while len(messages) < max_records:
             before = len(messages)
             for tp, position in self.positions.items():
+                if tp in self.paused:
+                    continue
                 log = self.kafka.logs[tp]
                 end = min(len(log), position + chunk, position + max_records - len(messages))
                 for offset in range(position, end):
-                    messages.append(Message(tp[0], tp[1], offset, log[offset].key, log[offset].value))
+                    record = log[offset]
+                    messages.append(
+                        Message(tp[0], tp[1], offset, record.key, record.value, record.timestamp_ms)
+                    )
                 self.positions[tp] = max(position, end)
             if len(messages) == before:
                 break
@@ -158,6 +168,12 @@ class FakeSource(Source):
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.positions)
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.paused.difference_update(partitions)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.positions[partition] = offset

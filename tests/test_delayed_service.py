@@ -82,11 +82,15 @@ def _run(kafka: FakeKafka, config: Config) -> Service:
 
 
 def _check_exactly_once(kafka: FakeKafka, config: Config) -> None:
+    _check_exactly_once_for(kafka, config, EVENTS)
+
+
+def _check_exactly_once_for(kafka: FakeKafka, config: Config, events: list[dict]) -> None:
     predictions = [json.loads(value) for value in kafka.values("predictions")]
-    assert sorted(p["id"] for p in predictions) == sorted(event["id"] for event in EVENTS)  # each once
+    assert sorted(p["id"] for p in predictions) == sorted(event["id"] for event in events)  # each once
     examples = [decode_example(value) for value in kafka.values(config.kafka.examples_topic)]
     assert [seq for seq, _, _ in examples] == list(range(1, len(examples) + 1))
-    assert sorted(event.id for _, event, _ in examples) == sorted(event["id"] for event in EVENTS)
+    assert sorted(event.id for _, event, _ in examples) == sorted(event["id"] for event in events)
     assert kafka.values("dead") == []
 
     # A fresh model learning the examples in their order: the same model, the same predictions.
@@ -151,3 +155,24 @@ def test_five_crashes_in_one_run_still_give_the_model_of_the_learning_order(tmp_
     kafka.plan.step = ""
     _run(kafka, config)
     _check_exactly_once(kafka, config)
+
+
+def test_a_backlog_of_events_and_labels_is_learned_in_the_order_it_was_produced(tmp_path, monkeypatch):
+    """All events read before any label (one topic's run at a time), unless the service orders
+    them: then each event is predicted by a model that learned every label produced before it."""
+    monkeypatch.setattr("stream.checkpoint.MAX_HELD_IN_ORDER", 50)  # pause a topic 50 records ahead
+    events = [{"id": f"e{n}", "x": event["x"]} for n, event in enumerate(drifting_events(400, seed=3))]
+    labels = [{"id": f"e{n}", "y": event["y"]} for n, event in enumerate(drifting_events(400, seed=3))]
+    kafka = FakeKafka(batch=100)
+    kafka.append("events", [json.dumps(e).encode() for e in events], [1_000 * n for n in range(400)])
+    kafka.append(
+        "labels", [json.dumps(label).encode() for label in labels], [1_000 * n + 5_500 for n in range(400)]
+    )
+    config = _config(tmp_path)
+    _run(kafka, config)
+    _check_exactly_once_for(kafka, config, events)
+    predictions = [json.loads(value) for value in kafka.values("predictions")]
+    # The first six events come before any label; every later one after the label five before it.
+    assert [p["id"] for p in predictions if p["y_pred"] is None] == [f"e{n}" for n in range(6)]
+    examples = [decode_example(value) for value in kafka.values(config.kafka.examples_topic)]
+    assert [event.id for _, event, _ in examples] == [f"e{n}" for n in range(400)]
