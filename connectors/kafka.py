@@ -129,9 +129,8 @@ class KafkaSource(Source):
 
     def resume(self, partitions: list[TopicPartition]) -> None:
         assigned = self.consumer.assignment()
-        self.consumer.resume(
-            *(tp for tp in map(lambda p: KafkaTopicPartition(*p), partitions) if tp in assigned)
-        )
+        wanted = (KafkaTopicPartition(*partition) for partition in partitions)
+        self.consumer.resume(*(tp for tp in wanted if tp in assigned))
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.consumer.seek(KafkaTopicPartition(*partition), offset)

@@ -8,7 +8,9 @@ both check the same things in the same order:
 2. the bytes are decoded and validated (:func:`stream.events.decode_event`; a CSV row, already a
    mapping, is validated as it is), and held to ``limits`` (features per event, label length);
 3. an event without an ``id`` is named after where it came from (``prefix`` + position);
-4. the engine predicts, learns, then hands the prediction to ``emit`` (:meth:`Engine.process`).
+4. the engine predicts, learns, then hands the prediction to ``emit`` (:meth:`Engine.process`);
+   with delayed labels (a :class:`~stream.join.Join`), an event without ``y`` is predicted and
+   published, then waits for its label, which comes through :meth:`RecordStep.label`.
 
 A record that fails any of these is counted on the engine as an error, and the step returns the
 reason; the caller writes the dead letter where its records go. So does an earlier record whose
