@@ -145,7 +145,8 @@ class ConfluentSource(Source):
         return set(_partitions(self.consumer.assignment()))
 
     def pause(self, partitions: list[TopicPartition]) -> None:
-        self.consumer.pause([KafkaTopicPartition(*tp) for tp in partitions])
+        assigned = self.assignment()  # a rebalance may have taken one since
+        self.consumer.pause([KafkaTopicPartition(*tp) for tp in partitions if tp in assigned])
 
     def resume(self, partitions: list[TopicPartition]) -> None:
         assigned = self.assignment()

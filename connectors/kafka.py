@@ -125,12 +125,15 @@ class KafkaSource(Source):
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
     def pause(self, partitions: list[TopicPartition]) -> None:
-        self.consumer.pause(*(KafkaTopicPartition(*tp) for tp in partitions))
+        self.consumer.pause(*self._assigned(partitions))
 
     def resume(self, partitions: list[TopicPartition]) -> None:
+        self.consumer.resume(*self._assigned(partitions))
+
+    def _assigned(self, partitions: list[TopicPartition]) -> list[KafkaTopicPartition]:
+        """Those of ``partitions`` still assigned (a rebalance may have taken one since)."""
         assigned = self.consumer.assignment()
-        wanted = (KafkaTopicPartition(*partition) for partition in partitions)
-        self.consumer.resume(*(tp for tp in wanted if tp in assigned))
+        return [tp for tp in (KafkaTopicPartition(*partition) for partition in partitions) if tp in assigned]
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         self.consumer.seek(KafkaTopicPartition(*partition), offset)

@@ -165,3 +165,35 @@ def test_a_new_member_reads_when_polls_are_shorter_than_the_group_join(kafka, hu
     for source in _new_members(create_connector(backend, kafka.bootstrap_servers), hundred_events):
         messages = _poll_until(source, 100, poll_timeout=0.001)
         assert [m.offset for m in messages] == list(range(100))
+
+
+def test_a_paused_partition_gives_nothing_until_resumed_and_a_reader_without_topics_joins_no_group(
+    kafka, new_topic, backend
+):
+    topics = [new_topic(), new_topic()]
+    for topic in topics:
+        publish(kafka.bootstrap_servers, topic, [str(i).encode() for i in range(50)])
+    connector = create_connector(backend, kafka.bootstrap_servers)
+    source = connector.source(topics, f"group-{uuid.uuid4().hex[:6]}", "member-1")
+    try:
+        source.pause([(topics[1], 0)])  # not assigned yet: nothing to pause, and no error
+        deadline = time.monotonic() + 30
+        while source.assignment() != {(topics[0], 0), (topics[1], 0)} and time.monotonic() < deadline:
+            source.poll(timeout=0.2, max_records=500)
+        source.pause([(topics[1], 0)])
+        for partition in source.assignment():
+            source.seek(partition, 0)
+        seen = _poll_until(source, 60, timeout=5)
+        assert {m.topic for m in seen} == {topics[0]} and len(seen) == 50
+        source.resume([(topics[1], 0)])
+        assert {m.topic for m in _poll_until(source, 50)} == {topics[1]}
+    finally:
+        source.close()
+    reader = connector.source([], f"group-{uuid.uuid4().hex[:6]}", "reader")
+    try:
+        assert [m.offset for m in reader.read_range((topics[0], 0), 0, 50)] == list(range(50))
+        assert reader.end_offset((topics[0], 0)) == 50 and reader.assignment() == set()
+    finally:
+        started = time.monotonic()
+        reader.close()
+        assert time.monotonic() - started < 5  # nothing to leave
