@@ -21,11 +21,14 @@ partition p only ever written by the owner of p), in the transaction that commit
 >>> seq, event, prediction = decode_example(raw)
 >>> seq, event.x, event.y, prediction["y_proba"]
 (7, {'f': 0.5}, True, {False: 0.6, True: 0.4})
+>>> decode_example(encode_example(8, Event(x={"big": 2**70}, y=1, id="e-2"), None))[1].x  # not a float
+{'big': 1180591620717411303424}
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import orjson
@@ -33,6 +36,21 @@ import orjson
 from connectors.base import Message
 from stream.events import Event
 from stream.join import HELD, METER, RECENT, WAITING, HeldLabel, WaitingEvent
+
+# orjson writes integers of up to 64 bits and reads larger ones as floats; a record holding one is
+# written by json, marked so, and read back by json: exactly what was learned.
+_BY_JSON = b"J"
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return _BY_JSON + json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _loads(raw: bytes) -> Any:
+    return json.loads(raw[1:]) if raw[:1] == _BY_JSON else orjson.loads(raw)
 
 
 def _pairs(prediction: dict[str, Any]) -> list[list[Any]]:
@@ -50,7 +68,7 @@ def _prediction(pairs: list[list[Any]]) -> dict[str, Any]:
 
 def encode_example(seq: int, event: Event, prediction: dict[str, Any] | None) -> bytes:
     """An example learned, ``seq``-th of its partition; ``prediction``: a joined label's."""
-    return orjson.dumps(
+    return _dumps(
         {
             "seq": seq,
             "id": event.id,
@@ -62,7 +80,7 @@ def encode_example(seq: int, event: Event, prediction: dict[str, Any] | None) ->
 
 
 def decode_example(raw: bytes) -> tuple[int, Event, dict[str, Any] | None]:
-    record = orjson.loads(raw)
+    record = _loads(raw)
     prediction = record["prediction"]
     event = Event(x=record["x"], y=record["y"], id=record["id"])
     return record["seq"], event, None if prediction is None else _prediction(prediction)
@@ -95,16 +113,16 @@ def encode_join_entry(key: str, entry: Any) -> bytes | None:
         return None
     kind = key if key == METER else key[:2]
     if kind == WAITING:
-        return orjson.dumps([entry.x, _pairs(entry.prediction), entry.since, entry.seen, entry.ts])
+        return _dumps([entry.x, _pairs(entry.prediction), entry.since, entry.seen, entry.ts])
     if kind == HELD:
-        return orjson.dumps([entry.y, entry.since, entry.seen, entry.ts, _message(entry.origin)])
-    return orjson.dumps(entry)  # RECENT: (outcome, when); METER: the counters
+        return _dumps([entry.y, entry.since, entry.seen, entry.ts, _message(entry.origin)])
+    return _dumps(entry)  # RECENT: (outcome, when); METER: the counters
 
 
 def decode_join_entry(key: str, raw: bytes | None) -> Any:
     if raw is None:
         return None
-    value = orjson.loads(raw)
+    value = _loads(raw)
     kind = key if key == METER else key[:2]
     if kind == WAITING:
         x, prediction, since, seen, ts = value

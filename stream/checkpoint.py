@@ -167,6 +167,7 @@ class OwnedPartition:
     labels: PartitionId | None = None
     join: Join | None = None
     order: TimeOrder | None = None  # its events' and labels' records held, to go in time order
+    clock: float = 0.0  # delayed labels: stream time, the latest produce time of its records (s)
     step: RecordStep = field(init=False)  # set by whoever builds it: the step may refer to it
 
     @property
@@ -177,6 +178,15 @@ class OwnedPartition:
     def next_label_offset(self) -> int:
         assert self.labels is not None
         return self.engine.state.offsets[self.labels.key]
+
+    def advance_clock(self, message: Message, wall_clock: float) -> float:
+        """The join's clock after ``message``: stream time, as Kafka Streams keeps it (a record
+        without a produce time counts as produced now). Not the wall clock: after an outage the
+        backlog's labels join their events as they would have, not expire in a heap."""
+        produced = message.timestamp_ms / 1000 if message.timestamp_ms >= 0 else wall_clock
+        if produced > self.clock:
+            self.clock = produced
+        return self.clock
 
     def claim(self, offset: int, key: str | None = None) -> None:
         """Record the record at ``offset`` (of the input, or of the partition ``key`` names) as
@@ -367,6 +377,9 @@ class Checkpointer:
                 if seq != engine.state.examples_learned + 1:
                     logger.error("%s: examples %d..%d are gone (topic retention); the model misses them",
                                  examples.key, engine.state.examples_learned + 1, seq - 1)  # fmt: skip
+                # Before it is learned, as when it was first: a snapshot taken while learning it
+                # (a drift's) holds it as learned.
+                engine.state.examples_learned = seq
                 try:
                     if prediction is None:
                         engine.process(event)
@@ -374,7 +387,6 @@ class Checkpointer:
                         engine.learn_joined(event, prediction)
                 except InvalidEvent as error:  # refused when first learned too: no trace either time
                     logger.debug("%s: example %d is refused: %s", examples.key, seq, error)
-                engine.state.examples_learned = seq
                 relearned += 1
                 keep_alive()
         return relearned
@@ -422,7 +434,7 @@ class Checkpointer:
         """Checkpoint or commit if one is due (protocol steps 2 and 3)."""
         service = self.config.service
         if self.label_topic is not None:
-            self._expire_waiting(time.time())
+            self._expire_waiting()
         pending = sum(owned.since_checkpoint for owned in self.partitions.values())
         if pending >= service.checkpoint_every_events or (
             pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
@@ -463,11 +475,11 @@ class Checkpointer:
                     self._paused.discard(partition)
         return ready
 
-    def _expire_waiting(self, now: float) -> None:
-        """What waited past its time expires even when no record comes."""
+    def _expire_waiting(self) -> None:
+        """What waited past its time (stream time) expires, between records too."""
         for owned in self.partitions.values():
             assert owned.join is not None
-            owned.join.expire(now)
+            owned.join.expire(owned.clock)
             for origin, why in owned.join.take_orphans():
                 self.dead_letter(origin, why)
             if owned.join.changed:

@@ -111,7 +111,7 @@ class JoinSummary(BaseModel):
     max_label_delay_seconds: float | None
 
 
-LEARNED, EXPIRED = "learned", "expired"
+LEARNED, EXPIRED, REFUSED = "learned", "expired", "refused"
 # How the entries of a join are keyed in a changelog: the kind, a slash, the event id.
 WAITING, HELD, RECENT = "w/", "h/", "r/"
 # The changelog key of the counters and the event count.
@@ -227,6 +227,8 @@ class Join:
         outcome = self._recent.get(event_id)
         if outcome is not None and outcome[0] == LEARNED:
             self.counts.duplicates += 1
+        elif outcome is not None and outcome[0] == REFUSED:
+            self.orphan(origin, f"the model refused to learn the event {event_id!r} with its label")
         elif outcome is not None:
             self.orphan(origin, f"the event {event_id!r} expired unlearned before its label came")
         elif event_id in self._held:  # the first label held for an id is the one learned
@@ -260,9 +262,11 @@ class Join:
         self.counts.orphans += 1
         self._orphans.append((origin, reason))
 
-    def refused(self) -> None:
-        """A joined pair the model refused to learn (its label is the caller's dead letter)."""
+    def refused(self, event_id: str, now: float) -> None:
+        """A joined pair the model refused to learn (its label is the caller's dead letter): a
+        later label for the event is an orphan too."""
         self.counts.refused += 1
+        self._remember(event_id, REFUSED, now)
 
     def take_orphans(self) -> list[tuple[Any, str]]:
         """The ``(origin, reason)`` of the labels found orphans since the last call."""

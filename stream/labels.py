@@ -34,6 +34,9 @@ from stream.config import Task
 from stream.errors import InvalidEvent
 from stream.events import Label, check_label, decode_with_json
 
+# Seconds since the epoch beyond which a ``ts`` is not a time (the year 33,658).
+MAX_EPOCH_SECONDS = 1e12
+
 
 @dataclass(slots=True)
 class LabelMessage:
@@ -83,11 +86,12 @@ def decode_label(raw: bytes | bytearray | memoryview | str, task: Task) -> Label
 
 def epoch_seconds(ts: str | float | int | None) -> float | None:
     """A ``ts`` as seconds since the epoch: numbers are; ISO 8601 strings are read (UTC unless
-    they say otherwise); None, or a string that is not a date, gives None."""
+    they say otherwise); None, a string that is not a date, or a number no clock gives (beyond
+    :data:`MAX_EPOCH_SECONDS` either way) gives None."""
     if ts is None:
         return None
     if isinstance(ts, int | float):
-        return float(ts)
+        return float(ts) if -MAX_EPOCH_SECONDS <= ts <= MAX_EPOCH_SECONDS else None
     try:
         moment = datetime.fromisoformat(ts)
     except ValueError:

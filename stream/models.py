@@ -292,6 +292,11 @@ def check_config(config: Config) -> None:
             "kafka.label_topic: delayed labels are for supervised tasks (binary, multiclass, "
             "regression); an anomaly detector learns every event as it comes"
         )
+    if config.kafka.label_topic is not None and config.service.guarantee != "exactly_once":
+        raise ConfigError(
+            "kafka.label_topic: delayed labels need service.guarantee exactly_once (the order of "
+            "learning is written in the transaction that commits the offsets)"
+        )
     if config.kafka.label_topic in (config.kafka.input_topic, *config.kafka.output_topics):
         raise ConfigError(
             f"kafka.label_topic: {config.kafka.label_topic!r} is already the input or an output topic"

@@ -31,7 +31,6 @@ from stream.prequential import Engine
 from stream.snapshots import SnapshotManifest, SnapshotStore
 
 logger = logging.getLogger(__name__)
-RESTORE_REASONS = ("checkpoint", "shutdown", "rollback", "manual")  # what a commit can name
 
 
 def rebuild_partition(
@@ -46,16 +45,17 @@ def rebuild_partition(
         raise ConfigError("kafka.label_topic: only delayed labels write the examples a rebuild trains on")
     input_partition = PartitionId(kafka.input_topic, partition)
     store = SnapshotStore.from_config(config.snapshots, input_partition.scope)
-    checkpoints = [m for m in store.list() if m.reason in RESTORE_REASONS]
-    if not checkpoints:
-        raise SnapshotError(f"{input_partition.scope}: no checkpoint to rebuild (the partition restores "
-                            "from its examples without one)")  # fmt: skip
-    last = checkpoints[-1]
     examples = PartitionId(kafka.examples_topic, partition)
-    # A reader of ranges only: it joins no group (a member never polled could hold up its close).
-    source = connector.source([], f"{kafka.group_id}-rebuild-{uuid.uuid4().hex[:8]}", "rebuild")
+    # A reader of ranges and of the service group's commits: it subscribes to nothing, so it joins
+    # no group (a member never polled could hold its close up, and the service's group up).
+    source = connector.source([], kafka.group_id, f"rebuild-{uuid.uuid4().hex[:8]}")
     engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="stream-rebuild-")))
     try:
+        position = source.committed(input_partition)
+        if position is None or not position[1]:
+            raise SnapshotError(f"{input_partition.key}: no commit names a checkpoint to rebuild (the "
+                                "partition restores from its examples without one)")  # fmt: skip
+        last = store.get(position[1])  # the checkpoint the commit names: what the service restores
         start, end = source.beginning_offset(examples), source.end_offset(examples)
         for message in source.read_range(examples, start, end):
             seq, event, prediction = decode_example(message.value or b"")
@@ -66,6 +66,7 @@ def rebuild_partition(
                     f"{examples.key}: examples {engine.state.examples_learned + 1}..{seq - 1} are gone "
                     "(topic retention): a rebuilt model would miss them"
                 )
+            engine.state.examples_learned = seq
             try:
                 if prediction is None:
                     engine.process(event)
@@ -73,7 +74,6 @@ def rebuild_partition(
                     engine.learn_joined(event, prediction)
             except InvalidEvent as error:  # refused when first learned too: no trace either time
                 logger.debug("example %d is refused: %s", seq, error)
-            engine.state.examples_learned = seq
             if on_progress is not None:
                 on_progress(seq, last.examples_learned)
     finally:

@@ -32,7 +32,7 @@ import orjson
 from connectors.files import read_events
 from stream.config import Config
 from stream.dead_letters import dead_letter
-from stream.events import encode_record
+from stream.events import InvalidEvent, decode_with_json, encode_record
 from stream.join import Join, JoinSummary
 from stream.labels import epoch_seconds
 from stream.prequential import Engine, LearnerSummary
@@ -118,7 +118,10 @@ def _ts_of(raw: bytes | dict[str, Any]) -> tuple[dict[str, Any] | None, float | 
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            return None, None
+            try:
+                parsed = decode_with_json(raw)
+            except InvalidEvent:  # the step will say why
+                return None, None
     if not isinstance(parsed, dict):
         return None, None
     ts = parsed.get("ts")

@@ -241,7 +241,7 @@ class Service:
             messages = source.poll(timeout=POLL_SECONDS, max_records=POLL_RECORDS)
             if self._apply_rebalances(checkpointer):
                 continue  # every owned partition was re-positioned: the batch will be fetched again
-            now = time.time()  # the join's clock: for its time bounds, one reading per batch will do
+            now = time.time()  # for records without a produce time (the join keeps stream time)
             if checkpointer.label_topic is not None:
                 messages = checkpointer.in_time_order(messages, time.monotonic())
             for message in messages:
@@ -272,6 +272,8 @@ class Service:
         publisher.source = message
         engine = owned.engine
         labels = owned.labels
+        if owned.join is not None:
+            now = owned.advance_clock(message, now)
         if labels is not None and message.topic == labels.topic:
             owned.claim(message.offset, labels.key)
             reason = owned.step.label(engine, message.value, message, now)

@@ -121,7 +121,7 @@ class RecordStep:
             try:
                 engine.learn_joined(example, waiting.prediction, origin)
             except InvalidEvent as error:
-                join.refused()
+                join.refused(label.id, now)
                 return f"the model cannot learn event {label.id!r} with this label: {error}"
             event_time = waiting.since if waiting.ts is None else waiting.ts
             join.joined(label.id, now, event_time, now if label_ts is None else label_ts)

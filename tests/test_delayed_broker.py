@@ -179,8 +179,11 @@ def test_labels_after_before_twice_for_no_event_and_too_late_each_end_as_said(
             (partition,) = api.get("/api/stats").json()["partitions"].values()
             return partition["labels"]
 
-        # Past labels.max_wait_seconds "late" expires unlearned; its label, coming now, is too late.
-        wait_until(lambda: stats()["expired"] == 1, 30, "the event waiting for 'late' did not expire")
+        # The join keeps stream time: an event produced past labels.max_wait_seconds moves it on,
+        # "late" expires unlearned and "ghost" is an orphan; late's label, coming now, is too late.
+        time.sleep(4.5)
+        _keyed(bootstrap, topics["input_topic"], [{"id": "tick", "x": {"a": 4.0}, "y": True}])
+        wait_for_records(bootstrap, topics["predictions_topic"], 4, 60, service.log)  # tick's: late expired
         _keyed(bootstrap, topics["label_topic"], [{"id": "late", "y": False}])
         wait_for_records(bootstrap, topics["dead_letter_topic"], 2, 60, service.log)
         wait_until(lambda: stats()["orphans"] == 2, 30, "the orphans were not counted")
@@ -193,13 +196,14 @@ def test_labels_after_before_twice_for_no_event_and_too_late_each_end_as_said(
     reasons = {json.loads(letter["event"])["id"]: letter["error"] for letter in letters}
     assert reasons["late"] == "the event 'late' expired unlearned before its label came"
     assert reasons["ghost"].startswith("no event with id 'ghost' came within labels.max_wait_seconds=4")
-    predictions = {p["id"]: p for p in read_topic(bootstrap, topics["predictions_topic"], 3)}
+    predictions = {p["id"]: p for p in read_topic(bootstrap, topics["predictions_topic"], 4)}
     assert predictions["before"]["y"] is True  # learned at once with the label that came first
     assert "y" not in predictions["after"]  # predicted before its label came
     examples = _examples(bootstrap, Config.model_validate(config).kafka.examples_topic, 0)
     assert [(event.id, event.y, prediction is not None) for _, event, prediction in examples] == [
         ("before", True, False),
         ("after", True, True),
+        ("tick", True, False),
     ]
     assert (
         'stream_labels_joined_total{partition="' in metrics and "stream_label_delay_seconds_bucket" in metrics

@@ -276,3 +276,38 @@ def test_the_labels_benchmark_measures_the_join_and_a_checkpoint_beside_it():
     assert result.returncode == 0, result.stderr
     assert "waiting: 30000 events" in result.stdout and "checkpoint:" in result.stdout
     assert "labels joined and learned" in result.stdout and "us a label" in result.stdout
+
+
+def test_label_times_no_clock_gives_are_ignored_not_a_crash():
+    records = [{"id": "a", "x": {"f": 1.0}}, {"id": "a", "y": True, "ts": 1e308}]
+    records += [{"id": "b", "x": {"f": 2.0}}, {"id": "b", "y": False, "ts": 10**400}]
+    summary, _, dead_letters, _ = _replay_inline(_config(), records)
+    assert dead_letters == [] and summary.labels.joined == 2
+    assert (
+        summary.labels.max_label_delay_seconds is not None and summary.labels.max_label_delay_seconds < 1e13
+    )
+
+
+def test_a_label_for_an_event_the_model_refused_to_learn_with_its_label_is_an_orphan_saying_so():
+    config = _config("multiclass", ["tree.HoeffdingTreeClassifier"])
+    records = [{"id": "a", "x": {"f": 1.0}, "y": "cat"}, {"id": "b", "x": {"f": 2.0}}, {"id": "b", "y": 7}]
+    records += [{"id": "b", "y": "dog"}]
+    summary, _, dead_letters, _ = _replay_inline(config, records)
+    assert summary.labels.refused == 1 and summary.labels.orphans == 1
+    assert "this model's labels are of type str" in dead_letters[0]["error"]
+    assert dead_letters[1]["error"] == "the model refused to learn the event 'b' with its label"
+
+
+def test_delayed_labels_need_exactly_once_and_a_supervised_task():
+    from stream.errors import ConfigError
+    from stream.models import check_config
+
+    for bad, key in (
+        ({"service": {"guarantee": "at_least_once"}}, "exactly_once"),
+        ({"model": {"task": "anomaly", "pipeline": ["anomaly.HalfSpaceTrees"]}}, "supervised"),
+    ):
+        config = Config.model_validate(
+            {"kafka": {"label_topic": "labels"}, "snapshots": {"directory": tempfile.mkdtemp()}, **bad}
+        )
+        with pytest.raises(ConfigError, match=f"^kafka.label_topic: .*{key}"):
+            check_config(config)

@@ -176,3 +176,21 @@ def test_a_backlog_of_events_and_labels_is_learned_in_the_order_it_was_produced(
     assert [p["id"] for p in predictions if p["y_pred"] is None] == [f"e{n}" for n in range(6)]
     examples = [decode_example(value) for value in kafka.values(config.kafka.examples_topic)]
     assert [event.id for _, event, _ in examples] == [f"e{n}" for n in range(400)]
+
+
+def test_an_integer_no_float_holds_is_a_dead_letter_and_its_example_is_kept_exactly(tmp_path):
+    """orjson reads integers beyond 64 bits as floats, but not one beyond a float's range: that one
+    comes as a Python integer, which the examples topic must write (by json) and read back as is."""
+    kafka = FakeKafka()
+    events = [{"id": "huge", "x": {"f": 10**400}, "y": True}, {"id": "small", "x": {"f": 1.0}, "y": True}]
+    kafka.append("events", [json.dumps(e).encode() for e in events])
+    kafka.append("labels", [])
+    config = _config(tmp_path)
+    _run(kafka, config)
+    examples = {
+        event.id: event
+        for _, event, _ in (decode_example(v) for v in kafka.values(config.kafka.examples_topic))
+    }
+    assert examples["huge"].x == {"f": 10**400} and set(examples) == {"huge", "small"}
+    (letter,) = [json.loads(value) for value in kafka.values("dead")]
+    assert "the model cannot" in letter["error"]  # refused, so learning it again changes nothing
