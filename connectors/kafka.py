@@ -289,7 +289,17 @@ class KafkaSink(Sink):
                 raise future.exception
 
     def close(self) -> None:
-        self.producer.close(timeout=5)
+        try:
+            self.producer.close(timeout=5)
+        except KafkaTimeoutError:
+            # kafka-python flushes first, and when that times out (a frozen broker) it never stops
+            # its sender: a zombie in this process that sends its batches when the broker is back,
+            # after a new producer took the transactional id over. Stop it for good.
+            sender = self.producer._sender
+            if sender is not None:
+                sender.force_close()
+                sender.join(5)
+            self.producer.close(timeout=0)
 
 
 class KafkaPythonConnector(Connector):
