@@ -155,12 +155,15 @@ def test_sigkill_at_five_points_with_delayed_labels_learns_each_label_once_and_k
 def test_labels_after_before_twice_for_no_event_and_too_late_each_end_as_said(
     kafka, tmp_path, new_topic, backend
 ):
-    config = _config(kafka, tmp_path, new_topic, backend, partitions=1, labels={"max_wait_seconds": 4.0})
+    config = _config(kafka, tmp_path, new_topic, backend, partitions=1, labels={"max_wait_seconds": 6.0})
     topics = config["kafka"]
     bootstrap = kafka.bootstrap_servers
     service = ServiceProcess(tmp_path, config).start()
     try:
         api = httpx.Client(base_url=service.api_url(), timeout=10)
+        # The join keeps stream time (produce times): publish once the service reads, so that the
+        # labels below come within labels.max_wait_seconds of their events' produce times.
+        wait_until(lambda: "assignment: ['" in service.log(), 60, "the service never took its partition")
         _keyed(
             bootstrap,
             topics["input_topic"],
@@ -181,7 +184,7 @@ def test_labels_after_before_twice_for_no_event_and_too_late_each_end_as_said(
 
         # The join keeps stream time: an event produced past labels.max_wait_seconds moves it on,
         # "late" expires unlearned and "ghost" is an orphan; late's label, coming now, is too late.
-        time.sleep(4.5)
+        time.sleep(6.5)
         _keyed(bootstrap, topics["input_topic"], [{"id": "tick", "x": {"a": 4.0}, "y": True}])
         wait_for_records(bootstrap, topics["predictions_topic"], 4, 60, service.log)  # tick's: late expired
         _keyed(bootstrap, topics["label_topic"], [{"id": "late", "y": False}])
@@ -195,7 +198,7 @@ def test_labels_after_before_twice_for_no_event_and_too_late_each_end_as_said(
     letters = read_topic(bootstrap, topics["dead_letter_topic"], 2)
     reasons = {json.loads(letter["event"])["id"]: letter["error"] for letter in letters}
     assert reasons["late"] == "the event 'late' expired unlearned before its label came"
-    assert reasons["ghost"].startswith("no event with id 'ghost' came within labels.max_wait_seconds=4")
+    assert reasons["ghost"].startswith("no event with id 'ghost' came within labels.max_wait_seconds=6")
     predictions = {p["id"]: p for p in read_topic(bootstrap, topics["predictions_topic"], 4)}
     assert predictions["before"]["y"] is True  # learned at once with the label that came first
     assert "y" not in predictions["after"]  # predicted before its label came
