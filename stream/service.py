@@ -151,10 +151,17 @@ class Service:
             [kafka.join_topic], partitions, {"cleanup.policy": "compact", "max.message.bytes": room}
         )
         for internal in (kafka.examples_topic, kafka.join_topic):
-            if connector.partition_count(internal) != partitions:
+            # Another instance starting at the same time may have just created it: until its
+            # metadata has spread, the topic has no partition count yet.
+            count = connector.partition_count(internal)
+            deadline = time.monotonic() + kafka.request_timeout_seconds
+            while count is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+                count = connector.partition_count(internal)
+            if count != partitions:
                 raise ConfigError(
-                    f"kafka.label_topic: the internal topic {internal!r} has "
-                    f"{connector.partition_count(internal)} partitions, not the input's {partitions}"
+                    f"kafka.label_topic: the internal topic {internal!r} has {count} partitions, "
+                    f"not the input's {partitions}"
                 )
 
     def _recover_from(self, error: Exception) -> None:
