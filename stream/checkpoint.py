@@ -84,7 +84,7 @@ from connectors.base import Message, Position, Sink, Source, TopicPartition
 from stream.changelog import decode_example, decode_join_entry, encode_example, encode_join_entry
 from stream.config import Config
 from stream.errors import NotOwnedError, SnapshotError
-from stream.events import Event, InvalidEvent
+from stream.events import Event
 from stream.join import Join
 from stream.order import TimeOrder
 from stream.prequential import Engine
@@ -377,16 +377,7 @@ class Checkpointer:
                 if seq != engine.state.examples_learned + 1:
                     logger.error("%s: examples %d..%d are gone (topic retention); the model misses them",
                                  examples.key, engine.state.examples_learned + 1, seq - 1)  # fmt: skip
-                # Before it is learned, as when it was first: a snapshot taken while learning it
-                # (a drift's) holds it as learned.
-                engine.state.examples_learned = seq
-                try:
-                    if prediction is None:
-                        engine.process(event)
-                    else:
-                        engine.learn_joined(event, prediction)
-                except InvalidEvent as error:  # refused when first learned too: no trace either time
-                    logger.debug("%s: example %d is refused: %s", examples.key, seq, error)
+                engine.relearn_example(seq, event, prediction)
                 relearned += 1
                 keep_alive()
         return relearned

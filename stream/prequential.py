@@ -194,6 +194,20 @@ class Engine:
             self._predict_or_heal(event)  # a good state to keep must answer something now
         self._learn_or_refuse(event, prediction, origin, 0, prediction)
 
+    def relearn_example(self, seq: int, event: Event, prediction: dict[str, Any] | None) -> None:
+        """Learn the ``seq``-th example of the learning order again (:mod:`stream.changelog`), as
+        it was first: claimed before it is learned (a snapshot taken meanwhile, a drift's, holds
+        it), with its kept prediction if it is a joined label's. One the model refused then is
+        refused again and leaves no trace either time."""
+        self.state.examples_learned = seq
+        try:
+            if prediction is None:
+                self.process(event)
+            else:
+                self.learn_joined(event, prediction)
+        except InvalidEvent as error:
+            logger.debug("example %d is refused again: %s", seq, error)
+
     def _learn_or_refuse(
         self, event: Event, prediction: dict[str, Any], origin: Any, size: int, joined: dict[str, Any] | None
     ) -> None:

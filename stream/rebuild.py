@@ -26,7 +26,6 @@ from stream.changelog import decode_example
 from stream.checkpoint import PartitionId
 from stream.config import Config
 from stream.errors import ConfigError, SnapshotError
-from stream.events import InvalidEvent
 from stream.prequential import Engine
 from stream.snapshots import SnapshotManifest, SnapshotStore
 
@@ -66,14 +65,7 @@ def rebuild_partition(
                     f"{examples.key}: examples {engine.state.examples_learned + 1}..{seq - 1} are gone "
                     "(topic retention): a rebuilt model would miss them"
                 )
-            engine.state.examples_learned = seq
-            try:
-                if prediction is None:
-                    engine.process(event)
-                else:
-                    engine.learn_joined(event, prediction)
-            except InvalidEvent as error:  # refused when first learned too: no trace either time
-                logger.debug("example %d is refused: %s", seq, error)
+            engine.relearn_example(seq, event, prediction)
             if on_progress is not None:
                 on_progress(seq, last.examples_learned)
     finally:
