@@ -51,6 +51,7 @@ tools: $(VENV)/.installed
 	  echo "installing Debian packages:$$missing ..."; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 	@$(BIN)/python -m kafka_local fetch
+	@$(BIN)/python -m s3_local fetch
 
 broker-start: setup
 	$(BIN)/python -m kafka_local start
@@ -59,4 +60,4 @@ broker-stop:
 	$(BIN)/python -m kafka_local stop
 
 clean:
-	rm -rf $(VENV) .kafka-local .pytest_cache .ruff_cache mutants
+	rm -rf $(VENV) .kafka-local .s3-local .pytest_cache .ruff_cache mutants

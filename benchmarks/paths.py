@@ -4,12 +4,15 @@ service-eos / service-alos                 ``stream serve`` on kafka-python, exa
 service-eos-confluent / -alos-confluent    the same on the confluent-kafka backend
 service-eos-delayed-confluent              delayed labels: events without ``y``, each label on the label
                                            topic; done when every label is learned (examples topic)
+service-eos-confluent-workers1 / -workers2 ``stream serve --workers 1`` / ``--workers 2`` (a supervisor and
+                                           two worker processes), both on a 4-partition input topic
 peer-kafka-python                          a plain kafka-python consume/predict/produce/learn script
 peer-quix-eos / peer-quix-alos             the model in a Quix Streams application
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,12 +37,18 @@ KAFKA_PATHS = (
     "service-eos-confluent",
     "service-alos-confluent",
     "service-eos-delayed-confluent",
+    "service-eos-confluent-workers1",
+    "service-eos-confluent-workers2",
     "peer-kafka-python",
     "peer-quix-eos",
     "peer-quix-alos",
 )
 # Paths whose labels come on their own topic: measured for throughput only.
 DELAYED_PATHS = ("service-eos-delayed-confluent",)
+# ``stream serve --workers N`` on an input of WORKER_PARTITIONS partitions, the events spread evenly
+# over them: measured for throughput only, as a ratio to one worker on the same partitions.
+WORKER_PATHS = {"service-eos-confluent-workers1": 1, "service-eos-confluent-workers2": 2}
+WORKER_PARTITIONS = 4
 # How often every path that commits on a timer commits: the service's default, and Quix is set to it.
 COMMIT_INTERVAL = 0.2
 # A path that shows no progress for this long has failed (start-up and a group join take seconds).
@@ -96,9 +105,14 @@ class Run:
     def log_path(self) -> Path:
         return self.workdir / f"{self.path}-{self.name}.log"
 
+    @property
+    def partitions(self) -> int:
+        return WORKER_PARTITIONS if self.path in WORKER_PATHS else 1
+
     def create_topics(self) -> None:
         connector = create_connector("confluent-kafka", self.bootstrap)
-        connector.ensure_topics([self.input_topic, self.output_topic])
+        connector.ensure_topics([self.input_topic], self.partitions)
+        connector.ensure_topics([self.output_topic])
         if self.delayed:  # the examples topic too: the reader assigns it before the service starts
             connector.ensure_topics([self.label_topic, self.progress_topic])
 
@@ -106,7 +120,7 @@ class Run:
         """Pre-produce the events; with delayed labels, without ``y``, and each label on the label
         topic."""
         if not self.delayed:
-            publish(self.bootstrap, self.input_topic, lines)
+            publish(self.bootstrap, self.input_topic, lines, self.partitions)
             return
         events = [json.loads(line) for line in lines]
         labels = [json.dumps({"id": event["id"], "y": event.pop("y")}).encode() for event in events]
@@ -121,7 +135,7 @@ class Run:
             config = engine_config(model, snapshots, guarantee=guarantee, instance_id=self.name)
             config["kafka"] = {
                 "bootstrap_servers": self.bootstrap,
-                "backend": "confluent-kafka" if path.endswith("-confluent") else "kafka-python",
+                "backend": "confluent-kafka" if "-confluent" in path else "kafka-python",
                 "input_topic": self.input_topic,
                 "predictions_topic": self.output_topic,
                 "dead_letter_topic": f"bench-dead-{self.name}",
@@ -131,7 +145,9 @@ class Run:
                 config["kafka"]["label_topic"] = self.label_topic
             config_path = self.workdir / f"config-{self.name}.yaml"
             config_path.write_text(yaml.safe_dump(config))
-            return [sys.executable, "-m", "stream", "--log-level", "WARNING", "serve", "-c", str(config_path)]
+            workers = ["--workers", str(WORKER_PATHS[path])] if path in WORKER_PATHS else []
+            return [sys.executable, "-m", "stream", "--log-level", "WARNING", "serve", "-c", str(config_path),
+                    *workers]  # fmt: skip
         if path == "peer-kafka-python":
             return [sys.executable, "-m", "benchmarks.peers.kafka_python_app", self.bootstrap,
                     self.input_topic, self.output_topic, model, count]  # fmt: skip
@@ -204,12 +220,25 @@ def take(reader: Consumer, timeout: float) -> list[Any]:
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:
-    """A process's peak resident memory (VmHWM), in MB; 0.0 once it has gone.
+    """A process's peak resident memory (VmHWM), in MB, with its children's (a supervisor's
+    workers: the sum of their peaks, an upper bound); 0.0 once it has gone.
 
     Not ``ru_maxrss`` from ``wait4``: Linux carries the parent's high-water mark across fork and
     exec, so a child started by this (large) harness would report the harness's size.
     """
-    return _status_mb(pid, "VmHWM:")
+    return _status_mb(pid, "VmHWM:") + sum(_status_mb(child, "VmHWM:") for child in _children(pid))
+
+
+def _children(pid: int | str) -> list[str]:
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    children = []
+    for task in tasks:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # the thread has ended
+            children += (task / "children").read_text().split()
+    return children
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -228,13 +257,16 @@ def _status_mb(pid: int | str, field_name: str) -> float:
     return 0.0
 
 
-def publish(bootstrap: str, topic: str, lines: list[bytes]) -> None:
-    """Pre-produce events (before any timing starts)."""
+def publish(bootstrap: str, topic: str, lines: list[bytes], partitions: int = 1) -> None:
+    """Pre-produce events (before any timing starts); over ``partitions`` partitions, in turn."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000})
-    for line in lines:
+    for number, line in enumerate(lines):
         while True:
             try:
-                producer.produce(topic, line)
+                if partitions > 1:
+                    producer.produce(topic, line, partition=number % partitions)
+                else:
+                    producer.produce(topic, line)
                 break
             except BufferError:
                 producer.poll(0.05)

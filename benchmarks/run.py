@@ -13,6 +13,10 @@ Paths, for each model (``benchmarks/models.py``), on the same pre-generated Agra
   service-eos-delayed-confluent
                        delayed labels: the events without ``y``, each label on the label topic;
                        timed to the last example learned (the examples topic), throughput only
+  service-eos-confluent-workers1 / -workers2
+                       ``stream serve --workers 1`` / ``--workers 2`` (a supervisor and two worker
+                       processes) on a 4-partition input topic, the events spread evenly over it;
+                       throughput only, the 2-worker path also as a ratio to the 1-worker one
   peer-kafka-python    a plain kafka-python consume/predict/produce/learn script (at-least-once)
   peer-quix-eos        the model in a Quix Streams application, processing_guarantee exactly-once
   peer-quix-alos       the same, at-least-once
@@ -60,7 +64,16 @@ from river import metrics
 from benchmarks import REPO_ROOT
 from benchmarks.latency import measure_latency, measure_memory, measure_recovery
 from benchmarks.models import LABELS, MODELS
-from benchmarks.paths import DELAYED_PATHS, KAFKA_PATHS, Run, engine_config, peak_rss_mb, take
+from benchmarks.paths import (
+    DELAYED_PATHS,
+    KAFKA_PATHS,
+    WORKER_PARTITIONS,
+    WORKER_PATHS,
+    Run,
+    engine_config,
+    peak_rss_mb,
+    take,
+)
 from kafka_local import LocalBroker
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
@@ -69,7 +82,8 @@ from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
 
 PATHS = ("bare", "replay", *KAFKA_PATHS)
-SERVICE_PATHS = tuple(p for p in KAFKA_PATHS if p.startswith("service") and p not in DELAYED_PATHS)
+THROUGHPUT_ONLY = (*DELAYED_PATHS, *WORKER_PATHS)
+SERVICE_PATHS = tuple(p for p in KAFKA_PATHS if p.startswith("service") and p not in THROUGHPUT_ONLY)
 
 
 # -- in-process paths, each in a fresh interpreter (spawn, not fork) so its peak RSS is its own ----
@@ -148,7 +162,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             services = [r["events_per_second"] for r in rows if r["path"] in SERVICE_PATHS]
             if services and args.latency_seconds:
                 offered = 0.5 * max(services)
-                for path in (p for p in KAFKA_PATHS if p in args.paths and p not in DELAYED_PATHS):
+                for path in (p for p in KAFKA_PATHS if p in args.paths and p not in THROUGHPUT_ONLY):
                     latency, recovery = _latency(args, path, model, records, offered, broker, workdir)
                     report["latency"].append(latency)
                     if recovery:
@@ -183,6 +197,12 @@ def _throughputs(
             "runs": [round(r) for r, _ in measured],
         })  # fmt: skip
         print(f"{LABELS[model]:34} {path:22} {rate:9.0f}/s  x{rate / bare:5.2f}  {rss:7.1f} MB", flush=True)
+    one_worker = next((r["events_per_second"] for r in rows if WORKER_PATHS.get(r["path"]) == 1), None)
+    for row in (r for r in rows if WORKER_PATHS.get(r["path"], 1) > 1 and one_worker):
+        row["ratio_to_one_worker"] = round(row["events_per_second"] / one_worker, 3)  # type: ignore[operator]
+        print(f"{LABELS[model]:34} {row['path']}: x{row['ratio_to_one_worker']:.2f} the events/s of one "
+              f"worker on the same {WORKER_PARTITIONS} partitions ({os.cpu_count()} cores, shared with "
+              "the broker and the harness)", flush=True)  # fmt: skip
     return rows
 
 
@@ -269,7 +289,8 @@ def tables(report: dict[str, Any]) -> str:
             lat_text += f" ({lat['missing']} late)"
         rec = recovery.get(key)
         rec_text = rec["seconds"] if rec else ""
-        rows.append(f"| {_escape(r['model'])} | {r['path']} | {r['events_per_second']} | "
+        scaling = f" (x{r['ratio_to_one_worker']:.2f} of 1 worker)" if "ratio_to_one_worker" in r else ""
+        rows.append(f"| {_escape(r['model'])} | {r['path']} | {r['events_per_second']}{scaling} | "
                     f"{r['ratio_to_bare']:.2f} | {lat_text} | {rec_text} | {r['peak_rss_mb']} |")  # fmt: skip
     memory = report["memory"]
     if memory:

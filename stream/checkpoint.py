@@ -215,8 +215,10 @@ class Checkpointer:
         counters: Counters,
         dead_letter: Callable[[Message, str], None],
         on_label_delay: Callable[[float], None] | None = None,
+        instance_id: str | None = None,
     ) -> None:
         self.config = config
+        self.instance_id = instance_id  # recorded as the owner of the partitions it restores
         self.source = source
         self.sink = sink
         self.counters = counters
@@ -303,21 +305,27 @@ class Checkpointer:
         store = SnapshotStore.from_config(self.config.snapshots, partition.scope)
         restored = restore_point(store, committed, checkpoint_id)
         if restored is None:
+            after = store.next_sequence() - 1  # a new model: nothing stored is its history
             engine = Engine(self.config, store)
             start = source.beginning_offset(partition)
             origin = "a new model"
         else:
             manifest, state = restored
+            after = manifest.sequence
             # What was written after the restore point is either written again by the re-learning
             # below or belongs to a run whose commit never happened: gone, it cannot crowd the
             # restored history's snapshots out of retention or stand in for one of them.
-            discarded = store.discard_after(manifest.sequence)
+            discarded = store.discard_after(after)
             if discarded:
                 logger.info("%s: discarded %d snapshots written after %s: %s",
                             partition.key, len(discarded), manifest.id, ", ".join(discarded))  # fmt: skip
             engine = Engine(self.config, store, state)
             start = manifest.offsets[partition.key]
             origin = f"snapshot {manifest.id}"
+        # From here on only this instance writes the partition's snapshots: one that owned it
+        # before and still runs (paused past its session, say) is fenced off.
+        epoch = store.take_ownership(after, self.instance_id)
+        logger.debug("%s: snapshot ownership epoch %d", partition.key, epoch)
         join = None if labels is None else Join(self.config.labels, self.on_label_delay, track_changes=True)
         order = None if labels is None else TimeOrder(self.config.labels.order_wait_seconds, time.monotonic())
         owned = OwnedPartition(

@@ -29,6 +29,7 @@ from stream.snapshots import (
     validate_scope,
     validate_snapshot_id,
 )
+from stream.supervisor import worker_count
 
 app = typer.Typer(
     help="Online learning on Kafka event streams with River: predict, publish, then learn.",
@@ -216,21 +217,21 @@ class _Snapshots:
         return response.json()
 
     def store(self) -> SnapshotStore:
-        root = Path(self.config.snapshots.directory)
-        scope = self.scope
-        if scope is None and root.is_dir() and not any(root.glob("*/manifest.json")):
-            scopes = [
-                found
-                for found in list_scopes(self.config.snapshots)
-                if any((root / found).glob("*/manifest.json"))
-            ]
-            if len(scopes) > 1:
-                raise _fail(
-                    f"{root} holds several partitions' snapshots; pick one with --scope: {', '.join(scopes)}"
-                )
-            scope = scopes[0] if scopes else None
+        snapshots, scope = self.config.snapshots, self.scope
         try:
-            return SnapshotStore.from_config(self.config.snapshots, scope)
+            if scope is None and not SnapshotStore.from_config(snapshots).list():
+                scopes = [
+                    found
+                    for found in list_scopes(snapshots)
+                    if SnapshotStore.from_config(snapshots, found).list()
+                ]
+                if len(scopes) > 1:
+                    raise _fail(
+                        f"{snapshots.directory} holds several partitions' snapshots; pick one with "
+                        f"--scope: {', '.join(scopes)}"
+                    )
+                scope = scopes[0] if scopes else None
+            return SnapshotStore.from_config(snapshots, scope)
         except (ConfigError, SnapshotError) as error:  # say, a signing key file others may read
             raise _fail(str(error)) from None
 
@@ -418,11 +419,25 @@ def serve(
         ),
     ] = None,
     bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka address (overrides config).")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            parser=worker_count,
+            metavar="N|auto",
+            help="Service processes in the group; one uses one core (auto: one per core). Above 1, "
+            "this process supervises N workers with the instance ids <id>-w0 ... <id>-w<N-1> "
+            "(<id>: --instance-id, else service.instance_id, else the host name as above; kept "
+            "across restarts), forwards SIGTERM/SIGINT to them and restarts one that dies (exit 2, "
+            "a config error, stops them all). Worker i serves the API on api.port + i (api.port 0: "
+            "each a free port). Workers beyond the input's partition count stay idle.",
+        ),
+    ] = 1,
 ) -> None:
     """Run the service: consume events, predict, publish predictions, learn, checkpoint.
 
     Stops cleanly on SIGTERM or Ctrl-C (shutdown snapshot, final commit).
     Example: stream serve -c config.yaml --instance-id worker-1
+    Example, every core: stream serve -c config.yaml --workers auto
     """
     from stream.instance import InstanceClaim
     from stream.service import Service
@@ -432,6 +447,8 @@ def serve(
         connector = config.kafka.connector()
     except ImportError as error:
         raise _fail(str(error), 2) from None
+    if workers > 1:
+        raise typer.Exit(_supervise(config, config_path, instance_id, bootstrap_servers, workers))
     try:
         # Held until the process exits: no other process on this host joins the group as this one.
         claim = InstanceClaim.take(config.kafka.group_id, instance_id or config.service.instance_id)
@@ -454,6 +471,37 @@ def serve(
         if server is not None:
             server.stop()
     raise typer.Exit(code)
+
+
+def _supervise(
+    config: Config, config_path: Path | None, instance_id: str | None, bootstrap_servers: str | None,
+    workers: int,
+) -> int:  # fmt: skip
+    """``serve --workers N``: run N ``serve --workers 1`` processes under a supervisor; its exit code."""
+    from stream.instance import InstanceClaim
+    from stream.supervisor import Supervisor, plan_workers
+
+    command = [sys.executable, "-m", "stream", "--log-level"]
+    command.append(logging.getLevelName(logging.getLogger("stream").getEffectiveLevel()).lower())
+    command.append("serve")
+    if config_path is not None:
+        command += ["--config", str(config_path)]
+    if bootstrap_servers is not None:
+        command += ["--bootstrap-servers", bootstrap_servers]
+    try:
+        # The base id is held as a single process's would be: two supervisors on this host never
+        # start workers of the same ids.
+        base = InstanceClaim.take(config.kafka.group_id, instance_id or config.service.instance_id)
+        plan = plan_workers(
+            base.instance_id, workers, command, config.api.port if config.api.enabled else None
+        )
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    logging.getLogger("stream.supervisor").info(
+        "supervising %d workers of group %s: %s",
+        workers, config.kafka.group_id, ", ".join(worker.instance_id for worker in plan),
+    )  # fmt: skip
+    return Supervisor(plan).run()
 
 
 @app.command()

@@ -89,9 +89,35 @@ class DriftConfig(_Section):
     challenger: bool = True
 
 
+class S3Settings(_Section):
+    """Where an ``s3://`` snapshot directory is served; credentials come from the standard AWS
+    environment (``AWS_ACCESS_KEY_ID``, web identity, instance metadata, ``~/.aws`` with boto3)."""
+
+    endpoint_url: str | None = Field(
+        default=None,
+        description="an S3-compatible server (MinIO, Ceph, R2, ...); default AWS_ENDPOINT_URL, else AWS",
+    )
+    region: str | None = Field(default=None, description="default: AWS_REGION, else us-east-1")
+
+
 class SnapshotConfig(_Section):
-    directory: Path = Path("snapshots")
+    directory: str = Field(
+        default="snapshots", description="a local folder, or s3://bucket/prefix (see snapshots.s3)"
+    )
+    s3: S3Settings = Field(default_factory=S3Settings)
     keep_last: int = Field(default=10, ge=1, description="per rotating reason (periodic, warning, ...)")
+    keep_concepts: int = Field(
+        default=20,
+        ge=1,
+        description="drift and manual snapshots kept per partition, each (the past concepts rollbacks "
+        "return to; at least drift.candidates); pinned ones are always kept",
+    )
+    max_partition_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="byte budget of a partition's snapshots: the oldest unpinned go first, never its "
+        "last two checkpoints; 0 = no budget",
+    )
     every_events: int = Field(default=0, ge=0, description="periodic snapshot every N events; 0 = off")
     signing: bool = Field(
         default=True,
@@ -104,6 +130,15 @@ class SnapshotConfig(_Section):
         description="file holding the signing key, generated on first use (mode 0600); default: "
         "<directory>.key beside the store. Instances sharing a snapshot directory share the key",
     )
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _path_as_text(cls, directory: object) -> object:
+        return os.fspath(directory) if isinstance(directory, os.PathLike) else directory
+
+    @property
+    def in_s3(self) -> bool:
+        return self.directory.startswith("s3://")
 
     @field_validator("hmac_key")
     @classmethod
@@ -118,6 +153,13 @@ class SnapshotConfig(_Section):
             raise ValueError("signing is false, so hmac_key and key_file would not be used")
         if self.hmac_key is not None and self.key_file is not None:
             raise ValueError("give hmac_key or key_file, not both")
+        if self.in_s3:
+            if self.signing and self.hmac_key is None and self.key_file is None:
+                raise ValueError(
+                    "hmac_key: snapshots in S3 are restored by instances on other machines, which must "
+                    "sign with the same key: set hmac_key (or key_file), or signing: false"
+                )
+            return self
         directory, key_file = (
             Path(os.path.abspath(path)) for path in (self.directory, self.resolved_key_file())
         )
@@ -343,6 +385,15 @@ class Config(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     labels: LabelsConfig = Field(default_factory=LabelsConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+
+    @model_validator(mode="after")
+    def _candidates_outlive_retention(self) -> Config:
+        if self.snapshots.keep_concepts < self.drift.candidates:
+            raise ValueError(
+                f"snapshots.keep_concepts ({self.snapshots.keep_concepts}) is below drift.candidates "
+                f"({self.drift.candidates}): retention would delete snapshots the policy still compares"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

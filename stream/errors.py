@@ -9,7 +9,8 @@ lost broker, a full disk) go to the recovery that handles those:
 - :class:`SnapshotError`: a snapshot that is missing (:class:`SnapshotNotFound`), damaged,
   tampered with or from another River version; a restore skips it, a request is refused.
 - :class:`SnapshotWriteError`: the snapshot store refused a write (disk full, read-only); the
-  service recovers from its last commit and backs off.
+  service recovers from its last commit and backs off. :class:`SnapshotFenced`: another instance
+  took the partition over (this one was paused past its session, a zombie); it recovers the same way.
 - :class:`ModelFailure`: a model that stopped answering and could not be healed; not any one
   event's fault, so the service recovers (and reports it) instead of dead-lettering every event.
 - :class:`NotOwnedError`: a request for a partition another instance owns (HTTP 409).
@@ -51,6 +52,10 @@ class SnapshotNotFound(SnapshotError):
 
 class SnapshotWriteError(StreamError, OSError):
     """The snapshot store could not write (disk full, read-only, permissions); nothing was lost."""
+
+
+class SnapshotFenced(SnapshotWriteError):
+    """Another instance took the partition over: this one may no longer write its snapshots."""
 
 
 class ModelFailure(StreamError, RuntimeError):

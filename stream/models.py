@@ -42,6 +42,7 @@ import pickle
 import re
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from river import base
@@ -50,6 +51,7 @@ from stream.config import Config, ModelConfig, StepSpec, Task, check_snapshot_di
 from stream.errors import ConfigError, MetricError, ModelError
 from stream.metrics import check_metrics
 from stream.snapshots import check_signing_key
+from stream.storage import check_snapshot_bucket
 
 _CLASS_PATH = re.compile(r"^(river\.)?([a-z_][a-z0-9_]*\.)+[A-Z][A-Za-z0-9_]*$")
 
@@ -285,7 +287,10 @@ def check_config(config: Config) -> None:
             _try_detector(build_detector(config.drift.detector, task))
     except (ModelError, MetricError) as error:
         raise ConfigError(str(error)) from None
-    check_snapshot_directory(config.snapshots.directory)
+    if config.snapshots.in_s3:
+        check_snapshot_bucket(config.snapshots)
+    else:
+        check_snapshot_directory(Path(config.snapshots.directory))
     check_signing_key(config.snapshots)
     if config.kafka.label_topic is not None and task == "anomaly":
         raise ConfigError(

@@ -80,6 +80,7 @@ def rebuild_partition(
     state.recent_snapshots.clear()  # the rebuild's own snapshots are not kept
     state.last_snapshot_id = last.id
     state.next_sequence = last.sequence + 1
+    store.take_ownership(last.sequence - 1, instance="stream rebuild")  # the service is stopped
     manifest = store.save(
         state,
         last.reason,

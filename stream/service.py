@@ -38,7 +38,7 @@ from connectors.base import Connector, Message, TopicPartition
 from stream.checkpoint import Checkpointer, OwnedPartition
 from stream.config import Config
 from stream.dead_letters import DeadLetterWatch
-from stream.errors import ConfigError, NotOwnedError, SnapshotError, SnapshotWriteError
+from stream.errors import ConfigError, NotOwnedError, SnapshotError, SnapshotFenced, SnapshotWriteError
 from stream.publish import Publisher
 from stream.snapshots import SnapshotManifest
 from stream.status import Counters, PartitionStatus, StatusBoard
@@ -169,7 +169,9 @@ class Service:
         service fails again without having made progress."""
         self._failures_in_a_row += 1
         self.counters.recoveries += 1
-        if isinstance(error, SnapshotWriteError):
+        if isinstance(error, SnapshotFenced):
+            what = f"fenced: {error}"
+        elif isinstance(error, SnapshotWriteError):
             what = f"the snapshot store failed: {error}"
         elif isinstance(error, self.connector.client_errors):
             what = f"lost the broker or a Kafka client failed: {type(error).__name__}: {error}"
@@ -221,6 +223,7 @@ class Service:
             self.counters,
             publisher.dead_letter,
             self.telemetry.label_delay.observe,
+            self.instance_id,
         )
         return self.checkpointer, publisher
 

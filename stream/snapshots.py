@@ -1,9 +1,10 @@
-"""The snapshot store: a directory of pickled learner states, each with a JSON manifest.
+"""The snapshot store: a folder of pickled learner states, each with a JSON manifest.
 
-Layout: ``<directory>/<id>/state.pkl`` and ``<directory>/<id>/manifest.json``. A snapshot is
-written into a temporary folder, fsynced and renamed into place, so a reader sees it whole or
-not at all. Loading checks, before anything is unpickled: the payload's SHA-256 against the
-manifest, the HMAC signature when a key is in force, and the River and Python versions.
+Layout: ``<directory>/<id>/state.pkl`` and ``<directory>/<id>/manifest.json``, on local disk or
+under an ``s3://bucket/prefix`` (:mod:`stream.storage`). The manifest is written last, as the
+commit marker, so a reader sees a snapshot whole or not at all. Loading checks, before anything
+is unpickled: the payload's SHA-256 against the manifest, the HMAC signature when a key is in
+force, and the River and Python versions.
 
 Unpickling runs code, so a store built from the configuration (:meth:`SnapshotStore.from_config`,
 the one way the service, its API and the CLI build one) signs by default: with the key in
@@ -13,6 +14,15 @@ payload's hash, the id, the offsets and the store's folder name (its partition s
 snapshot copied into another partition's folder is refused too. Only names of the store's own
 form become paths: snapshot ids (:data:`SNAPSHOT_ID`) and partition scopes (:data:`SCOPE`), never
 through a symbolic link.
+
+Only a partition's current owner writes its snapshots: each restore by the service takes a new
+ownership epoch (:class:`Ownership`, ``owner.json``), its snapshots are kept under names of
+their own (``<id>.e<epoch>``), and a snapshot a fenced instance wrote after the takeover is never
+listed or loaded; that instance's next write fails with :class:`SnapshotFenced`.
+
+Retention: the last ``keep_last`` snapshots of each rotating reason, the last ``keep_concepts``
+drift and manual ones, pinned ones always, all within ``max_bytes`` (oldest first, never the last
+two checkpoints).
 
 Listing stays cheap as snapshots accumulate: a folder's name (``{sequence:08d}-{reason}``) gives
 its sequence and reason, so a listing is chosen and sorted by name before any manifest is read,
@@ -39,7 +49,6 @@ import pickle
 import platform
 import re
 import secrets
-import shutil
 import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -50,26 +59,31 @@ import river
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.config import SnapshotConfig
-from stream.errors import ConfigError, SnapshotError, SnapshotNotFound, SnapshotWriteError
+from stream.errors import ConfigError, SnapshotError, SnapshotFenced, SnapshotNotFound, SnapshotWriteError
+from stream.storage import Folder, Stamp, open_folder
 
 logger = logging.getLogger(__name__)
 
 Reason = Literal["periodic", "warning", "drift", "manual", "rollback", "shutdown", "checkpoint"]
-# Reasons whose snapshots rotate (the last ``keep_last`` of each are kept); the others stay
-# until deleted: drift snapshots are the memory of past concepts that rollbacks return to.
+# Reasons whose snapshots rotate (the last ``keep_last`` of each are kept); drift and manual ones
+# are the memory of past concepts that rollbacks return to, and rotate by ``keep_concepts``.
 ROTATING_REASONS: frozenset[str] = frozenset({"periodic", "warning", "rollback", "shutdown", "checkpoint"})
+CONCEPT_REASONS: frozenset[str] = frozenset({"drift", "manual"})
+# What a commit names: a restore starts from one of these.
+RESTORE_POINT_REASONS: frozenset[str] = frozenset({"checkpoint", "shutdown", "manual", "rollback"})
 
 PAYLOAD = "state.pkl"
 MANIFEST = "manifest.json"
 # What :meth:`SnapshotStore.save` names a snapshot: only such a name is ever turned into a path.
 SNAPSHOT_ID = re.compile(rf"[0-9]{{8,18}}-(?:{'|'.join(get_args(Reason))})")
+# What a snapshot's entry (folder) is named: its id, and the epoch of the owner that wrote it.
+ENTRY = re.compile(
+    rf"(?P<id>[0-9]{{8,18}}-(?P<reason>{'|'.join(get_args(Reason))}))(?:\.e[1-9][0-9]{{0,17}})?"
+)
+OWNERSHIP = "owner.json"
 # What a partition's folder is named: ``<topic>-<partition>`` (a Kafka topic name is 1 to 249 of
 # these characters); only such a name is ever turned into a store's path.
 SCOPE = re.compile(r"[A-Za-z0-9._-]{1,249}-[0-9]{1,10}")
-
-# What tells one version of a manifest file from the next: inode (a replace makes a new one),
-# modification and change times, size.
-FileStamp = tuple[int, int, int, int]
 
 
 def python_version() -> str:
@@ -97,8 +111,14 @@ class SnapshotManifest(BaseModel):
     sha256: str
     size_bytes: int
     hmac_sha256: str | None = None
+    epoch: int = Field(default=0, ge=0, description="the ownership epoch of the instance that wrote it")
     pinned: bool = False
     note: str | None = None
+
+    @property
+    def entry(self) -> str:
+        """The snapshot's folder (entry) in its store: its id, and the epoch of its writer."""
+        return _entry_name(self.id, self.epoch)
 
 
 def validate_snapshot_id(snapshot_id: str) -> str:
@@ -123,12 +143,8 @@ def validate_scope(scope: str) -> str:
 
 def list_scopes(config: SnapshotConfig) -> list[str]:
     """The partition folders of the configured store, sorted; other names and links are left out."""
-    try:
-        entries = list(os.scandir(config.directory))
-    except FileNotFoundError:
-        return []
     return sorted(
-        entry.name for entry in entries if SCOPE.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)
+        name for name in open_folder(config.directory, config.s3).children() if SCOPE.fullmatch(name)
     )
 
 
@@ -200,21 +216,6 @@ def _create_key(path: Path) -> str:
     return _read_key(path)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _sequence_of(snapshot_id: str) -> int:
     return int(snapshot_id.partition("-")[0])
 
@@ -224,20 +225,64 @@ def _oldest_first(snapshot_ids: Iterable[str]) -> list[str]:
     return sorted(snapshot_ids, key=lambda snapshot_id: (_sequence_of(snapshot_id), snapshot_id))
 
 
-class SnapshotStore:
-    """Save, list, get, load, pin and delete snapshots in one directory."""
+def _entry_name(snapshot_id: str, epoch: int) -> str:
+    """Where a snapshot written in ``epoch`` is kept: owners of different epochs never share a name."""
+    return snapshot_id if epoch == 0 else f"{snapshot_id}.e{epoch}"
 
-    def __init__(self, directory: Path | str, keep_last: int = 10, hmac_key: str | None = None) -> None:
-        """A store in ``directory``, signing with ``hmac_key`` (none: unsigned, a scratch store)."""
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+
+class Ownership(BaseModel):
+    """Who may write a partition's snapshots (``owner.json`` in its folder), and whose they are.
+
+    Each restore of the partition by the service takes a new ``epoch``; the snapshots it writes
+    carry it. ``ranges`` says, for each epoch, from which sequence on the snapshots are its own:
+    a snapshot of any other epoch in that range was written by a fenced instance (a zombie that
+    lost the partition while paused) and is neither listed nor loaded.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(default=0, ge=0)
+    instance: str | None = None
+    since: datetime | None = None
+    ranges: list[tuple[int, int]] = Field(default_factory=list, description="(epoch, first sequence)")
+
+    def owner_of(self, sequence: int) -> int:
+        """The epoch whose snapshots are the valid ones at ``sequence`` (0: before any owner)."""
+        owner = 0
+        for epoch, first in self.ranges:
+            if first > sequence:
+                break
+            owner = epoch
+        return owner
+
+
+class SnapshotStore:
+    """Save, list, get, load, pin and delete snapshots in one folder (local or S3)."""
+
+    def __init__(
+        self,
+        directory: Path | str | Folder,
+        keep_last: int = 10,
+        hmac_key: str | None = None,
+        keep_concepts: int | None = None,
+        max_bytes: int = 0,
+    ) -> None:
+        """A store in ``directory`` (a path, ``s3://bucket/prefix`` or a :class:`Folder`), signing
+        with ``hmac_key`` (none: unsigned, a scratch store). ``keep_concepts`` bounds drift and
+        manual snapshots (none: kept until deleted), ``max_bytes`` the total (0: no budget)."""
+        self.folder = directory if isinstance(directory, Folder) else open_folder(directory)
+        self.directory = Path(self.folder.location)  # for messages, and a local store's files
         self.keep_last = keep_last
+        self.keep_concepts = keep_concepts
+        self.max_bytes = max_bytes
         # Signed with each snapshot: a copy into another partition's folder is refused there.
-        self.scope = Path(os.path.abspath(self.directory)).name
+        self.scope = self.folder.name
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
-        # The index: each listed id's manifest as parsed (None: unreadable or not this folder's),
+        self.epoch = 0  # the ownership this store holds (0: none, it writes as the unfenced tools do)
+        self._ownership = Ownership()
+        # The index: each listed entry's manifest as parsed (None: unreadable or not this folder's),
         # with the stamp of the file it was parsed from.
-        self._manifests: dict[str, tuple[FileStamp, SnapshotManifest | None]] = {}
+        self._manifests: dict[str, tuple[Stamp, SnapshotManifest | None]] = {}
 
     @classmethod
     def from_config(cls, config: SnapshotConfig, scope: str | None = None) -> SnapshotStore:
@@ -247,18 +292,61 @@ class SnapshotStore:
         Raises :class:`SnapshotNotFound` for a scope that is not a partition's folder name or
         is a symbolic link, and :class:`ConfigError` for an unusable key file.
         """
-        directory = Path(config.directory)
+        folder = open_folder(config.directory, config.s3)
         if scope is not None:
-            directory /= validate_scope(scope)
-            if directory.is_symlink():
-                raise SnapshotNotFound(f"no partition {scope!r} in {config.directory} (a link)")
-        return cls(directory, config.keep_last, signing_key(config))
+            try:
+                folder = folder.child(validate_scope(scope))
+            except NotADirectoryError:
+                raise SnapshotNotFound(f"no partition {scope!r} in {config.directory} (a link)") from None
+        return cls(
+            folder, config.keep_last, signing_key(config), config.keep_concepts, config.max_partition_bytes
+        )
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def _read_ownership(self) -> Ownership:
+        data = self.folder.read_own(OWNERSHIP)
+        if data is None:
+            return Ownership()
+        try:
+            return Ownership.model_validate_json(data)
+        except ValidationError as error:
+            raise SnapshotError(f"{self.folder.location}/{OWNERSHIP} is not valid: {error}") from None
+
+    def take_ownership(self, after_sequence: int, instance: str | None = None) -> int:
+        """Become the partition's writer: a new epoch, whose snapshots are the valid ones from
+        ``after_sequence + 1`` on; every other instance's writes there are fenced off. Returns
+        the epoch. Called by a restore, after choosing the snapshot at ``after_sequence``."""
+        current = self._read_ownership()
+        epoch = current.epoch + 1
+        lowest = min(map(_sequence_of, self._ids_by_entry().values()), default=after_sequence + 1)
+        ranges = [*current.ranges, (epoch, after_sequence + 1)]
+        # A range whose successor starts at or below every sequence still stored decides nothing.
+        while len(ranges) > 1 and ranges[1][1] <= lowest:
+            ranges.pop(0)
+        self._ownership = Ownership(epoch=epoch, instance=instance, since=datetime.now(UTC), ranges=ranges)
+        self.folder.write_own(OWNERSHIP, self._ownership.model_dump_json().encode())
+        self.epoch = epoch
+        return epoch
+
+    def _check_owner(self) -> None:
+        """Refuse to change anything once another instance took the partition over."""
+        if self.epoch == 0:
+            return
+        current = self._read_ownership()
+        if current.epoch != self.epoch:
+            raise SnapshotFenced(
+                f"partition {self.scope} was taken over by {current.instance or 'another instance'} "
+                f"(epoch {current.epoch}, since {current.since}); this instance (epoch {self.epoch}) "
+                "no longer writes its snapshots"
+            )
+        self._ownership = current
 
     # -- writing ---------------------------------------------------------------------------
 
     def next_sequence(self) -> int:
-        """One after the highest sequence of any folder named like a snapshot, readable or not."""
-        return max(map(_sequence_of, self._folders()), default=0) + 1
+        """One after the highest sequence of any entry named like a snapshot, readable or not."""
+        return max(map(_sequence_of, self._ids_by_entry().values()), default=0) + 1
 
     def save(
         self,
@@ -285,7 +373,10 @@ class SnapshotStore:
         **fields: Any,
     ) -> SnapshotManifest:
         """:meth:`save` for a state the caller pickled (and keeps the pickle of)."""
-        sequence = sequence or self.next_sequence()
+        try:
+            sequence = sequence or self.next_sequence()
+        except OSError as error:
+            raise SnapshotWriteError(f"cannot write a snapshot in {self.folder.location}: {error}") from error
         snapshot_id = f"{sequence:08d}-{reason}"
         manifest = SnapshotManifest(
             id=snapshot_id,
@@ -296,39 +387,31 @@ class SnapshotStore:
             python_version=python_version(),
             sha256=hashlib.sha256(payload).hexdigest(),
             size_bytes=len(payload),
+            epoch=self.epoch,
             **fields,
         )
         manifest.hmac_sha256 = self._sign(manifest)
-        final = self.directory / snapshot_id
-        if final.exists():
-            try:
-                if self.get(snapshot_id).sha256 == manifest.sha256:
-                    return self.get(snapshot_id)
-            except SnapshotError:
-                pass
         try:
-            self._write(final, payload, manifest)
-        except OSError as error:  # the disk's fault (full, read-only), not the snapshot's
-            raise SnapshotWriteError(
-                f"cannot write snapshot {snapshot_id} in {self.directory}: {error}"
-            ) from error
-        self._apply_retention(reason)
-        return manifest
-
-    def _write(self, final: Path, payload: bytes, manifest: SnapshotManifest) -> None:
-        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{manifest.id}-", dir=self.directory))
-        try:
-            _write_durably(staging / PAYLOAD, payload)
-            _write_durably(staging / MANIFEST, manifest.model_dump_json(indent=2).encode())
-            _fsync_dir(staging)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            self._check_owner()
+            entry = _entry_name(snapshot_id, self.epoch)
+            if self.folder.stamp(entry, MANIFEST) is not None:
+                try:
+                    existing = self.get(snapshot_id)
+                    if existing.sha256 == manifest.sha256 and existing.epoch == self.epoch:
+                        return existing
+                except SnapshotError:
+                    pass
+            files = {PAYLOAD: payload, MANIFEST: manifest.model_dump_json(indent=2).encode()}
+            self.folder.write_entry(entry, files)
+            self._manifests.pop(entry, None)
+            self._apply_retention(reason)
+        except SnapshotFenced:
             raise
-        self._manifests.pop(manifest.id, None)
-        _fsync_dir(self.directory)
+        except OSError as error:  # the storage's fault (full, read-only, gone, unreachable)
+            raise SnapshotWriteError(
+                f"cannot write snapshot {snapshot_id} in {self.folder.location}: {error}"
+            ) from error
+        return manifest
 
     def _sign(self, manifest: SnapshotManifest) -> str | None:
         """HMAC over what a restore trusts: the payload's hash, the id, the offsets and the scope."""
@@ -339,108 +422,170 @@ class SnapshotStore:
         )
         return hmac.new(self._hmac_key, signed.encode(), hashlib.sha256).hexdigest()
 
-    def _rewrite_manifest(self, manifest: SnapshotManifest) -> None:
-        path = self._folder(manifest.id) / MANIFEST
-        temporary = path.with_suffix(".tmp")
-        _write_durably(temporary, manifest.model_dump_json(indent=2).encode())
-        os.replace(temporary, path)
-        self._manifests.pop(manifest.id, None)
-
     def pin(self, snapshot_id: str, pinned: bool = True) -> SnapshotManifest:
         """A pinned snapshot is never removed by retention."""
         manifest = self.get(snapshot_id).model_copy(update={"pinned": pinned})
-        self._rewrite_manifest(manifest)
+        entry = self._entry(snapshot_id)
+        self.folder.replace(entry, MANIFEST, manifest.model_dump_json(indent=2).encode())
+        self._manifests.pop(entry, None)
         return manifest
 
     def delete(self, snapshot_id: str) -> None:
-        shutil.rmtree(self._folder(snapshot_id))
-        self._manifests.pop(snapshot_id, None)
+        entry = self._entry(snapshot_id)
+        self._check_owner()
+        self._remove(entry)
 
-    def _folder(self, snapshot_id: str) -> Path:
-        """The folder of an existing snapshot; any other name (``..``, a path, junk, a link) is not
-        found. Every operation on a snapshot id goes through here."""
-        folder = self.directory / validate_snapshot_id(snapshot_id)
-        if folder.is_symlink() or not (folder / MANIFEST).exists():
-            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.directory}")
-        return folder
+    def _entry(self, snapshot_id: str) -> str:
+        """The entry of an existing, valid snapshot id; any other name (``..``, a path, junk, a
+        link, a fenced writer's) is not found. Every operation on a snapshot id goes through here."""
+        validate_snapshot_id(snapshot_id)
+        ownership = self._ownership_for_reading()
+        entry = _entry_name(snapshot_id, ownership.owner_of(_sequence_of(snapshot_id)))
+        if self.folder.is_entry_link(entry) or self.folder.stamp(entry, MANIFEST) is None:
+            entry = self._visible(snapshot_id.rpartition("-")[2]).get(snapshot_id, "")
+            if not entry:
+                raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.folder.location}")
+        return entry
+
+    def _visible(self, reason: str | None = None) -> dict[str, str]:
+        """The valid snapshots' ids (of ``reason``, if given) and their entries: the entry of the
+        owner of the id's sequence, else a pinned one another owner wrote (pins outlive restores)."""
+        ownership = self._ownership_for_reading()
+        by_id: dict[str, list[str]] = {}
+        for entry, snapshot_id in self._ids_by_entry(reason).items():
+            by_id.setdefault(snapshot_id, []).append(entry)
+        visible = {}
+        for snapshot_id, entries in by_id.items():
+            own = _entry_name(snapshot_id, ownership.owner_of(_sequence_of(snapshot_id)))
+            if own in entries:
+                visible[snapshot_id] = own
+                continue
+            pinned = [
+                (manifest.epoch, entry)
+                for entry in entries
+                if (manifest := self._indexed(entry, snapshot_id)) is not None and manifest.pinned
+            ]
+            if pinned:
+                visible[snapshot_id] = max(pinned)[1]
+        return visible
+
+    def _ownership_for_reading(self) -> Ownership:
+        """The ownership as stored now: what decides which writer's snapshots are valid."""
+        self._ownership = self._read_ownership()
+        return self._ownership
 
     def discard_after(self, sequence: int) -> list[str]:
-        """Delete the unpinned snapshots written after ``sequence``; their ids, oldest first."""
-        later = _oldest_first(i for i in self._folders() if _sequence_of(i) > sequence)
-        manifests = (self._indexed(snapshot_id) for snapshot_id in later)
-        discarded = [manifest.id for manifest in manifests if manifest is not None and not manifest.pinned]
-        for snapshot_id in discarded:
-            self._remove(snapshot_id)
-        return discarded
+        """Delete the unpinned snapshots written after ``sequence`` (and what fenced writers left
+        there); the ids of the valid ones deleted, oldest first."""
+        self._check_owner()
+        visible = self._visible()
+        kept = {visible[i] for i, m in self._manifests_of(visible).items() if m.pinned}
+        discarded = []
+        for entry, snapshot_id in self._ids_by_entry().items():
+            if _sequence_of(snapshot_id) > sequence and entry not in kept:
+                self._remove(entry)
+                if visible.get(snapshot_id) == entry:
+                    discarded.append(snapshot_id)
+        return _oldest_first(discarded)
+
+    def _manifests_of(self, visible: dict[str, str]) -> dict[str, SnapshotManifest]:
+        manifests = {i: self._indexed(entry, i) for i, entry in visible.items()}
+        return {i: m for i, m in manifests.items() if m is not None}
 
     def _apply_retention(self, reason: str) -> None:
-        if reason not in ROTATING_REASONS:
-            return
-        rotating = [m for m in self.list(reason=reason) if not m.pinned]
-        for manifest in rotating[: max(0, len(rotating) - self.keep_last)]:
-            self._remove(manifest.id)
+        """Rotate ``reason``'s snapshots, sweep what fenced writers left, keep within the budget."""
+        limit = self.keep_last if reason in ROTATING_REASONS else self.keep_concepts
+        if reason in CONCEPT_REASONS | ROTATING_REASONS and limit is not None:
+            rotating = [m for m in self.list(reason=reason) if not m.pinned]
+            for manifest in rotating[: max(0, len(rotating) - limit)]:
+                self._remove(manifest.entry)
+        if self.epoch:  # what fenced writers left behind
+            visible = set(self._visible().values())
+            for entry in self._ids_by_entry().keys() - visible:
+                if self.folder.stamp(entry, MANIFEST) is not None:  # not one being written now
+                    self._remove(entry)
+        if self.max_bytes:
+            self._keep_within_budget()
 
-    def _remove(self, snapshot_id: str) -> None:
-        shutil.rmtree(self.directory / snapshot_id, ignore_errors=True)
-        self._manifests.pop(snapshot_id, None)
+    def _keep_within_budget(self) -> None:
+        manifests = self.list()
+        total = sum(m.size_bytes for m in manifests)
+        restore_points = [m for m in manifests if m.reason in RESTORE_POINT_REASONS][-2:]
+        for manifest in manifests:
+            if total <= self.max_bytes:
+                return
+            if manifest.pinned or manifest in restore_points:
+                continue
+            self._remove(manifest.entry)
+            total -= manifest.size_bytes
+        if total > self.max_bytes:
+            logger.warning(
+                "the snapshots of %s take %d bytes, over snapshots.max_partition_bytes (%d): what is "
+                "left is pinned or one of the last two checkpoints", self.scope, total, self.max_bytes,
+            )  # fmt: skip
+
+    def _remove(self, entry: str) -> None:
+        self.folder.remove_entry(entry, MANIFEST)
+        self._manifests.pop(entry, None)
 
     # -- reading ---------------------------------------------------------------------------
 
     def list(self, reason: str | None = None, pinned: bool | None = None) -> list[SnapshotManifest]:
-        """Manifests, oldest first; unreadable entries are left out (``get`` names the problem).
+        """Manifests, oldest first; unreadable entries and those of a fenced writer are left out
+        (``get`` names the problem).
 
-        Only the manifests of folders named with ``reason`` are read. The manifests returned are
+        Only the manifests of entries named with ``reason`` are read. The manifests returned are
         the store's index: read them, do not change them.
         """
+        visible = self._visible(reason)
         manifests = []
-        for snapshot_id in _oldest_first(self._folders(reason)):
-            manifest = self._indexed(snapshot_id)
+        for snapshot_id in _oldest_first(visible):
+            manifest = self._indexed(visible[snapshot_id], snapshot_id)
             if manifest is not None and (pinned is None or manifest.pinned == pinned):
                 manifests.append(manifest)
         return manifests
 
-    def _folders(self, reason: str | None = None) -> list[str]:
-        """The names of the folders named like snapshots (of ``reason``, if given), in no order.
+    def _ids_by_entry(self, reason: str | None = None) -> dict[str, str]:
+        """The entries named like snapshots (of ``reason``, if given) and their snapshot ids.
 
         No manifest is read; staging folders (``.tmp-...``) and foreign names are left out. A
-        listing of every reason also drops from the index the ids whose folders are gone.
+        listing of every reason also drops from the index the entries that are gone.
         """
-        suffix = "" if reason is None else f"-{reason}"
-        names = [
-            entry.name
-            for entry in os.scandir(self.directory)
-            if entry.name.endswith(suffix) and SNAPSHOT_ID.fullmatch(entry.name) and not entry.is_symlink()
-        ]
+        found = {}
+        for name in self.folder.entries():
+            match = ENTRY.fullmatch(name)
+            if match is not None and (reason is None or match["reason"] == reason):
+                found[name] = match["id"]
         if reason is None:
-            for gone in self._manifests.keys() - set(names):
+            for gone in self._manifests.keys() - found.keys():
                 self._manifests.pop(gone, None)  # the API's threads may list at once
-        return names
+        return found
 
-    def _indexed(self, snapshot_id: str) -> SnapshotManifest | None:
-        """The manifest in folder ``snapshot_id`` if it is valid there, parsed once per file version."""
-        path = f"{self.directory}/{snapshot_id}/{MANIFEST}"  # once per snapshot: Path would cost more
+    def _indexed(self, entry: str, snapshot_id: str) -> SnapshotManifest | None:
+        """The manifest in ``entry`` if it is valid there, parsed once per file version."""
         try:
             # Stamped before reading: a rewrite in between leaves an old stamp, so it is read again.
-            status = os.stat(path)
-            stamp = (status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size)
-            cached = self._manifests.get(snapshot_id)
+            stamp = self.folder.stamp(entry, MANIFEST)
+            if stamp is None:
+                self._manifests.pop(entry, None)
+                return None
+            cached = self._manifests.get(entry)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-            with open(path, "rb") as handle:
-                data = handle.read()
+            data = self.folder.read(entry, MANIFEST)
         except OSError:
-            self._manifests.pop(snapshot_id, None)
+            self._manifests.pop(entry, None)
             return None
         try:
-            manifest: SnapshotManifest | None = self._parse(snapshot_id, data)
+            manifest: SnapshotManifest | None = self._parse(entry, snapshot_id, data)
         except SnapshotError:
             manifest = None
-        self._manifests[snapshot_id] = (stamp, manifest)
+        self._manifests[entry] = (stamp, manifest)
         return manifest
 
     @staticmethod
-    def _parse(snapshot_id: str, data: bytes) -> SnapshotManifest:
-        """The manifest in folder ``snapshot_id``, if it is valid and agrees with the folder's name."""
+    def _parse(entry: str, snapshot_id: str, data: bytes) -> SnapshotManifest:
+        """The manifest in ``entry``, if it is valid and agrees with the entry's name."""
         try:
             manifest = SnapshotManifest.model_validate_json(data)
         except ValidationError as error:
@@ -448,7 +593,10 @@ class SnapshotStore:
         # A copied or renamed folder, or a manifest that disagrees with its folder's name: its id
         # would lead elsewhere (a pin rewrites the manifest at its id's path), and listing by name
         # would mistake its sequence or reason.
-        if not manifest.id == snapshot_id == f"{manifest.sequence:08d}-{manifest.reason}":
+        if not (
+            manifest.id == snapshot_id == f"{manifest.sequence:08d}-{manifest.reason}"
+            and entry == _entry_name(snapshot_id, manifest.epoch)
+        ):
             raise SnapshotError(
                 f"snapshot {snapshot_id!r} has a manifest that disagrees with its folder's name "
                 "(copied or renamed); it will not be used"
@@ -456,7 +604,12 @@ class SnapshotStore:
         return manifest
 
     def get(self, snapshot_id: str) -> SnapshotManifest:
-        return self._parse(snapshot_id, (self._folder(snapshot_id) / MANIFEST).read_bytes())
+        entry = self._entry(snapshot_id)
+        try:
+            data = self.folder.read(entry, MANIFEST)
+        except FileNotFoundError:
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.folder.location}") from None
+        return self._parse(entry, snapshot_id, data)
 
     def verify(self, snapshot_id: str) -> tuple[SnapshotManifest, bytes]:
         """The manifest and payload bytes, after every check that can be made without unpickling."""
@@ -472,7 +625,7 @@ class SnapshotStore:
                 f"this is Python {python_version()}"
             )
         try:
-            payload = (self._folder(snapshot_id) / PAYLOAD).read_bytes()
+            payload = self.folder.read(manifest.entry, PAYLOAD)
         except FileNotFoundError:
             raise SnapshotError(f"snapshot {snapshot_id} has no payload file") from None
         if hashlib.sha256(payload).hexdigest() != manifest.sha256:

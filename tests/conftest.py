@@ -3,10 +3,15 @@
 The broker is, in order: ``KAFKA_BOOTSTRAP_SERVERS`` if set; a testcontainers Kafka when a
 Docker engine answers; otherwise the project's local KRaft broker (jars from Maven Central).
 If none can be had the run fails with instructions; it never skips silently.
+
+S3 tests likewise use a real S3 server (``s3``, ``s3_bucket``): ``S3_ENDPOINT_URL`` (with
+``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``) if set; MinIO in testcontainers when a Docker
+engine answers and the ``minio`` client is installed; otherwise the project's local S3Proxy.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -16,7 +21,9 @@ from hypothesis import settings
 from kafka.admin import KafkaAdminClient, NewTopic
 
 import stream.snapshots
+import stream.storage
 from kafka_local import BrokerError, LocalBroker
+from s3_local import LocalS3, S3Error, create_bucket
 
 # Property tests try 500 examples each; a mutation run (`make mutate`) runs every survivor's
 # tests again, and 50 examples there keep it inside the hour.
@@ -92,11 +99,99 @@ def new_topic(kafka: _Broker, request: pytest.FixtureRequest) -> Callable[..., s
     return create
 
 
+HOW_TO_GET_S3 = (
+    "No S3 server could be started for the tests. Either run `make setup` (fetches S3Proxy from "
+    "Maven Central; needs Java 17+ and Maven), start Docker (MinIO; needs the `minio` package), or "
+    "set S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY to an S3 server you run."
+)
+
+
+class _S3:
+    """What a test sees of the S3 server: where it is, its credentials, and a way to add buckets.
+
+    ``local`` is the ``LocalS3`` when the tests started one (its ``basedir`` holds the buckets).
+    """
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        access_key: str,
+        secret_key: str,
+        region: str = "us-east-1",
+        make_bucket: Callable[[str], object] | None = None,
+        local: LocalS3 | None = None,
+    ) -> None:
+        self.endpoint_url = endpoint_url
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.region = region
+        self._make_bucket = make_bucket
+        self.local = local
+
+    def create_bucket(self, name: str) -> None:
+        if self._make_bucket is not None:
+            self._make_bucket(name)
+            return
+        create_bucket(
+            self.endpoint_url,
+            name,
+            access_key=self.access_key,
+            secret_key=self.secret_key,
+            region=self.region,
+        )
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[_S3]:
+    if os.environ.get("S3_ENDPOINT_URL"):
+        missing = [key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not os.environ.get(key)]
+        if missing:
+            pytest.fail(f"S3_ENDPOINT_URL is set but not {' and '.join(missing)}", pytrace=False)
+        yield _S3(
+            os.environ["S3_ENDPOINT_URL"],
+            os.environ["AWS_ACCESS_KEY_ID"],
+            os.environ["AWS_SECRET_ACCESS_KEY"],
+            os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+        return
+    # testcontainers' MinIO module imports the `minio` client (a dev dependency).
+    if importlib.util.find_spec("minio") is not None and _docker_engine_answers():
+        from testcontainers.community.minio import MinioContainer
+
+        with MinioContainer() as minio:
+            config = minio.get_config()
+            yield _S3(
+                f"http://{config['endpoint']}",
+                config["access_key"],
+                config["secret_key"],
+                make_bucket=minio.get_client().make_bucket,
+            )
+        return
+    server = LocalS3()
+    try:
+        server.start()
+    except S3Error as error:
+        server.close()
+        pytest.fail(f"{HOW_TO_GET_S3}\n{error}", pytrace=False)
+    try:
+        yield _S3(server.endpoint_url, server.access_key, server.secret_key, server.region, local=server)
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def s3_bucket(s3: _S3) -> str:
+    """A new bucket on the session's S3 server for this test alone; its name (``test-<8 hex>``)."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(name)
+    return name
+
+
 @pytest.fixture
 def file_steps(monkeypatch):
     """Snapshot file operations report to the crash plan of the broker under test, once there is one."""
     kafkas: list = []  # the FakeKafka under test
-    write, rename = stream.snapshots._write_durably, os.rename
+    write, rename = stream.storage._write_durably, os.rename
 
     def reported_write(path, data):
         if kafkas:
@@ -108,6 +203,6 @@ def file_steps(monkeypatch):
             kafkas[0].plan.reached("snapshot.rename")
         rename(source, target)
 
-    monkeypatch.setattr(stream.snapshots, "_write_durably", reported_write)
-    monkeypatch.setattr(stream.snapshots.os, "rename", reported_rename)
+    monkeypatch.setattr(stream.storage, "_write_durably", reported_write)
+    monkeypatch.setattr(stream.storage.os, "rename", reported_rename)
     return kafkas

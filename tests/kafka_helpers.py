@@ -128,10 +128,17 @@ class ServiceProcess:
     """``stream serve`` as a child process with its own config file."""
 
     def __init__(
-        self, workdir: Path, config: dict[str, Any], instance_id: str | None = "test", name: str = ""
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        instance_id: str | None = "test",
+        name: str = "",
+        env: dict[str, str] | None = None,
     ) -> None:
-        """``instance_id=None``: the service picks its own (give each such process a ``name``)."""
+        """``instance_id=None``: the service picks its own (give each such process a ``name``);
+        ``env``: variables for this process alone."""
         self.workdir = workdir
+        self.env = env or {}
         self.instance_id = instance_id
         name = name or str(instance_id)
         self.config_path = workdir / f"config-{name}.yaml"
@@ -142,6 +149,7 @@ class ServiceProcess:
     def start(self) -> ServiceProcess:
         env = {key: value for key, value in os.environ.items() if not key.startswith("STREAM__")}
         env["PYTHONPATH"] = str(PROJECT_ROOT)  # for models the tests define (tests.slow_models)
+        env.update(self.env)
         command = [sys.executable, "-m", "stream", "serve", "-c", str(self.config_path)]
         if self.instance_id is not None:
             command += ["--instance-id", self.instance_id]

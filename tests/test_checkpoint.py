@@ -26,7 +26,7 @@ from stream.errors import NotOwnedError
 from stream.events import encode_record, validate_event
 from stream.prequential import Engine
 from stream.service import Service
-from stream.snapshots import SnapshotStore
+from stream.snapshots import OWNERSHIP, SnapshotStore
 from tests.fake_connector import FakeKafka, Killed, Record
 from tests.kafka_helpers import drifting_events
 from tests.model_equality import canonical_pickle
@@ -451,9 +451,13 @@ def test_every_snapshot_restores_the_state_after_the_event_it_records(tmp_path, 
     for manifest in history:
         # A restart whose commit names this snapshot, with the store as it was when it was written.
         restarted = _config(tmp_path / manifest.id, "exactly_once", detector=detector)
-        directory = restarted.snapshots.directory / "events-0"
+        directory, written = (
+            Path(restarted.snapshots.directory, "events-0"),
+            Path(config.snapshots.directory, "events-0"),
+        )
         for earlier in history[: history.index(manifest) + 1]:
-            shutil.copytree(config.snapshots.directory / "events-0" / earlier.id, directory / earlier.id)
+            shutil.copytree(written / earlier.entry, directory / earlier.entry)
+        shutil.copy(written / OWNERSHIP, directory / OWNERSHIP)
         replay = FakeKafka()
         replay.append("events", [json.dumps(event).encode() for event in EVENTS])
         offset = manifest.offsets["events:0"]

@@ -132,6 +132,7 @@ def test_every_key_but_the_structured_ones_is_covered():
         ("kafka", "consumer_options"),
         ("kafka", "producer_options"),
         ("api", "allowed_hosts"),
+        ("snapshots", "s3"),  # a section of its own: test_the_s3_settings_come_from_the_environment_too
     }
     assert every_key - {(section, key) for section, key, _ in SCALAR_LEAVES} == structured
 
@@ -209,3 +210,26 @@ def test_the_snapshot_directory_must_be_a_directory_or_creatable_as_one(tmp_path
         ConfigError, match=r"^snapshots\.directory: cannot create .*/a-file/x: .*/a-file is not a"
     ):
         check_snapshot_directory(a_file / "x")
+
+
+def test_the_s3_settings_come_from_the_environment_too(monkeypatch):
+    monkeypatch.setenv("STREAM__SNAPSHOTS__DIRECTORY", "s3://bucket/stream")
+    monkeypatch.setenv("STREAM__SNAPSHOTS__S3__ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("STREAM__SNAPSHOTS__S3__REGION", "eu-west-1")
+    monkeypatch.setenv("STREAM__SNAPSHOTS__HMAC_KEY", "shared")
+    snapshots = load_config().snapshots
+    assert (snapshots.directory, snapshots.in_s3) == ("s3://bucket/stream", True)
+    assert (snapshots.s3.endpoint_url, snapshots.s3.region) == ("http://minio:9000", "eu-west-1")
+
+
+def test_snapshots_in_s3_need_the_shared_key_named():
+    with pytest.raises(ConfigError, match=r"snapshots: .*hmac_key: snapshots in S3 .* same key"):
+        load_config(overrides={"snapshots.directory": "s3://bucket/stream"})
+    assert not load_config(
+        overrides={"snapshots.directory": "s3://b/p", "snapshots.signing": False}
+    ).snapshots.signing
+
+
+def test_retention_may_not_delete_the_candidates_the_policy_compares():
+    with pytest.raises(ConfigError, match=r"snapshots.keep_concepts \(3\) is below drift.candidates \(5\)"):
+        load_config(overrides={"snapshots.keep_concepts": 3})

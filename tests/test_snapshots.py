@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import pickle
-import shutil
 import tempfile
 from hashlib import sha256
 from pathlib import Path
@@ -15,18 +14,73 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import stream.snapshots
-from stream.config import Config, load_config
-from stream.errors import ConfigError, SnapshotError, SnapshotNotFound, SnapshotWriteError
+import stream.storage
+from stream.config import Config, S3Settings, load_config
+from stream.errors import ConfigError, SnapshotError, SnapshotFenced, SnapshotNotFound, SnapshotWriteError
 from stream.snapshots import (
     MANIFEST,
+    OWNERSHIP,
     PAYLOAD,
     SCOPE,
     SNAPSHOT_ID,
+    Ownership,
     Reason,
     SnapshotManifest,
     SnapshotStore,
     list_scopes,
 )
+from stream.storage import Folder, check_snapshot_bucket, open_folder
+
+
+class Place:
+    """Where a test keeps its snapshots: a local folder, or a bucket on the real S3 server (the
+    suite starts one, as it does the Kafka broker). Every test written against a ``place`` runs on
+    both; the few about local files only (fsync, links, staging folders) take ``tmp_path``."""
+
+    def __init__(self, location: str, endpoint_url: str | None = None) -> None:
+        self.location = location.rstrip("/")
+        self.endpoint_url = endpoint_url
+
+    def folder(self, sub: str = "") -> Folder:
+        return open_folder(f"{self.location}/{sub}".rstrip("/"), S3Settings(endpoint_url=self.endpoint_url))
+
+    def store(self, sub: str = "", keep_last: int = 10, **options) -> SnapshotStore:
+        return SnapshotStore(self.folder(sub), keep_last, **options)
+
+    def config(self, **snapshots: object) -> Config:
+        s3 = {"s3": {"endpoint_url": self.endpoint_url}} if self.endpoint_url else {}
+        return Config.model_validate({"snapshots": {"directory": self.location, **s3, **snapshots}})
+
+    def plant(self, store: SnapshotStore, entry: str, file: str, data: bytes) -> None:
+        """Write one file of an entry behind the store's back (whoever can write the storage can)."""
+        if self.endpoint_url is None:
+            (store.directory / entry).mkdir(exist_ok=True)
+            (store.directory / entry / file).write_bytes(data)
+        else:
+            store.folder.replace(entry, file, data)
+
+    def copy(
+        self, source: SnapshotStore, entry: str, target: SnapshotStore, as_entry: str | None = None
+    ) -> None:
+        for file in (PAYLOAD, MANIFEST):
+            self.plant(target, as_entry or entry, file, source.folder.read(entry, file))
+
+
+@pytest.fixture(params=["local", "s3"])
+def place(request, tmp_path) -> Place:
+    return Place(str(tmp_path)) if request.param == "local" else request.getfixturevalue("s3_place")
+
+
+@pytest.fixture
+def s3_place(s3, s3_bucket, monkeypatch) -> Place:
+    """A bucket of its own on the real S3 server, with the server's credentials in the environment."""
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", s3.access_key),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
+        ("AWS_REGION", s3.region),
+    ):
+        monkeypatch.setenv(name, value)
+    return Place(f"s3://{s3_bucket}/snapshots", s3.endpoint_url)
 
 
 class _Tripwire:
@@ -39,8 +93,8 @@ class _Tripwire:
         return (Path(self.path).touch, ())
 
 
-def test_save_then_load_round_trips_and_records_the_manifest(tmp_path):
-    store = SnapshotStore(tmp_path)
+def test_save_then_load_round_trips_and_records_the_manifest(place):
+    store = place.store()
     manifest = store.save({"w": [1.5, 2.5]}, reason="drift", events_seen=42, offsets={"t:0": 10})
     assert store.load(manifest.id) == {"w": [1.5, 2.5]}
     stored = store.get(manifest.id)
@@ -48,6 +102,7 @@ def test_save_then_load_round_trips_and_records_the_manifest(tmp_path):
     assert stored.sha256 == manifest.sha256 and len(stored.sha256) == 64
     assert stored.river_version and stored.python_version
     assert [m.id for m in store.list()] == [manifest.id]
+    assert place.store().load(manifest.id) == {"w": [1.5, 2.5]}  # another process reads it too
 
 
 def test_writes_leave_no_temporary_folders_and_an_interrupted_write_is_invisible(tmp_path):
@@ -60,86 +115,117 @@ def test_writes_leave_no_temporary_folders_and_an_interrupted_write_is_invisible
     assert [m.id for m in store.list()] == ["00000001-manual"]
 
 
+def test_a_payload_without_its_manifest_is_an_unfinished_write_nobody_sees(place):
+    store = place.store()
+    store.save("a", reason="manual")
+    place.plant(store, "00000002-manual", PAYLOAD, pickle.dumps("partial"))  # the manifest comes last
+    assert [m.id for m in store.list()] == ["00000001-manual"]
+    with pytest.raises(SnapshotNotFound):
+        store.load("00000002-manual")
+    assert store.next_sequence() == 3  # and its id is not given out again
+
+
 @pytest.mark.parametrize("hmac_key", [None, "secret"], ids=["unsigned", "signed"])
-def test_a_corrupted_or_swapped_payload_is_refused_and_never_unpickled(tmp_path, hmac_key):
+def test_a_corrupted_or_swapped_payload_is_refused_and_never_unpickled(place, tmp_path, hmac_key):
     """Signed too: the manifest is untouched, so only the payload's SHA-256 can catch the swap."""
-    store = SnapshotStore(tmp_path, hmac_key=hmac_key)
+    store = place.store(hmac_key=hmac_key)
     tripwire = tmp_path / "unpickled"
     manifest = store.save("genuine", reason="manual")
-    (tmp_path / manifest.id / PAYLOAD).write_bytes(pickle.dumps(_Tripwire(str(tripwire))))
+    place.plant(store, manifest.entry, PAYLOAD, pickle.dumps(_Tripwire(str(tripwire))))
     with pytest.raises(SnapshotError, match="SHA-256 does not match"):
         store.load(manifest.id)
     assert not tripwire.exists()
 
 
-def test_a_tampered_manifest_hash_still_fails_with_a_signing_key(tmp_path):
+def test_a_tampered_manifest_hash_still_fails_with_a_signing_key(place, tmp_path):
     """An attacker who rewrites both payload and hash is stopped by the HMAC signature."""
-    store = SnapshotStore(tmp_path, hmac_key="secret")
+    store = place.store(hmac_key="secret")
     tripwire = tmp_path / "unpickled"
     manifest = store.save("genuine", reason="manual")
     evil = pickle.dumps(_Tripwire(str(tripwire)))
-    (tmp_path / manifest.id / PAYLOAD).write_bytes(evil)
-    forged = json.loads((tmp_path / manifest.id / MANIFEST).read_text())
-    import hashlib
-
-    forged["sha256"] = hashlib.sha256(evil).hexdigest()
-    (tmp_path / manifest.id / MANIFEST).write_text(json.dumps(forged))
+    place.plant(store, manifest.entry, PAYLOAD, evil)
+    forged = json.loads(store.folder.read(manifest.entry, MANIFEST))
+    forged["sha256"] = sha256(evil).hexdigest()
+    place.plant(store, manifest.entry, MANIFEST, json.dumps(forged).encode())
     with pytest.raises(SnapshotError, match="wrong HMAC signature"):
         store.load(manifest.id)
     assert not tripwire.exists()
 
 
-def test_a_store_from_the_config_signs_with_the_configured_key_and_refuses_unsigned(tmp_path):
-    config = Config.model_validate({"snapshots": {"directory": str(tmp_path), "hmac_key": "k"}})
+def test_a_store_from_the_config_signs_with_the_configured_key_and_refuses_unsigned(place):
+    config = place.config(hmac_key="k")
     signed = SnapshotStore.from_config(config.snapshots, "events-0").save("s", reason="manual")
     assert signed.hmac_sha256 is not None
-    SnapshotStore(tmp_path / "events-0").save("unsigned", reason="manual")
+    place.store("events-0").save("unsigned", reason="manual")
     with pytest.raises(SnapshotError, match="not signed"):
         SnapshotStore.from_config(config.snapshots, "events-0").load("00000002-manual")
 
 
-def test_unsigned_snapshots_are_refused_when_a_key_is_set(tmp_path):
-    SnapshotStore(tmp_path).save("unsigned", reason="manual")
+def test_unsigned_snapshots_are_refused_when_a_key_is_set(place):
+    place.store().save("unsigned", reason="manual")
     with pytest.raises(SnapshotError, match="not signed"):
-        SnapshotStore(tmp_path, hmac_key="k").load("00000001-manual")
+        place.store(hmac_key="k").load("00000001-manual")
 
 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("river_version", "0.19.0", r"River 0\.19\.0"), ("python_version", "2.7", r"Python 2\.7")],
 )
-def test_a_snapshot_from_another_river_or_python_version_is_refused(tmp_path, field, value, message):
-    store = SnapshotStore(tmp_path)
+def test_a_snapshot_from_another_river_or_python_version_is_refused(place, tmp_path, field, value, message):
+    store = place.store()
     tripwire = tmp_path / "unpickled"
     manifest = store.save(_Tripwire(str(tripwire)), reason="manual")
     tripwire.unlink(missing_ok=True)
-    path = tmp_path / manifest.id / MANIFEST
-    data = json.loads(path.read_text())
+    data = json.loads(store.folder.read(manifest.entry, MANIFEST))
     data[field] = value
-    path.write_text(json.dumps(data))
+    place.plant(store, manifest.entry, MANIFEST, json.dumps(data).encode())
     with pytest.raises(SnapshotError, match=message):
         store.load(manifest.id)
     assert not tripwire.exists()
 
 
-def test_retention_keeps_the_last_k_rotating_and_every_drift_manual_or_pinned(tmp_path):
-    store = SnapshotStore(tmp_path, keep_last=2)
+def test_retention_keeps_the_last_k_of_each_reason_and_every_pinned_one(place):
+    store = place.store(keep_last=2, keep_concepts=3)
     store.save("p1", reason="periodic")
     store.pin("00000001-periodic")
     for n in range(2, 6):
         store.save(f"p{n}", reason="periodic")
-    for n in range(4):  # more of each than keep_last, each followed by rotating ones
+    for n in range(5):  # more of each than kept, each followed by rotating ones
         store.save(f"d{n}", reason="drift")
         store.save(f"m{n}", reason="manual")
         store.save(f"p{n}", reason="periodic")
     ids = [m.id for m in store.list()]
-    kept = (("drift", 6), ("manual", 7))  # sequences 6 + 3n and 7 + 3n
-    drifts_and_manual = [f"{first + 3 * n:08d}-{reason}" for n in range(4) for reason, first in kept]
-    assert ids == sorted(["00000001-periodic", *drifts_and_manual, "00000014-periodic", "00000017-periodic"])
+    kept = (("drift", 6), ("manual", 7))  # sequences 6 + 3n and 7 + 3n: the last three of each
+    concepts = [f"{first + 3 * n:08d}-{reason}" for n in range(2, 5) for reason, first in kept]
+    assert ids == sorted(["00000001-periodic", *concepts, "00000017-periodic", "00000020-periodic"])
 
 
-def test_saving_an_existing_sequence_again_is_idempotent(tmp_path):
-    store = SnapshotStore(tmp_path)
+def test_without_keep_concepts_drift_and_manual_snapshots_stay_until_deleted(place):
+    store = place.store(keep_last=1)
+    for n in range(4):
+        store.save(f"d{n}", reason="drift")
+        store.save(f"m{n}", reason="manual")
+    assert len(store.list(reason="drift")) == len(store.list(reason="manual")) == 4
+
+
+def test_the_byte_budget_removes_the_oldest_but_never_pinned_or_the_last_two_checkpoints(place, caplog):
+    store = place.store(keep_concepts=100, max_bytes=5_100)  # five pickles of ~1,016 bytes
+    pinned = store.save(b"p" * 1_000, reason="drift")
+    store.pin(pinned.id)
+    for n in range(6):
+        store.save(bytes([n]) * 1_000, reason="drift")
+    checkpoints = [store.save(bytes([n]) * 1_000, reason="checkpoint") for n in range(2)]
+    kept = store.list()
+    assert sum(m.size_bytes for m in kept) <= 5_100
+    assert pinned.id in {m.id for m in kept} and {m.id for m in checkpoints} <= {m.id for m in kept}
+    assert [m.id for m in kept if m.reason == "drift"][1:] == [f"{s:08d}-drift" for s in (6, 7)]
+    big = store.save(b"x" * 4_000, reason="checkpoint")  # now the last two checkpoints alone are over
+    assert {m.id for m in store.list()} == {pinned.id, checkpoints[1].id, big.id}
+    assert "over snapshots.max_partition_bytes" in caplog.text
+
+
+def test_saving_an_existing_sequence_again_is_idempotent(place):
+    store = place.store()
     first = store.save("same", reason="checkpoint", sequence=5)
     again = store.save("same", reason="checkpoint", sequence=5)
     assert again.created_at == first.created_at  # the existing snapshot was kept as it was
@@ -147,8 +233,8 @@ def test_saving_an_existing_sequence_again_is_idempotent(tmp_path):
     assert store.load(replaced.id) == "different"
 
 
-def test_pin_unpin_delete_and_unknown_ids(tmp_path):
-    store = SnapshotStore(tmp_path)
+def test_pin_unpin_delete_and_unknown_ids(place):
+    store = place.store()
     manifest = store.save("x", reason="warning")
     assert store.pin(manifest.id).pinned
     assert store.list(pinned=True)[0].id == manifest.id
@@ -183,13 +269,12 @@ def test_payload_and_manifest_are_fsynced_before_the_rename_and_the_folder_after
     assert events[4] == ("fsync", str(tmp_path))  # the rename itself made durable
 
 
-def test_the_signature_covers_the_offsets_a_restore_trusts(tmp_path):
-    store = SnapshotStore(tmp_path, hmac_key="k")
+def test_the_signature_covers_the_offsets_a_restore_trusts(place):
+    store = place.store(hmac_key="k")
     manifest = store.save("state", reason="checkpoint", offsets={"events:0": 100})
-    path = tmp_path / manifest.id / MANIFEST
-    data = json.loads(path.read_text())
+    data = json.loads(store.folder.read(manifest.entry, MANIFEST))
     data["offsets"] = {"events:0": 5000}  # relabel an old snapshot as a newer one
-    path.write_text(json.dumps(data))
+    place.plant(store, manifest.entry, MANIFEST, json.dumps(data).encode())
     with pytest.raises(SnapshotError, match="wrong HMAC signature"):
         store.load(manifest.id)
 
@@ -200,7 +285,7 @@ def test_a_failed_write_leaves_no_temporary_folder(tmp_path, monkeypatch):
     def fail(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("stream.snapshots._write_durably", fail)
+    monkeypatch.setattr("stream.storage._write_durably", fail)
     with pytest.raises(OSError):
         store.save("x", reason="manual")
     assert list(tmp_path.iterdir()) == []
@@ -249,11 +334,12 @@ def test_every_id_the_store_writes_is_one_it_reads_back(sequence, reason):
         assert store.list() == []
 
 
-def test_a_copied_snapshot_folder_is_not_listed_so_its_id_never_leads_elsewhere(tmp_path):
-    store = SnapshotStore(tmp_path)
+def test_a_copied_snapshot_folder_is_not_listed_so_its_id_never_leads_elsewhere(place):
+    store = place.store()
     manifest = store.save("x", reason="drift")
-    shutil.copytree(tmp_path / manifest.id, tmp_path / "00000007-drift")  # same manifest, other folder
-    shutil.copytree(tmp_path / manifest.id, tmp_path / "backup")
+    place.copy(store, manifest.entry, store, "00000007-drift")  # same manifest, other folder
+    place.copy(store, manifest.entry, store, "backup")
+    place.copy(store, manifest.entry, store, f"{manifest.id}.e3")  # as if another owner wrote it
     assert [m.id for m in store.list()] == [manifest.id]
 
 
@@ -295,34 +381,34 @@ def test_thousands_of_drift_snapshots_are_not_read_to_save_or_list_checkpoints(t
     assert len(store.list()) == 3003 and parsed == []  # unchanged files are not read again
 
 
-def test_a_store_that_has_listed_sees_what_another_process_changed(tmp_path):
-    store, cli = SnapshotStore(tmp_path), SnapshotStore(tmp_path)  # say, `stream snapshots pin`
+def test_a_store_that_has_listed_sees_what_another_process_changed(place):
+    store, cli = place.store(), place.store()  # say, `stream snapshots pin`
     first, second = store.save("a", reason="drift"), store.save("b", reason="drift")
     assert [m.pinned for m in store.list()] == [False, False]
     cli.pin(first.id)
     assert [m.id for m in store.list(pinned=True)] == [first.id]
     replaced = cli.save("c", reason="drift", sequence=second.sequence)
     assert [m.sha256 for m in store.list()] == [first.sha256, replaced.sha256]
-    (tmp_path / first.id / MANIFEST).write_text("{}")  # edited in place
+    place.plant(store, first.entry, MANIFEST, b"{}")  # edited in place
     assert [m.id for m in store.list()] == [second.id]
     cli.delete(second.id)
     third = cli.save("d", reason="drift")
     assert [m.id for m in store.list()] == [third.id]
 
 
-def test_listing_and_retention_go_by_sequence_past_eight_digits(tmp_path):
-    store = SnapshotStore(tmp_path, keep_last=2)
+def test_listing_and_retention_go_by_sequence_past_eight_digits(place):
+    store = place.store(keep_last=2)
     for sequence in (99_999_998, 99_999_999, 100_000_000):
         store.save(sequence, reason="checkpoint", sequence=sequence)
     assert [m.sequence for m in store.list()] == [99_999_999, 100_000_000]
     assert store.next_sequence() == 100_000_001
 
 
-def test_a_manifest_that_disagrees_with_its_folder_name_is_not_listed(tmp_path):
-    store = SnapshotStore(tmp_path)
+def test_a_manifest_that_disagrees_with_its_folder_name_is_not_listed(place):
+    store = place.store()
     manifest = store.save("x", reason="drift")
     relabelled = manifest.model_copy(update={"reason": "checkpoint"})
-    (tmp_path / manifest.id / MANIFEST).write_text(relabelled.model_dump_json())
+    place.plant(store, manifest.entry, MANIFEST, relabelled.model_dump_json().encode())
     assert store.list() == store.list(reason="checkpoint") == store.list(reason="drift") == []
     assert store.list(reason="") == []
 
@@ -334,7 +420,7 @@ def test_a_write_the_disk_refuses_is_a_snapshot_write_error_and_leaves_nothing_b
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(stream.snapshots, "_write_durably", full)
+    monkeypatch.setattr(stream.storage, "_write_durably", full)
     with pytest.raises(
         SnapshotWriteError, match=r"cannot write snapshot 00000002-checkpoint .*No space left"
     ):
@@ -427,11 +513,12 @@ def test_key_settings_that_would_not_protect_are_refused(snapshots, message):
         load_config(overrides={f"snapshots.{key}": value for key, value in snapshots.items()})
 
 
-def test_a_signed_snapshot_copied_into_another_partitions_folder_is_refused(tmp_path):
-    config = _default_config(tmp_path).snapshots
-    theirs = SnapshotStore.from_config(config, "events-1").save("partition 1", reason="drift")
+def test_a_signed_snapshot_copied_into_another_partitions_folder_is_refused(place):
+    config = place.config(hmac_key="shared").snapshots
+    theirs_store = SnapshotStore.from_config(config, "events-1")
+    theirs = theirs_store.save("partition 1", reason="drift")
     ours = SnapshotStore.from_config(config, "events-0")
-    shutil.copytree(tmp_path / "snapshots" / "events-1" / theirs.id, ours.directory / theirs.id)
+    place.copy(theirs_store, theirs.entry, ours)
     assert [m.id for m in ours.list()] == [theirs.id]  # listed: only loading checks signatures
     with pytest.raises(
         SnapshotError, match=r"wrong HMAC signature for events-0: .*copied from another partition"
@@ -439,17 +526,15 @@ def test_a_signed_snapshot_copied_into_another_partitions_folder_is_refused(tmp_
         ours.load(theirs.id)
 
 
-def test_a_manifest_naming_another_folder_is_never_used_or_written_through(tmp_path):
-    store = SnapshotStore(tmp_path / "events-0")
-    victim = tmp_path / "victim"
-    victim.mkdir()
+def test_a_manifest_naming_another_folder_is_never_used_or_written_through(place):
+    store = place.store("events-0")
     manifest = store.save("state", reason="manual")
     planted = manifest.model_copy(update={"id": "../victim"})
-    (store.directory / manifest.id / MANIFEST).write_text(planted.model_dump_json())
+    place.plant(store, manifest.entry, MANIFEST, planted.model_dump_json().encode())
     for operation in (store.get, store.pin, store.load):
         with pytest.raises(SnapshotError, match="disagrees with its folder's name"):
             operation(manifest.id)
-    assert list(victim.iterdir()) == []
+    assert place.folder().children() == ["events-0"] and place.folder("victim").entries() == []
 
 
 def test_a_snapshot_folder_that_is_a_link_is_neither_listed_nor_followed(tmp_path):
@@ -495,3 +580,81 @@ def test_partition_folders_are_listed_by_name_and_nothing_else(tmp_path):
     (tmp_path / "snapshots" / "linked-1").symlink_to(tmp_path)
     (tmp_path / "snapshots" / "file-2").write_text("")
     assert list_scopes(config) == [".tmp-0", "events-0", "events.v2-11"]
+
+
+def test_partitions_in_s3_are_listed_by_name_like_folders(place):
+    config = place.config(signing=False).snapshots
+    for scope in ("events-0", "events.v2-11", "junk"):
+        place.store(scope).save("x", reason="manual")
+    assert list_scopes(config) == ["events-0", "events.v2-11"]
+
+
+# -- fencing: only a partition's current owner writes its snapshots -------------------------------
+
+
+def test_a_fenced_owner_can_neither_write_nor_delete_and_its_late_writes_are_never_seen(place):
+    zombie = place.store("events-0", hmac_key="k")
+    zombie.take_ownership(0, "instance-a")
+    base = zombie.save("a1", reason="checkpoint", offsets={"events:0": 10})
+    # Instance b restores from a's checkpoint and takes the partition over.
+    owner = place.store("events-0", hmac_key="k")
+    owner.take_ownership(base.sequence, "instance-b")
+    written = owner.save("b2", reason="checkpoint", sequence=2, offsets={"events:0": 20})
+    # a, paused past its session, resumes: whatever it tries, b's history stays b's.
+    for attempt in (
+        lambda: zombie.save("a2", reason="checkpoint", sequence=2, offsets={"events:0": 25}),
+        lambda: zombie.save("a3", reason="drift", sequence=3),
+        lambda: zombie.delete(base.id),
+        lambda: zombie.discard_after(0),
+    ):
+        with pytest.raises(SnapshotFenced, match=r"events-0 was taken over by instance-b \(epoch 2"):
+            attempt()
+    # Even a write that got past the check (paused between the check and the write) is not seen.
+    zombie.epoch = 1
+    zombie._check_owner = lambda: None  # the check passed just before the pause
+    zombie.save("a2", reason="checkpoint", sequence=2, offsets={"events:0": 25})
+    zombie.save("a3", reason="drift", sequence=3)
+    for reader in (owner, place.store("events-0", hmac_key="k")):
+        assert [(m.id, m.epoch) for m in reader.list()] == [(base.id, 1), (written.id, 2)]
+        assert reader.load(written.id) == "b2" and reader.get(written.id).offsets == {"events:0": 20}
+        with pytest.raises(SnapshotNotFound):
+            reader.load("00000003-drift")
+    owner.save("b3", reason="checkpoint", sequence=3)  # the owner's retention sweeps the leftovers
+    assert sorted(place.store("events-0").folder.entries()) == [
+        base.entry,
+        written.entry,
+        "00000003-checkpoint.e2",
+    ]
+
+
+def test_a_new_owner_keeps_the_history_before_its_restore_point_and_pins_after_it(place):
+    first = place.store("events-0")
+    first.take_ownership(0, "a")
+    history = [first.save(n, reason="drift") for n in range(3)]
+    first.pin(history[2].id)
+    later = first.save("after the commit", reason="checkpoint")
+    second = place.store("events-0")
+    assert second.discard_after(history[1].sequence) == [later.id]  # the pinned one stays
+    second.take_ownership(history[1].sequence, "b")
+    assert [m.id for m in second.list()] == [m.id for m in history]
+    assert second.load(history[2].id) == 2 and second.list(pinned=True)[0].epoch == 1
+
+
+def test_ownership_remembers_only_the_epochs_that_still_decide_something(place):
+    store = place.store("events-0", keep_last=1)
+    for restore in range(6):
+        store.take_ownership(store.next_sequence() - 1, f"i{restore}")
+        store.save(restore, reason="checkpoint")
+    ownership = Ownership.model_validate_json(store.folder.read_own(OWNERSHIP))
+    assert ownership.epoch == 6 and [epoch for epoch, _ in ownership.ranges] == [5, 6]
+    assert [m.id for m in store.list()] == ["00000006-checkpoint"]
+
+
+def test_an_unreachable_bucket_is_a_write_error_and_a_config_error_naming_the_key(s3_place):
+    missing = Place(s3_place.location.replace("s3://", "s3://no-such-bucket-"), s3_place.endpoint_url)
+    with pytest.raises(
+        SnapshotWriteError, match=r"cannot write a snapshot in s3://no-such-bucket-.*NoSuchBucket"
+    ):
+        missing.store().save("x", reason="manual")
+    with pytest.raises(ConfigError, match=r"snapshots.directory: cannot list s3://no-such-bucket-"):
+        check_snapshot_bucket(missing.config(signing=False).snapshots)
