@@ -22,10 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import uuid
 from collections.abc import Callable
 
 from s3_local import LocalS3
+from stream.checkpoint import restore_point
 from stream.config import S3Settings
 from stream.snapshots import SnapshotStore
 from stream.storage import open_folder
@@ -133,17 +135,20 @@ def _store(server: LocalS3, repeats: int) -> None:
     os.environ.update(AWS_ACCESS_KEY_ID=server.access_key, AWS_SECRET_ACCESS_KEY=server.secret_key)
     settings = S3Settings(endpoint_url=server.endpoint_url, region=server.region)
     places = {"local": tempfile.mkdtemp(prefix="bench-s3-"), "s3": f"s3://{bucket}/stream"}
-    state = {"weights": list(range(25_000))}  # a pickle of ~100 KB, a small tree's size
+    # A pickle of ~100 KB (a small tree's size), with the offsets a restore checks.
+    state = types.SimpleNamespace(offsets={"events:0": 0}, weights=list(range(25_000)))
     print(f"\n{'store':6} {'save checkpoint ms':>19} {'restore ms':>11}")
     figures = {}
     for name, location in places.items():
         store = SnapshotStore(open_folder(location, settings).child("events-0"), 10, "key", 20, 1 << 30)
         store.take_ownership(0, "bench")
-        save = _median_ms(lambda n, s=store: s.save(state, "checkpoint", offsets={"events:0": n}), repeats)
+        save = _median_ms(lambda n, s=store: s.save(state, "checkpoint", offsets={"events:0": 0}), repeats)
+        named = store.list(reason="checkpoint")[-1].id
 
-        def restore(n: int, location: str = location) -> None:
+        def restore(n: int, location: str = location, named: str = named) -> None:
+            """As a new owner restores: the checkpoint the commit names, found and loaded."""
             reader = SnapshotStore(open_folder(location, settings).child("events-0"), hmac_key="key")
-            reader.load(reader.list(reason="checkpoint")[-1].id)
+            assert restore_point(reader, {"events:0": 1}, named) is not None
 
         figures[name] = (save, _median_ms(restore, repeats))
         print(f"{name:6} {figures[name][0]:19.2f} {figures[name][1]:11.2f}")

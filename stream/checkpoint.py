@@ -135,22 +135,36 @@ def restore_point(
     processed (and published) again, so it is never used.
     """
     key = next(iter(committed))
-    candidates = [
-        m
-        for m in store.list()
-        if key in m.offsets and all(m.offsets.get(name, 0) <= offset for name, offset in committed.items())
-    ]
-    candidates.sort(key=lambda m: (m.id == checkpoint_id, m.offsets[key], m.sequence), reverse=True)
-    for manifest in candidates:
+
+    def usable(manifest: SnapshotManifest) -> bool:
+        return key in manifest.offsets and all(
+            manifest.offsets.get(name, 0) <= offset for name, offset in committed.items()
+        )
+
+    def loaded(manifest: SnapshotManifest) -> Any | None:
         try:
             state = store.load(manifest.id)
         except SnapshotError as error:
             logger.warning("cannot restore from snapshot %s: %s", manifest.id, error)
-            continue
+            return None
         if getattr(state, "offsets", {}).get(key) != manifest.offsets[key]:
             logger.warning("snapshot %s: its state and manifest disagree on the offset; skipped", manifest.id)
-            continue
-        return manifest, state
+            return None
+        return state
+
+    # The one the commit names first, without reading the others' manifests (each a request in S3).
+    if checkpoint_id:
+        try:
+            named = store.get(checkpoint_id)
+        except SnapshotError as error:
+            logger.warning("cannot restore from snapshot %s: %s", checkpoint_id, error)
+        else:
+            if usable(named) and (state := loaded(named)) is not None:
+                return named, state
+    others = [m for m in store.list() if usable(m) and m.id != checkpoint_id]
+    for manifest in sorted(others, key=lambda m: (m.offsets[key], m.sequence), reverse=True):
+        if (state := loaded(manifest)) is not None:
+            return manifest, state
     return None
 
 
@@ -304,14 +318,16 @@ class Checkpointer:
                 checkpoint_id = position[1]
         store = SnapshotStore.from_config(self.config.snapshots, partition.scope)
         restored = restore_point(store, committed, checkpoint_id)
+        after = restored[0].sequence if restored else store.next_sequence() - 1
+        # From here on only this instance writes the partition's snapshots: one that owned it
+        # before and still runs (paused past its session, say) is fenced off.
+        epoch = store.take_ownership(after, self.instance_id)
         if restored is None:
-            after = store.next_sequence() - 1  # a new model: nothing stored is its history
             engine = Engine(self.config, store)
             start = source.beginning_offset(partition)
             origin = "a new model"
         else:
             manifest, state = restored
-            after = manifest.sequence
             # What was written after the restore point is either written again by the re-learning
             # below or belongs to a run whose commit never happened: gone, it cannot crowd the
             # restored history's snapshots out of retention or stand in for one of them.
@@ -322,9 +338,6 @@ class Checkpointer:
             engine = Engine(self.config, store, state)
             start = manifest.offsets[partition.key]
             origin = f"snapshot {manifest.id}"
-        # From here on only this instance writes the partition's snapshots: one that owned it
-        # before and still runs (paused past its session, say) is fenced off.
-        epoch = store.take_ownership(after, self.instance_id)
         logger.debug("%s: snapshot ownership epoch %d", partition.key, epoch)
         join = None if labels is None else Join(self.config.labels, self.on_label_delay, track_changes=True)
         order = None if labels is None else TimeOrder(self.config.labels.order_wait_seconds, time.monotonic())

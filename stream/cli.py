@@ -113,7 +113,9 @@ def replay(
     dead_letters: Annotated[
         Path | None, typer.Option(help="Write rejected records here (JSONL) with their reason.")
     ] = None,
-    snapshots: Annotated[Path | None, typer.Option(help="Snapshot directory (overrides config).")] = None,
+    snapshots: Annotated[
+        str | None, typer.Option(help="Snapshot directory or s3://bucket/prefix (overrides config).")
+    ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(
@@ -184,7 +186,7 @@ class _Snapshots:
     """Where ``stream snapshots`` reads and writes: the running service's API when one answers,
     else the snapshot directory itself (a rollback needs the running service)."""
 
-    def __init__(self, config_path: Path | None, directory: Path | None, scope: str | None, api: str | None,
+    def __init__(self, config_path: Path | None, directory: str | None, scope: str | None, api: str | None,
                  token: str | None) -> None:  # fmt: skip
         self.config = _load(config_path, **{"snapshots.directory": directory})
         try:
@@ -245,7 +247,10 @@ def _snapshot_id(snapshot_id: str) -> str:
 
 
 DirectoryOption = Annotated[
-    Path | None, typer.Option("--dir", help="Read this snapshot directory directly (no running service).")
+    str | None,
+    typer.Option(
+        "--dir", help="Read this snapshot directory (or s3://bucket/prefix) directly (no running service)."
+    ),
 ]
 ScopeOption = Annotated[
     str | None, typer.Option(help="A service's partition, e.g. events-0 (the only one is picked by default).")

@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stream.config import SnapshotConfig
 from stream.errors import ConfigError, SnapshotError, SnapshotFenced, SnapshotNotFound, SnapshotWriteError
-from stream.storage import Folder, Stamp, open_folder
+from stream.storage import Folder, LocalFolder, Stamp, open_folder
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ MANIFEST = "manifest.json"
 SNAPSHOT_ID = re.compile(rf"[0-9]{{8,18}}-(?:{'|'.join(get_args(Reason))})")
 # What a snapshot's entry (folder) is named: its id, and the epoch of the owner that wrote it.
 ENTRY = re.compile(
-    rf"(?P<id>[0-9]{{8,18}}-(?P<reason>{'|'.join(get_args(Reason))}))(?:\.e[1-9][0-9]{{0,17}})?"
+    rf"(?P<id>[0-9]{{8,18}}-(?P<reason>{'|'.join(get_args(Reason))}))(?:\.e(?P<epoch>[1-9][0-9]{{0,17}}))?"
 )
 OWNERSHIP = "owner.json"
 # What a partition's folder is named: ``<topic>-<partition>`` (a Kafka topic name is 1 to 249 of
@@ -149,14 +149,14 @@ def list_scopes(config: SnapshotConfig) -> list[str]:
 
 
 # Stores that run unsigned, warned about once per process.
-_warned_unsigned: set[Path] = set()
+_warned_unsigned: set[str] = set()
 
 
 def signing_key(config: SnapshotConfig) -> str | None:
     """The key the configured store signs with: ``hmac_key``, else the key file's (generated on
     first use); ``None`` only when ``signing`` is off, which is logged once as a warning."""
     if not config.signing:
-        directory = Path(os.path.abspath(config.directory))
+        directory = config.directory if config.in_s3 else str(Path(os.path.abspath(config.directory)))
         if directory not in _warned_unsigned:
             _warned_unsigned.add(directory)
             logger.warning(
@@ -170,14 +170,19 @@ def signing_key(config: SnapshotConfig) -> str | None:
     try:
         return _read_key(path)
     except FileNotFoundError:
+        if config.in_s3:  # a key made here would be this machine's alone
+            raise ConfigError(
+                f"snapshots.key_file {path} does not exist: with snapshots in S3 every instance must "
+                "read the same key; put it there on each machine, or give snapshots.hmac_key"
+            ) from None
         return _create_key(path)
 
 
 def check_signing_key(config: SnapshotConfig) -> None:
     """Refuse at start a key file that signing would refuse at the first restore (it creates
     nothing: a missing key file is generated on first use)."""
-    if config.signing and config.hmac_key is None and config.resolved_key_file().exists():
-        _read_key(config.resolved_key_file())
+    if config.signing and config.hmac_key is None and (config.in_s3 or config.resolved_key_file().exists()):
+        signing_key(config)
 
 
 def _read_key(path: Path) -> str:
@@ -271,7 +276,6 @@ class SnapshotStore:
         with ``hmac_key`` (none: unsigned, a scratch store). ``keep_concepts`` bounds drift and
         manual snapshots (none: kept until deleted), ``max_bytes`` the total (0: no budget)."""
         self.folder = directory if isinstance(directory, Folder) else open_folder(directory)
-        self.directory = Path(self.folder.location)  # for messages, and a local store's files
         self.keep_last = keep_last
         self.keep_concepts = keep_concepts
         self.max_bytes = max_bytes
@@ -283,6 +287,13 @@ class SnapshotStore:
         # The index: each listed entry's manifest as parsed (None: unreadable or not this folder's),
         # with the stamp of the file it was parsed from.
         self._manifests: dict[str, tuple[Stamp, SnapshotManifest | None]] = {}
+
+    @property
+    def directory(self) -> Path:
+        """A local store's folder (an S3 store has none: its :attr:`folder` says where it is)."""
+        if not isinstance(self.folder, LocalFolder):
+            raise AttributeError(f"{self.folder.location} is not on local disk")
+        return self.folder.path
 
     @classmethod
     def from_config(cls, config: SnapshotConfig, scope: str | None = None) -> SnapshotStore:
@@ -316,11 +327,14 @@ class SnapshotStore:
     def take_ownership(self, after_sequence: int, instance: str | None = None) -> int:
         """Become the partition's writer: a new epoch, whose snapshots are the valid ones from
         ``after_sequence + 1`` on; every other instance's writes there are fenced off. Returns
-        the epoch. Called by a restore, after choosing the snapshot at ``after_sequence``."""
+        the epoch. Called by a restore, after choosing the snapshot at ``after_sequence`` and
+        before discarding what was written after it."""
         current = self._read_ownership()
         epoch = current.epoch + 1
+        # Earlier epochs keep the sequences below the new one's start; above it, all is the new one's.
+        ranges = [(e, first) for e, first in current.ranges if first <= after_sequence]
+        ranges.append((epoch, after_sequence + 1))
         lowest = min(map(_sequence_of, self._ids_by_entry().values()), default=after_sequence + 1)
-        ranges = [*current.ranges, (epoch, after_sequence + 1)]
         # A range whose successor starts at or below every sequence still stored decides nothing.
         while len(ranges) > 1 and ranges[1][1] <= lowest:
             ranges.pop(0)
@@ -329,18 +343,18 @@ class SnapshotStore:
         self.epoch = epoch
         return epoch
 
-    def _check_owner(self) -> None:
-        """Refuse to change anything once another instance took the partition over."""
-        if self.epoch == 0:
-            return
+    def _check_owner(self) -> Ownership:
+        """The ownership as stored now; :class:`SnapshotFenced` once another instance took the
+        partition over from this one."""
         current = self._read_ownership()
-        if current.epoch != self.epoch:
+        if self.epoch and current.epoch != self.epoch:
             raise SnapshotFenced(
                 f"partition {self.scope} was taken over by {current.instance or 'another instance'} "
                 f"(epoch {current.epoch}, since {current.since}); this instance (epoch {self.epoch}) "
                 "no longer writes its snapshots"
             )
         self._ownership = current
+        return current
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -373,44 +387,46 @@ class SnapshotStore:
         **fields: Any,
     ) -> SnapshotManifest:
         """:meth:`save` for a state the caller pickled (and keeps the pickle of)."""
-        try:
-            sequence = sequence or self.next_sequence()
-        except OSError as error:
-            raise SnapshotWriteError(f"cannot write a snapshot in {self.folder.location}: {error}") from error
-        snapshot_id = f"{sequence:08d}-{reason}"
-        manifest = SnapshotManifest(
-            id=snapshot_id,
-            sequence=sequence,
-            created_at=datetime.now(UTC),
-            reason=reason,
-            river_version=river.__version__,
-            python_version=python_version(),
-            sha256=hashlib.sha256(payload).hexdigest(),
-            size_bytes=len(payload),
-            epoch=self.epoch,
-            **fields,
-        )
-        manifest.hmac_sha256 = self._sign(manifest)
+        what = f"a snapshot ({reason})"
         try:
             self._check_owner()
-            entry = _entry_name(snapshot_id, self.epoch)
-            if self.folder.stamp(entry, MANIFEST) is not None:
-                try:
-                    existing = self.get(snapshot_id)
-                    if existing.sha256 == manifest.sha256 and existing.epoch == self.epoch:
-                        return existing
-                except SnapshotError:
-                    pass
-            files = {PAYLOAD: payload, MANIFEST: manifest.model_dump_json(indent=2).encode()}
-            self.folder.write_entry(entry, files)
+            entries = self._ids_by_entry()  # one listing serves the whole save
+            sequence = sequence or max(map(_sequence_of, entries.values()), default=0) + 1
+            snapshot_id = f"{sequence:08d}-{reason}"
+            what = f"snapshot {snapshot_id}"
+            manifest = SnapshotManifest(
+                id=snapshot_id,
+                sequence=sequence,
+                created_at=datetime.now(UTC),
+                reason=reason,
+                river_version=river.__version__,
+                python_version=python_version(),
+                sha256=hashlib.sha256(payload).hexdigest(),
+                size_bytes=len(payload),
+                epoch=self.epoch,
+                **fields,
+            )
+            manifest.hmac_sha256 = self._sign(manifest)
+            entry = manifest.entry
+            for existing_entry in [e for e, i in entries.items() if i == snapshot_id]:
+                existing = self._indexed(existing_entry, snapshot_id)
+                if existing is None or existing.sha256 != manifest.sha256:
+                    continue
+                if existing_entry == entry:
+                    return existing
+                # The same snapshot written again by a later owner (a restore re-learning it):
+                # a pin outlives the restore.
+                manifest.pinned = manifest.pinned or existing.pinned
+            self.folder.write_entry(
+                entry, {PAYLOAD: payload, MANIFEST: manifest.model_dump_json(indent=2).encode()}
+            )
             self._manifests.pop(entry, None)
-            self._apply_retention(reason)
-        except SnapshotFenced:
+            entries[entry] = snapshot_id
+            self._apply_retention(reason, entries, self._check_owner())  # a takeover meanwhile: its turn
+        except (SnapshotFenced, SnapshotWriteError):
             raise
         except OSError as error:  # the storage's fault (full, read-only, gone, unreachable)
-            raise SnapshotWriteError(
-                f"cannot write snapshot {snapshot_id} in {self.folder.location}: {error}"
-            ) from error
+            raise SnapshotWriteError(f"cannot write {what} in {self.folder.location}: {error}") from error
         return manifest
 
     def _sign(self, manifest: SnapshotManifest) -> str | None:
@@ -424,10 +440,19 @@ class SnapshotStore:
 
     def pin(self, snapshot_id: str, pinned: bool = True) -> SnapshotManifest:
         """A pinned snapshot is never removed by retention."""
-        manifest = self.get(snapshot_id).model_copy(update={"pinned": pinned})
+        self._check_owner()
         entry = self._entry(snapshot_id)
-        self.folder.replace(entry, MANIFEST, manifest.model_dump_json(indent=2).encode())
-        self._manifests.pop(entry, None)
+        manifest = self.get(snapshot_id).model_copy(update={"pinned": pinned})
+        try:
+            self.folder.replace(entry, MANIFEST, manifest.model_dump_json(indent=2).encode())
+            self._manifests.pop(entry, None)
+            if not self.folder.exists(entry, PAYLOAD):  # retention removed it meanwhile: no orphan
+                self._remove(entry)
+                raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.folder.location}")
+        except OSError as error:
+            raise SnapshotWriteError(
+                f"cannot pin {snapshot_id} in {self.folder.location}: {error}"
+            ) from error
         return manifest
 
     def delete(self, snapshot_id: str) -> None:
@@ -439,94 +464,99 @@ class SnapshotStore:
         """The entry of an existing, valid snapshot id; any other name (``..``, a path, junk, a
         link, a fenced writer's) is not found. Every operation on a snapshot id goes through here."""
         validate_snapshot_id(snapshot_id)
-        ownership = self._ownership_for_reading()
+        ownership = self._read_ownership()
         entry = _entry_name(snapshot_id, ownership.owner_of(_sequence_of(snapshot_id)))
         if self.folder.is_entry_link(entry) or self.folder.stamp(entry, MANIFEST) is None:
-            entry = self._visible(snapshot_id.rpartition("-")[2]).get(snapshot_id, "")
+            reason = snapshot_id.rpartition("-")[2]
+            entry = self._visible(self._ids_by_entry(reason), ownership).get(snapshot_id, "")
             if not entry:
                 raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self.folder.location}")
         return entry
 
-    def _visible(self, reason: str | None = None) -> dict[str, str]:
-        """The valid snapshots' ids (of ``reason``, if given) and their entries: the entry of the
-        owner of the id's sequence, else a pinned one another owner wrote (pins outlive restores)."""
-        ownership = self._ownership_for_reading()
+    def _visible(self, entries: dict[str, str], ownership: Ownership) -> dict[str, str]:
+        """Of ``entries`` (entry -> id), the valid snapshots' ids and their entries: the entry of
+        the owner of the id's sequence, else a pinned one another owner wrote (pins outlive restores)."""
         by_id: dict[str, list[str]] = {}
-        for entry, snapshot_id in self._ids_by_entry(reason).items():
+        for entry, snapshot_id in entries.items():
             by_id.setdefault(snapshot_id, []).append(entry)
         visible = {}
-        for snapshot_id, entries in by_id.items():
+        for snapshot_id, candidates in by_id.items():
             own = _entry_name(snapshot_id, ownership.owner_of(_sequence_of(snapshot_id)))
-            if own in entries:
+            if own in candidates:
                 visible[snapshot_id] = own
                 continue
             pinned = [
                 (manifest.epoch, entry)
-                for entry in entries
+                for entry in candidates
                 if (manifest := self._indexed(entry, snapshot_id)) is not None and manifest.pinned
             ]
             if pinned:
                 visible[snapshot_id] = max(pinned)[1]
         return visible
 
-    def _ownership_for_reading(self) -> Ownership:
-        """The ownership as stored now: what decides which writer's snapshots are valid."""
-        self._ownership = self._read_ownership()
-        return self._ownership
-
     def discard_after(self, sequence: int) -> list[str]:
-        """Delete the unpinned snapshots written after ``sequence`` (and what fenced writers left
-        there); the ids of the valid ones deleted, oldest first."""
+        """Delete the unpinned snapshots written after ``sequence``, whoever wrote them; the ids of
+        those deleted, oldest first."""
         self._check_owner()
-        visible = self._visible()
-        kept = {visible[i] for i, m in self._manifests_of(visible).items() if m.pinned}
-        discarded = []
+        discarded = set()
         for entry, snapshot_id in self._ids_by_entry().items():
-            if _sequence_of(snapshot_id) > sequence and entry not in kept:
-                self._remove(entry)
-                if visible.get(snapshot_id) == entry:
-                    discarded.append(snapshot_id)
+            if _sequence_of(snapshot_id) <= sequence:
+                continue
+            manifest = self._indexed(entry, snapshot_id)
+            if manifest is not None and manifest.pinned:
+                continue
+            if self._remove(entry) and manifest is not None:
+                discarded.add(snapshot_id)
         return _oldest_first(discarded)
 
-    def _manifests_of(self, visible: dict[str, str]) -> dict[str, SnapshotManifest]:
-        manifests = {i: self._indexed(entry, i) for i, entry in visible.items()}
-        return {i: m for i, m in manifests.items() if m is not None}
-
-    def _apply_retention(self, reason: str) -> None:
-        """Rotate ``reason``'s snapshots, sweep what fenced writers left, keep within the budget."""
+    def _apply_retention(self, reason: str, entries: dict[str, str], ownership: Ownership) -> None:
+        """Rotate ``reason``'s snapshots, sweep what fenced writers left, keep within the budget;
+        on the listing ``entries`` the save made (nothing else is listed)."""
+        visible = self._visible(entries, ownership)
         limit = self.keep_last if reason in ROTATING_REASONS else self.keep_concepts
+        removed = set()
         if reason in CONCEPT_REASONS | ROTATING_REASONS and limit is not None:
-            rotating = [m for m in self.list(reason=reason) if not m.pinned]
-            for manifest in rotating[: max(0, len(rotating) - limit)]:
-                self._remove(manifest.entry)
+            of_reason = _oldest_first(i for i in visible if i.endswith(f"-{reason}"))
+            rotating = [i for i in of_reason if not getattr(self._indexed(visible[i], i), "pinned", True)]
+            for snapshot_id in rotating[: max(0, len(rotating) - limit)]:
+                if self._remove(visible[snapshot_id]):
+                    removed.add(visible.pop(snapshot_id))
         if self.epoch:  # what fenced writers left behind
-            visible = set(self._visible().values())
-            for entry in self._ids_by_entry().keys() - visible:
-                if self.folder.stamp(entry, MANIFEST) is not None:  # not one being written now
+            for entry in entries.keys() - set(visible.values()) - removed:
+                manifest = self._indexed(entry, entries[entry])  # none: being written, or unreadable
+                if manifest is not None and not manifest.pinned:
                     self._remove(entry)
         if self.max_bytes:
-            self._keep_within_budget()
+            self._keep_within_budget(visible)
 
-    def _keep_within_budget(self) -> None:
-        manifests = self.list()
-        total = sum(m.size_bytes for m in manifests)
-        restore_points = [m for m in manifests if m.reason in RESTORE_POINT_REASONS][-2:]
-        for manifest in manifests:
+    def _keep_within_budget(self, visible: dict[str, str]) -> None:
+        sizes = {i: self.folder.size(entry, PAYLOAD) or 0 for i, entry in visible.items()}
+        total = sum(sizes.values())
+        if total <= self.max_bytes:
+            return
+        restore_points = [i for i in _oldest_first(visible) if i.rpartition("-")[2] in RESTORE_POINT_REASONS]
+        for snapshot_id in _oldest_first(visible):
             if total <= self.max_bytes:
                 return
-            if manifest.pinned or manifest in restore_points:
+            manifest = self._indexed(visible[snapshot_id], snapshot_id)
+            if snapshot_id in restore_points[-2:] or manifest is None or manifest.pinned:
                 continue
-            self._remove(manifest.entry)
-            total -= manifest.size_bytes
+            if self._remove(visible[snapshot_id]):
+                total -= sizes[snapshot_id]
         if total > self.max_bytes:
             logger.warning(
                 "the snapshots of %s take %d bytes, over snapshots.max_partition_bytes (%d): what is "
                 "left is pinned or one of the last two checkpoints", self.scope, total, self.max_bytes,
             )  # fmt: skip
 
-    def _remove(self, entry: str) -> None:
+    def _remove(self, entry: str) -> bool:
+        """Remove an entry, unless a later owner wrote it (an owned store never removes those)."""
+        match = ENTRY.fullmatch(entry)
+        if self.epoch and match is not None and int(match["epoch"] or 0) > self.epoch:
+            return False
         self.folder.remove_entry(entry, MANIFEST)
         self._manifests.pop(entry, None)
+        return True
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -537,7 +567,7 @@ class SnapshotStore:
         Only the manifests of entries named with ``reason`` are read. The manifests returned are
         the store's index: read them, do not change them.
         """
-        visible = self._visible(reason)
+        visible = self._visible(self._ids_by_entry(reason), self._read_ownership())
         manifests = []
         for snapshot_id in _oldest_first(visible):
             manifest = self._indexed(visible[snapshot_id], snapshot_id)
@@ -562,18 +592,20 @@ class SnapshotStore:
         return found
 
     def _indexed(self, entry: str, snapshot_id: str) -> SnapshotManifest | None:
-        """The manifest in ``entry`` if it is valid there, parsed once per file version."""
+        """The manifest in ``entry`` if it is valid there, parsed once per file version; none if
+        it has no manifest. A storage that fails (not a missing file) raises: a restore must not
+        take a checkpoint it could not read for one that is not there."""
+        # Stamped before reading: a rewrite in between leaves an old stamp, so it is read again.
+        stamp = self.folder.stamp(entry, MANIFEST)
+        if stamp is None:
+            self._manifests.pop(entry, None)
+            return None
+        cached = self._manifests.get(entry)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
         try:
-            # Stamped before reading: a rewrite in between leaves an old stamp, so it is read again.
-            stamp = self.folder.stamp(entry, MANIFEST)
-            if stamp is None:
-                self._manifests.pop(entry, None)
-                return None
-            cached = self._manifests.get(entry)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
             data = self.folder.read(entry, MANIFEST)
-        except OSError:
+        except FileNotFoundError:
             self._manifests.pop(entry, None)
             return None
         try:

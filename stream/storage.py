@@ -82,6 +82,14 @@ class Folder(ABC):
         """The version stamp of a file, ``None`` if it does not exist."""
 
     @abstractmethod
+    def size(self, entry: str, file: str) -> int | None:
+        """A file's size in bytes (as of the last listing, for S3), ``None`` if it does not exist."""
+
+    @abstractmethod
+    def exists(self, entry: str, file: str) -> bool:
+        """Whether a file exists now (asked of the storage, never of a listing)."""
+
+    @abstractmethod
     def read(self, entry: str, file: str) -> bytes:
         """A file's bytes; :class:`FileNotFoundError` if it does not exist."""
 
@@ -154,9 +162,16 @@ class LocalFolder(Folder):
     def stamp(self, entry: str, file: str) -> Stamp | None:
         try:
             status = os.stat(f"{self.path}/{entry}/{file}")  # once per snapshot: Path would cost more
-        except OSError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return (status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size)
+
+    def size(self, entry: str, file: str) -> int | None:
+        stamp = self.stamp(entry, file)
+        return None if stamp is None else stamp[3]
+
+    def exists(self, entry: str, file: str) -> bool:
+        return os.path.exists(self.path / entry / file)
 
     def read(self, entry: str, file: str) -> bytes:
         with open(f"{self.path}/{entry}/{file}", "rb") as handle:
@@ -298,6 +313,14 @@ class S3Folder(Folder):
         except FileNotFoundError:
             return None
         return (meta["e_tag"], meta["last_modified"], meta["size"])
+
+    def size(self, entry: str, file: str) -> int | None:
+        stamp = self.stamp(entry, file)
+        return None if stamp is None else stamp[2]
+
+    def exists(self, entry: str, file: str) -> bool:
+        self._stamps.pop(self._key(entry, file), None)
+        return self.stamp(entry, file) is not None
 
     def _get(self, key: str) -> bytes:
         import obstore

@@ -90,10 +90,27 @@ def test_a_bad_config_key_is_named_and_exits_2(tmp_path):
     assert "drift.polcy" in result.output
 
 
-def test_snapshot_commands_list_show_pin_and_delete(tmp_path):
+@pytest.fixture(params=["local", "s3"])
+def snapshot_directory(request, tmp_path, monkeypatch) -> str:
+    """A local folder, or a bucket on the real S3 server with its settings in the environment."""
+    if request.param == "local":
+        return str(tmp_path / "snaps")
+    s3, bucket = request.getfixturevalue("s3"), request.getfixturevalue("s3_bucket")
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", s3.access_key),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_key),
+        ("STREAM__SNAPSHOTS__S3__ENDPOINT_URL", s3.endpoint_url),
+        ("STREAM__SNAPSHOTS__HMAC_KEY", "shared"),
+    ):
+        monkeypatch.setenv(name, value)
+    return f"s3://{bucket}/snaps"
+
+
+def test_snapshot_commands_list_show_pin_and_delete(tmp_path, snapshot_directory):
     events = _events_file(tmp_path)
-    snaps = tmp_path / "snaps"
-    assert runner.invoke(app, ["replay", str(events), "--snapshots", str(snaps)]).exit_code == 0
+    snaps = snapshot_directory
+    replayed = runner.invoke(app, ["replay", str(events), "--snapshots", snaps])
+    assert replayed.exit_code == 0, replayed.output
     listed = runner.invoke(app, ["snapshots", "list", "--dir", str(snaps), "--json"])
     manifests = json.loads(listed.output)
     assert manifests and all(m["reason"] == "drift" or m["reason"] == "rollback" for m in manifests)

@@ -27,6 +27,7 @@ from stream.snapshots import (
     Reason,
     SnapshotManifest,
     SnapshotStore,
+    check_signing_key,
     list_scopes,
 )
 from stream.storage import Folder, check_snapshot_bucket, open_folder
@@ -358,8 +359,10 @@ def _write_copies(store: SnapshotStore, template: SnapshotManifest, sequences: r
 
 
 def test_thousands_of_drift_snapshots_are_not_read_to_save_or_list_checkpoints(tmp_path, monkeypatch):
-    store = SnapshotStore(tmp_path, keep_last=3)
+    # As the service's store is: owned, with a byte budget.
+    store = SnapshotStore(tmp_path, keep_last=3, max_bytes=1 << 30)
     _write_copies(store, store.save("concept", reason="drift"), range(2, 3001), "drift")
+    store.take_ownership(3000, "this instance")
     parsed: list[str] = []
     parse = SnapshotManifest.model_validate_json
 
@@ -534,7 +537,7 @@ def test_a_manifest_naming_another_folder_is_never_used_or_written_through(place
     for operation in (store.get, store.pin, store.load):
         with pytest.raises(SnapshotError, match="disagrees with its folder's name"):
             operation(manifest.id)
-    assert place.folder().children() == ["events-0"] and place.folder("victim").entries() == []
+    assert place.folder().children() == ["events-0"]  # nothing was written beside the partition
 
 
 def test_a_snapshot_folder_that_is_a_link_is_neither_listed_nor_followed(tmp_path):
@@ -610,8 +613,7 @@ def test_a_fenced_owner_can_neither_write_nor_delete_and_its_late_writes_are_nev
         with pytest.raises(SnapshotFenced, match=r"events-0 was taken over by instance-b \(epoch 2"):
             attempt()
     # Even a write that got past the check (paused between the check and the write) is not seen.
-    zombie.epoch = 1
-    zombie._check_owner = lambda: None  # the check passed just before the pause
+    zombie._check_owner = lambda: Ownership(epoch=1, ranges=[(1, 1)])  # as it saw it before the pause
     zombie.save("a2", reason="checkpoint", sequence=2, offsets={"events:0": 25})
     zombie.save("a3", reason="drift", sequence=3)
     for reader in (owner, place.store("events-0", hmac_key="k")):
@@ -653,8 +655,65 @@ def test_ownership_remembers_only_the_epochs_that_still_decide_something(place):
 def test_an_unreachable_bucket_is_a_write_error_and_a_config_error_naming_the_key(s3_place):
     missing = Place(s3_place.location.replace("s3://", "s3://no-such-bucket-"), s3_place.endpoint_url)
     with pytest.raises(
-        SnapshotWriteError, match=r"cannot write a snapshot in s3://no-such-bucket-.*NoSuchBucket"
+        SnapshotWriteError, match=r"cannot write a snapshot \(manual\) in s3://no-such-bucket-.*NoSuchBucket"
     ):
         missing.store().save("x", reason="manual")
     with pytest.raises(ConfigError, match=r"snapshots.directory: cannot list s3://no-such-bucket-"):
         check_snapshot_bucket(missing.config(signing=False).snapshots)
+
+
+def test_a_restore_below_an_earlier_owners_start_keeps_its_own_snapshots_visible(place):
+    first = place.store("events-0")
+    first.take_ownership(0, "a")
+    for n in range(3):
+        first.save(n, reason="checkpoint")
+    second = place.store("events-0")
+    second.take_ownership(3, "b")
+    second.save(3, reason="checkpoint")
+    # The checkpoint the commit names is damaged: the next owner falls back below b's start.
+    third = place.store("events-0")
+    third.take_ownership(2, "c")
+    assert third.discard_after(2) == ["00000003-checkpoint", "00000004-checkpoint"]
+    mine = third.save("c3", reason="drift")
+    assert (mine.id, mine.epoch) == ("00000003-drift", 3)
+    assert [m.id for m in place.store("events-0").list()] == [
+        "00000001-checkpoint", "00000002-checkpoint", "00000003-drift"
+    ]  # fmt: skip
+    assert place.store("events-0").load(mine.id) == "c3"
+
+
+def test_a_pin_outlives_a_restore_that_writes_the_snapshot_again(place):
+    first = place.store("events-0", keep_concepts=1)
+    first.take_ownership(0, "a")
+    base = first.save("base", reason="checkpoint")
+    pinned = first.pin(first.save("concept", reason="drift").id)
+    # A restore from the checkpoint before it re-learns the same events and writes it again.
+    second = place.store("events-0", keep_concepts=1)
+    second.take_ownership(base.sequence, "b")
+    again = second.save("concept", reason="drift", sequence=pinned.sequence)
+    second.save("next concept", reason="drift")  # keep_concepts=1: only a pin keeps it now
+    kept = {m.id: m for m in place.store("events-0").list()}
+    assert again.pinned and kept[pinned.id].pinned and kept[pinned.id].epoch == 2
+
+
+def test_a_storage_that_fails_to_read_a_manifest_is_an_error_not_a_missing_snapshot(place, monkeypatch):
+    store = place.store()
+    store.save("state", reason="checkpoint")
+    reader = place.store()
+
+    def failing(entry, file):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(reader.folder, "read", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        reader.list()  # a restore retries instead of taking an older checkpoint for this one
+
+
+def test_with_snapshots_in_s3_a_missing_key_file_is_refused_not_generated(s3_place, tmp_path):
+    config = s3_place.config(key_file=str(tmp_path / "shared.key")).snapshots
+    for attempt in (lambda: SnapshotStore.from_config(config, "events-0"), lambda: check_signing_key(config)):
+        with pytest.raises(
+            ConfigError, match=r"snapshots.key_file .*shared.key does not exist: with snapshots in S3"
+        ):
+            attempt()
+    assert not (tmp_path / "shared.key").exists()
