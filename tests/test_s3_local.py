@@ -164,6 +164,7 @@ def test_the_command_line_starts_and_stops_a_background_server(tmp_path: Path) -
     assert started.returncode == 0, started.stderr
     env = dict(line.split("=", 1) for line in started.stdout.splitlines())
     pid = json.loads((state_dir / "server.json").read_text())["pid"]
+    assert (state_dir / "server.json").stat().st_mode & 0o777 == 0o600  # it holds the secret key
     try:
         assert set(env) == {"S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"}
         client = s3_local.client(

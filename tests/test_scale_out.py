@@ -178,6 +178,9 @@ def test_a_zombie_paused_past_its_session_neither_publishes_nor_commits_nor_leav
         os.kill(zombie.process.pid, signal.SIGCONT)
         (cue / "go").touch()  # it goes on where it stopped, unaware, to its next checkpoint
         wait_until(lambda: "fenced: partition" in zombie.log(), 120, "the zombie was never fenced")
+        fenced_at = len(zombie.log())
+        # It recovers like after any failure: back in the group, from the commits.
+        wait_until(lambda: _assignment(zombie.log()[fenced_at:]), 120, "the zombie never rejoined")
         wait_for_records(kafka.bootstrap_servers, predictions_topic, 9_000, timeout=240, log=survivor.log)
     finally:
         for instance in (zombie, survivor):
