@@ -339,7 +339,12 @@ class SnapshotStore:
         while len(ranges) > 1 and ranges[1][1] <= lowest:
             ranges.pop(0)
         self._ownership = Ownership(epoch=epoch, instance=instance, since=datetime.now(UTC), ranges=ranges)
-        self.folder.write_own(OWNERSHIP, self._ownership.model_dump_json().encode())
+        try:
+            self.folder.write_own(OWNERSHIP, self._ownership.model_dump_json().encode())
+        except OSError as error:  # the storage's fault, as for any write
+            raise SnapshotWriteError(
+                f"cannot take the ownership of {self.folder.location}: {error}"
+            ) from error
         self.epoch = epoch
         return epoch
 
@@ -505,7 +510,13 @@ class SnapshotStore:
             manifest = self._indexed(entry, snapshot_id)
             if manifest is not None and manifest.pinned:
                 continue
-            if self._remove(entry) and manifest is not None:
+            try:
+                removed = self._remove(entry)
+            except OSError as error:
+                raise SnapshotWriteError(
+                    f"cannot delete {entry} in {self.folder.location}: {error}"
+                ) from error
+            if removed and manifest is not None:
                 discarded.add(snapshot_id)
         return _oldest_first(discarded)
 

@@ -140,7 +140,7 @@ def test_sigkill_at_five_random_points_changes_neither_the_model_nor_the_predict
             # Damage the very snapshot the restart would restore (the one the commit names): it
             # must fall back to an older one and re-learn, silently, up to the committed offset.
             committed, damaged = _committed(kafka.bootstrap_servers, config, topics["input_topic"])
-            (store.directory / damaged / "state.pkl").write_bytes(b"damaged")
+            (store.directory / store.get(damaged).entry / "state.pkl").write_bytes(b"damaged")
     watcher.close()
     service.start()
     try:
