@@ -210,3 +210,21 @@ def service_config(bootstrap: str, tmp_path: Path, **sections: Any) -> dict[str,
         base.setdefault(section, {}).update(values)
     Config.model_validate(base)  # a typo in a test config fails here, not in the child process
     return base
+
+
+def assignment(log: str) -> set[str]:
+    """The partitions an instance owns, from the last assignment it logged."""
+    assignments = re.findall(r"assignment: \[(.*)\]", log)
+    return set(re.findall(r"'([^']+)'", assignments[-1])) if assignments else set()
+
+
+def wait_until_shared(instances: list[ServiceProcess], partitions: set[str], timeout: float = 120) -> None:
+    """Wait until every instance owns partitions and, between them, all of ``partitions``."""
+    wait_until(
+        lambda: (
+            all(assignment(i.log()) for i in instances)
+            and set().union(*(assignment(i.log()) for i in instances)) == partitions
+        ),
+        timeout,
+        f"the {len(instances)} instances never shared the partitions",
+    )

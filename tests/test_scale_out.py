@@ -21,6 +21,7 @@ from stream.events import encode_record
 from stream.snapshots import SnapshotStore
 from tests.kafka_helpers import (
     ServiceProcess,
+    assignment,
     drifting_events,
     duplicates,
     publish,
@@ -28,10 +29,11 @@ from tests.kafka_helpers import (
     service_config,
     wait_for_records,
     wait_until,
+    wait_until_shared,
 )
 from tests.model_equality import canonical_pickle
 from tests.slow_models import PAUSE_DIRECTORY
-from tests.test_service import _assignment, _events_by_partition, _reference
+from tests.test_service import _events_by_partition, _reference
 
 pytestmark = pytest.mark.kafka
 
@@ -108,20 +110,15 @@ def test_two_instances_sharing_only_kafka_and_s3_survive_a_sigkill_and_a_restart
         _instance(tmp_path, config, "second").start(),
     )
     try:
-        wait_until(
-            lambda: _assignment(first.log()) and _assignment(second.log())
-            and _assignment(first.log()) | _assignment(second.log()) == every_partition,
-            120,
-            "the two instances never shared the partitions",
-        )  # fmt: skip
+        wait_until_shared([first, second], every_partition)
         wait_for_records(kafka.bootstrap_servers, predictions_topic, 3_000, timeout=120, log=first.log)
-        owned_by_second = _assignment(second.log())
+        owned_by_second = assignment(second.log())
         second.kill()
         publish(kafka.bootstrap_servers, input_topic, values[3_000:6_000], keys=keys[3_000:6_000])
         wait_for_records(kafka.bootstrap_servers, predictions_topic, 6_000, timeout=180, log=first.log)
-        taken_over = _assignment(first.log())
+        taken_over = assignment(first.log())
         second.start()  # the same instance again, from its own (empty of state) working directory
-        wait_until(lambda: bool(_assignment(second.log())), 120, "the restarted instance got no partition")
+        wait_until(lambda: bool(assignment(second.log())), 120, "the restarted instance got no partition")
         publish(kafka.bootstrap_servers, input_topic, values[6_000:], keys=keys[6_000:])
         wait_for_records(kafka.bootstrap_servers, predictions_topic, 9_000, timeout=180, log=second.log)
     finally:
@@ -159,28 +156,21 @@ def test_a_zombie_paused_past_its_session_neither_publishes_nor_commits_nor_leav
     zombie = _instance(tmp_path, config, "zombie", env={PAUSE_DIRECTORY: str(cue)}).start()
     survivor = _instance(tmp_path, config, "survivor").start()
     try:
-        wait_until(
-            lambda: _assignment(zombie.log()) and _assignment(survivor.log())
-            and _assignment(zombie.log()) | _assignment(survivor.log()) == every_partition,
-            120,
-            "the two instances never shared the partitions",
-        )  # fmt: skip
-        owned_by_zombie = _assignment(zombie.log())
+        wait_until_shared([zombie, survivor], every_partition)
+        owned_by_zombie = assignment(zombie.log())
         publish(kafka.bootstrap_servers, input_topic, values, keys=keys)
         # The zombie stops in the middle of learning: an open transaction holds its predictions
         # since its last commit, and its model has learned past its last checkpoint.
         wait_until((cue / "paused").exists, 120, "the zombie never reached the pause")
         assert zombie.process is not None
         os.kill(zombie.process.pid, signal.SIGSTOP)  # past its session: the group gives its partitions away
-        wait_until(
-            lambda: _assignment(survivor.log()) == every_partition, 120, "the survivor never took over"
-        )
+        wait_until(lambda: assignment(survivor.log()) == every_partition, 120, "the survivor never took over")
         os.kill(zombie.process.pid, signal.SIGCONT)
         (cue / "go").touch()  # it goes on where it stopped, unaware, to its next checkpoint
         wait_until(lambda: "fenced: partition" in zombie.log(), 120, "the zombie was never fenced")
         fenced_at = len(zombie.log())
         # It recovers like after any failure: back in the group, from the commits.
-        wait_until(lambda: _assignment(zombie.log()[fenced_at:]), 120, "the zombie never rejoined")
+        wait_until(lambda: assignment(zombie.log()[fenced_at:]), 120, "the zombie never rejoined")
         wait_for_records(kafka.bootstrap_servers, predictions_topic, 9_000, timeout=240, log=survivor.log)
     finally:
         for instance in (zombie, survivor):

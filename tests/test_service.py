@@ -27,6 +27,7 @@ from stream.snapshots import SnapshotStore
 from tests.kafka_helpers import (
     ProgressWatcher,
     ServiceProcess,
+    assignment,
     drifting_events,
     duplicates,
     publish,
@@ -34,6 +35,7 @@ from tests.kafka_helpers import (
     service_config,
     wait_for_records,
     wait_until,
+    wait_until_shared,
 )
 from tests.model_equality import canonical_pickle
 
@@ -276,14 +278,9 @@ def test_when_one_of_two_instances_dies_its_partitions_continue_from_the_right_s
     second = ServiceProcess(tmp_path, config, "second").start()
     try:
         # The group settles with both instances owning partitions, between them all three.
-        wait_until(
-            lambda: _assignment(first.log()) and _assignment(second.log())
-            and _assignment(first.log()) | _assignment(second.log()) == every_partition,
-            120,
-            "the two instances never shared the partitions",
-        )  # fmt: skip
+        wait_until_shared([first, second], every_partition)
         wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 4_500, timeout=120)
-        owned_by_second = _assignment(second.log())
+        owned_by_second = assignment(second.log())
         second.kill()
         publish(
             kafka.bootstrap_servers,
@@ -292,7 +289,7 @@ def test_when_one_of_two_instances_dies_its_partitions_continue_from_the_right_s
             keys=[e["key"].encode() for e in events[4_500:]],
         )
         wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 9_000, timeout=180)
-        taken_over = _assignment(first.log())
+        taken_over = assignment(first.log())
     finally:
         if second.alive():
             second.kill()
@@ -309,12 +306,6 @@ def test_when_one_of_two_instances_dies_its_partitions_continue_from_the_right_s
         _, state = _final_state(config, input_topic, partition)
         assert state.events == len(partition_events)
         assert canonical_pickle(state.model) == canonical_pickle(reference.state.model), partition
-
-
-def _assignment(log: str) -> set[str]:
-    """The partitions an instance owns, from the last assignment it logged."""
-    assignments = re.findall(r"assignment: \[(.*)\]", log)
-    return set(re.findall(r"'([^']+)'", assignments[-1])) if assignments else set()
 
 
 def _events_by_partition(bootstrap: str, topic: str) -> dict[int, list[dict]]:
