@@ -206,3 +206,11 @@ def file_steps(monkeypatch):
     monkeypatch.setattr(stream.storage, "_write_durably", reported_write)
     monkeypatch.setattr(stream.storage.os, "rename", reported_rename)
     return kafkas
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the S3 server are marked ``s3`` (``make mutate`` leaves them out: each of
+    its runs would start a server; their local twins run there)."""
+    for item in items:
+        if "s3" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)

@@ -90,7 +90,7 @@ def test_a_bad_config_key_is_named_and_exits_2(tmp_path):
     assert "drift.polcy" in result.output
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def snapshot_directory(request, tmp_path, monkeypatch) -> str:
     """A local folder, or a bucket on the real S3 server with its settings in the environment."""
     if request.param == "local":

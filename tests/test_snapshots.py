@@ -67,7 +67,7 @@ class Place:
             self.plant(target, as_entry or entry, file, source.folder.read(entry, file))
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def place(request, tmp_path) -> Place:
     return Place(str(tmp_path)) if request.param == "local" else request.getfixturevalue("s3_place")
 
