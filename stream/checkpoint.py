@@ -141,30 +141,26 @@ def restore_point(
             manifest.offsets.get(name, 0) <= offset for name, offset in committed.items()
         )
 
-    def loaded(manifest: SnapshotManifest) -> Any | None:
+    def loaded(snapshot_id: str) -> tuple[SnapshotManifest, Any] | None:
         try:
-            state = store.load(manifest.id)
+            manifest, state = store.load_with_manifest(snapshot_id)
         except SnapshotError as error:
-            logger.warning("cannot restore from snapshot %s: %s", manifest.id, error)
+            logger.warning("cannot restore from snapshot %s: %s", snapshot_id, error)
+            return None
+        if not usable(manifest):  # the named one may lie beyond the commit; the others do not
             return None
         if getattr(state, "offsets", {}).get(key) != manifest.offsets[key]:
-            logger.warning("snapshot %s: its state and manifest disagree on the offset; skipped", manifest.id)
+            logger.warning("snapshot %s: its state and manifest disagree on the offset; skipped", snapshot_id)
             return None
-        return state
+        return manifest, state
 
     # The one the commit names first, without reading the others' manifests (each a request in S3).
-    if checkpoint_id:
-        try:
-            named = store.get(checkpoint_id)
-        except SnapshotError as error:
-            logger.warning("cannot restore from snapshot %s: %s", checkpoint_id, error)
-        else:
-            if usable(named) and (state := loaded(named)) is not None:
-                return named, state
+    if checkpoint_id and (found := loaded(checkpoint_id)) is not None:
+        return found
     others = [m for m in store.list() if usable(m) and m.id != checkpoint_id]
     for manifest in sorted(others, key=lambda m: (m.offsets[key], m.sequence), reverse=True):
-        if (state := loaded(manifest)) is not None:
-            return manifest, state
+        if (found := loaded(manifest.id)) is not None:
+            return found
     return None
 
 

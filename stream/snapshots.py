@@ -446,8 +446,8 @@ class SnapshotStore:
     def pin(self, snapshot_id: str, pinned: bool = True) -> SnapshotManifest:
         """A pinned snapshot is never removed by retention."""
         self._check_owner()
-        entry = self._entry(snapshot_id)
-        manifest = self.get(snapshot_id).model_copy(update={"pinned": pinned})
+        current = self.get(snapshot_id)
+        entry, manifest = current.entry, current.model_copy(update={"pinned": pinned})
         try:
             self.folder.replace(entry, MANIFEST, manifest.model_dump_json(indent=2).encode())
             self._manifests.pop(entry, None)
@@ -689,5 +689,9 @@ class SnapshotStore:
 
     def load(self, snapshot_id: str) -> Any:
         """Unpickle a snapshot's state, only after :meth:`verify` passed."""
-        _, payload = self.verify(snapshot_id)
-        return pickle.loads(payload)
+        return self.load_with_manifest(snapshot_id)[1]
+
+    def load_with_manifest(self, snapshot_id: str) -> tuple[SnapshotManifest, Any]:
+        """:meth:`load`, with the manifest it verified (read once)."""
+        manifest, payload = self.verify(snapshot_id)
+        return manifest, pickle.loads(payload)

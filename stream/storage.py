@@ -36,8 +36,9 @@ from urllib.parse import urlsplit
 from stream.config import S3Settings, SnapshotConfig
 from stream.errors import ConfigError
 
-# What tells one version of a file from the next (local: inode, times, size; S3: ETag, time, size).
-Stamp = Hashable
+# What tells one version of a file from the next (local: inode, times, size; S3: ETag, time, size);
+# its last item is the file's size.
+Stamp = tuple[Hashable, ...]
 
 
 def is_s3(location: str | Path) -> bool:
@@ -81,9 +82,10 @@ class Folder(ABC):
     def stamp(self, entry: str, file: str) -> Stamp | None:
         """The version stamp of a file, ``None`` if it does not exist."""
 
-    @abstractmethod
     def size(self, entry: str, file: str) -> int | None:
         """A file's size in bytes (as of the last listing, for S3), ``None`` if it does not exist."""
+        stamp = self.stamp(entry, file)
+        return None if stamp is None else int(stamp[-1])
 
     @abstractmethod
     def exists(self, entry: str, file: str) -> bool:
@@ -165,10 +167,6 @@ class LocalFolder(Folder):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return (status.st_ino, status.st_mtime_ns, status.st_ctime_ns, status.st_size)
-
-    def size(self, entry: str, file: str) -> int | None:
-        stamp = self.stamp(entry, file)
-        return None if stamp is None else stamp[3]
 
     def exists(self, entry: str, file: str) -> bool:
         return os.path.exists(self.path / entry / file)
@@ -313,10 +311,6 @@ class S3Folder(Folder):
         except FileNotFoundError:
             return None
         return (meta["e_tag"], meta["last_modified"], meta["size"])
-
-    def size(self, entry: str, file: str) -> int | None:
-        stamp = self.stamp(entry, file)
-        return None if stamp is None else stamp[2]
 
     def exists(self, entry: str, file: str) -> bool:
         self._stamps.pop(self._key(entry, file), None)
