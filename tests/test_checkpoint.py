@@ -553,5 +553,7 @@ def test_a_restore_keeps_the_member_in_its_group_however_long_it_re_learns(tmp_p
     relearning = 600 * tests.slow_models.LEARN_SECONDS
     assert _relearned(caplog.messages) == [600]  # one restore, of about 2.4 s, in one piece
     assert kafka.plan.calls["keep_alive"] >= relearning / KEEP_ALIVE_SECONDS - 1
-    # A batch of 100 takes 0.4 s to learn between polls; the re-learning itself no longer than that.
-    assert kafka.longest_silence < 100 * tests.slow_models.LEARN_SECONDS + KEEP_ALIVE_SECONDS
+    # Without keep-alives the member would go silent for the whole re-learning (2.4 s); with them,
+    # the longest silence is a batch of 100 learned between polls (0.4 s) or one keep-alive
+    # interval. Half the re-learning leaves room for a loaded machine or instrumented code.
+    assert kafka.longest_silence < relearning / 2
