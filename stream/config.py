@@ -189,10 +189,11 @@ class KafkaConfig(_Section):
         description="delayed labels: a topic of {id, y, ts} messages, keyed and partitioned like "
         "the input topic; events without y wait for their label there (see labels.*)",
     )
-    backend: Literal["kafka-python", "confluent-kafka"] = Field(
-        default="kafka-python",
-        description="Kafka client library: kafka-python (pure Python) or confluent-kafka (librdkafka, "
-        "several times faster; pip install 'stream[confluent]')",
+    backend: Literal["auto", "confluent-kafka", "kafka-python"] = Field(
+        default="auto",
+        description="Kafka client library: confluent-kafka (librdkafka, several times faster; "
+        "installed with the package), kafka-python (pure Python), or auto: confluent-kafka when "
+        "it is installed, else kafka-python. Client options require a named library",
     )
     client_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -220,6 +221,26 @@ class KafkaConfig(_Section):
         "that died, which until then holds back every read_committed reader of the output topics",
     )
 
+    @model_validator(mode="after")
+    def _options_name_their_library(self) -> KafkaConfig:
+        options = {"client_options": self.client_options, "consumer_options": self.consumer_options,
+                   "producer_options": self.producer_options}  # fmt: skip
+        given = [name for name, value in options.items() if value]
+        if self.backend == "auto" and given:
+            raise ValueError(
+                f"backend: auto with {', '.join(given)}: options are spelled per client library "
+                "(kafka-python: security_protocol, linger_ms; confluent-kafka: security.protocol, "
+                "linger.ms); set backend to the library they are written for"
+            )
+        return self
+
+    @property
+    def library(self) -> str:
+        """The client library in use: :attr:`backend`, with ``auto`` resolved."""
+        from connectors import resolve_backend
+
+        return resolve_backend(self.backend)
+
     @property
     def examples_topic(self) -> str:
         """Delayed labels: every example learned, in order (:mod:`stream.changelog`)."""
@@ -245,7 +266,7 @@ class KafkaConfig(_Section):
             request_timeout=self.request_timeout_seconds,
             transaction_timeout=self.transaction_timeout_seconds,
         )
-        return create_connector(self.backend, self.bootstrap_servers, settings)
+        return create_connector(self.library, self.bootstrap_servers, settings)
 
 
 class ServiceConfig(_Section):

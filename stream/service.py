@@ -90,8 +90,8 @@ class Service:
     def run(self) -> int:
         kafka = self.config.kafka
         logger.info(
-            "starting instance=%s group=%s input=%s guarantee=%s",
-            self.instance_id, kafka.group_id, kafka.input_topic, self.config.service.guarantee,
+            "starting instance=%s group=%s input=%s guarantee=%s client=%s",
+            self.instance_id, kafka.group_id, kafka.input_topic, self.config.service.guarantee, kafka.library,
         )  # fmt: skip
         if not self._wait_for_input_topic():
             return 0

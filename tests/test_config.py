@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -233,3 +234,30 @@ def test_snapshots_in_s3_need_the_shared_key_named():
 def test_retention_may_not_delete_the_candidates_the_policy_compares():
     with pytest.raises(ConfigError, match=r"snapshots.keep_concepts \(3\) is below drift.candidates \(5\)"):
         load_config(overrides={"snapshots.keep_concepts": 3})
+
+
+def test_the_default_client_is_confluent_kafka_when_installed_and_kafka_python_otherwise(monkeypatch):
+    from connectors.confluent import ConfluentConnector
+    from connectors.kafka import KafkaPythonConnector
+
+    config = load_config()
+    assert (config.kafka.backend, config.kafka.library) == ("auto", "confluent-kafka")
+    assert type(config.kafka.connector()) is ConfluentConnector
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "confluent_kafka" else real_find_spec(name, *a),
+    )
+    assert config.kafka.library == "kafka-python"
+    assert type(config.kafka.connector()) is KafkaPythonConnector
+    named = load_config(overrides={"kafka.backend": "confluent-kafka"})
+    assert named.kafka.library == "confluent-kafka"  # a named library is never swapped
+
+
+@pytest.mark.parametrize("key", ["client_options", "consumer_options", "producer_options"])
+def test_client_options_need_the_library_they_are_spelled_for_named(key):
+    with pytest.raises(ConfigError, match=rf"\n  kafka: .*backend: auto with {key}: options are spelled per"):
+        load_config(overrides={f"kafka.{key}": {"linger_ms": 5}})
+    options = load_config(overrides={"kafka.backend": "kafka-python", f"kafka.{key}": {"linger_ms": 5}})
+    assert getattr(options.kafka, key) == {"linger_ms": 5}
