@@ -208,9 +208,35 @@ def file_steps(monkeypatch):
     return kafkas
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that use the S3 server are marked ``s3`` (``make mutate`` leaves them out: each of
-    its runs would start a server; their local twins run there)."""
+# What ``--mutation`` (``make mutate``) runs of a test parametrized over drift detectors: the
+# engine's code is the same for each (the detectors are River's), and each survivor runs every
+# test that reaches its code, so the other detectors would only multiply the run's hours.
+MUTATION_DETECTOR = "drift.ADWIN"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--mutation",
+        action="store_true",
+        help="the selection of `make mutate`: tests parametrized over drift detectors run with "
+        f"{MUTATION_DETECTOR} alone, and the smoke tests of benchmark scripts (marked benchmark) not at all",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that use the S3 server are marked ``s3``; with ``--mutation``, the selection above."""
     for item in items:
         if "s3" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
+    if not config.getoption("--mutation"):
+        return
+    kept, left_out = [], []
+    for item in items:
+        detector = getattr(item, "callspec", None) and item.callspec.params.get("detector")
+        if item.get_closest_marker("benchmark") or detector not in (None, MUTATION_DETECTOR):
+            left_out.append(item)
+        else:
+            kept.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = kept
