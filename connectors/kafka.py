@@ -223,6 +223,9 @@ class KafkaSink(Sink):
         options: dict[str, Any] = {
             "bootstrap_servers": bootstrap,
             "linger_ms": 5,
+            # librdkafka's default: kafka-python's 16 KB closes a batch every ~100 predictions, and
+            # each new batch wakes its sender thread, which then competes for the GIL.
+            "batch_size": 1_000_000,
             "max_request_size": MAX_MESSAGE_BYTES,
             "acks": "all",
             "max_block_ms": self._timeout_ms,  # send() waits this long at most for metadata or memory

@@ -316,6 +316,9 @@ class Engine:
                 f"the model stopped answering ({symptom}), and its last good state does not answer "
                 "either: not any event's fault"
             )
+        # What the model answered last is asked too (a checkpoint finds a model broken for it: an
+        # event waiting for its label, say), unless the good state does not answer it either.
+        last = self._last_answered if self._answers(self._last_answered) else None
 
         def unlearn(culprit: JournalEntry) -> None:
             nonlocal unlearned
@@ -327,14 +330,14 @@ class Engine:
 
         for entry in entries:
             self._relearn(entry)
-            if self._answers(journal.answered, entry.x):
+            if self._answers(journal.answered, entry.x, last):
                 kept.append(entry)
                 continue
             # The model broke while learning this event; the cause may be an event just before,
             # whose trace only this one's learning turned non-finite (a scaler's infinite variance
             # becomes NaN at its next update): the culprit is the latest whose absence heals.
             found = self._without_a_suspect(
-                kept, [entry], lambda x=entry.x: self._answers(journal.answered, x)
+                kept, [entry], lambda x=entry.x: self._answers(journal.answered, x, last)
             )
             if found is None:
                 self._rebuild(kept)
@@ -372,12 +375,13 @@ class Engine:
     def _rebuild(self, entries: list[JournalEntry]) -> None:
         """The state as the journal's good state plus ``entries``, learned again. Where the
         partition stands, the snapshot numbering and the examples written are not learning:
-        they are kept as they are."""
+        they are kept as they are, and so is the count of errors (records refused are not learned)."""
         state = self.state
         offsets, next_sequence, examples = dict(state.offsets), state.next_sequence, state.examples_learned
+        errors = state.errors
         self.state = self._journal.base_state()
         self.state.offsets, self.state.next_sequence = offsets, next_sequence
-        self.state.examples_learned = examples
+        self.state.examples_learned, self.state.errors = examples, errors
         self._configure()
         self._bind_model()
         for entry in entries:

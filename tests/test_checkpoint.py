@@ -210,6 +210,13 @@ def test_a_snapshot_whose_state_disagrees_with_its_manifest_is_not_restored(tmp_
         "snapshot 00000002-checkpoint: its state and manifest disagree on the offset; skipped"
         in caplog.messages
     )
+    # A state with no offsets at all (not a learner's) is skipped the same way.
+    store.save(State(), reason="checkpoint", offsets={"events:0": 200})
+    assert restore_point(store, {"events:0": 200})[0].id == "00000001-checkpoint"
+    assert (
+        "snapshot 00000003-checkpoint: its state and manifest disagree on the offset; skipped"
+        in caplog.messages
+    )
 
 
 def test_a_manual_rollback_is_checkpointed_at_once_and_survives_a_crash(tmp_path, caplog):
@@ -557,3 +564,63 @@ def test_a_restore_keeps_the_member_in_its_group_however_long_it_re_learns(tmp_p
     # the longest silence is a batch of 100 learned between polls (0.4 s) or one keep-alive
     # interval. Half the re-learning leaves room for a loaded machine or instrumented code.
     assert kafka.longest_silence < relearning / 2
+
+
+def test_a_manual_snapshot_is_committed_at_once_as_the_checkpoint_a_restart_restores(tmp_path, caplog):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])  # no checkpoint of its own
+    config = _config(tmp_path, "exactly_once")
+    service = Service(config, kafka.connector(), "test")
+    taken = []
+
+    def snapshot_then_die() -> None:
+        with pytest.raises(
+            NotOwnedError, match=r"^this instance does not own 'events-1'; it owns \['events-0'\]$"
+        ):
+            service.take_snapshot("events-1")
+        taken.append(service.take_snapshot("events-0"))
+        raise Killed("right after the snapshot")
+
+    kafka.on_idle = snapshot_then_die
+    with pytest.raises(Killed):
+        service.run()
+    (manifest,) = taken
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    assert [m.id for m in store.list(reason="manual")] == [manifest.id] and manifest.offsets == {
+        "events:0": 300
+    }
+    assert kafka.group_offsets[("stream", ("events", 0))] == (300, manifest.id)
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    _run(kafka, config)
+    restored = f"restored events:0 from snapshot {manifest.id} at offset 300"
+    assert f"{restored}; re-learned 0 events up to the committed offset 300" in caplog.messages
+
+
+def test_outputs_wait_for_commit_every_seconds_before_they_are_committed(tmp_path):
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
+    config = _config(
+        tmp_path,
+        "exactly_once",
+        {"commit_every_seconds": 3600, "checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600},
+    )
+    service = _run(kafka, config)
+    # Three batches processed, none committed on its own: the shutdown's checkpoint commits them all.
+    assert service.counters.commits == kafka.plan.calls["transaction.committed"] == 1
+    assert len(kafka.values("predictions")) == 300
+
+
+def test_a_snapshot_without_a_labels_offset_counts_as_having_read_none_of_them(tmp_path, caplog):
+    """A snapshot from before a label topic was configured restores, its labels read from their
+    start; one whose labels offset lies beyond the committed one does not. Nothing named, nothing
+    is looked up by name (nor warned about)."""
+    from types import SimpleNamespace as State
+
+    store = SnapshotStore(tmp_path)
+    before = store.save(State(offsets={"events:0": 100}), reason="checkpoint", offsets={"events:0": 100}).id
+    offsets = {"events:0": 120, "labels:0": 5}
+    store.save(State(offsets=offsets), reason="checkpoint", offsets=offsets)
+    assert restore_point(store, {"events:0": 150, "labels:0": 0})[0].id == before
+    assert restore_point(store, {"events:0": 150, "labels:0": 4})[0].id == before
+    assert restore_point(store, {"events:0": 150, "labels:0": 0}, checkpoint_id=before)[0].id == before
+    assert caplog.messages == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -197,6 +198,16 @@ def test_a_list_or_mapping_from_the_environment_must_be_json_and_the_error_names
     ), message
 
 
+def test_a_section_from_the_environment_that_does_not_parse_is_named_with_the_reason(monkeypatch):
+    monkeypatch.setenv("STREAM__SNAPSHOTS__S3", "[oops")
+    with pytest.raises(ConfigError) as error:
+        load_config()
+    assert str(error.value).startswith(
+        'invalid configuration (environment): error parsing value for field "snapshots" from source '
+        '"EnvSettingsSource": JSONDecodeError('
+    ), str(error.value)
+
+
 def test_the_snapshot_directory_must_be_a_directory_or_creatable_as_one(tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("")
@@ -211,6 +222,32 @@ def test_the_snapshot_directory_must_be_a_directory_or_creatable_as_one(tmp_path
         ConfigError, match=r"^snapshots\.directory: cannot create .*/a-file/x: .*/a-file is not a"
     ):
         check_snapshot_directory(a_file / "x")
+
+
+def test_a_snapshot_directory_under_one_that_may_not_be_written_is_refused(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+
+    def access(path, mode):  # what a user who may not write ``locked`` is told (root may write anywhere)
+        return not (Path(path) == locked and mode & os.W_OK) and real_access(path, mode)
+
+    monkeypatch.setattr(os, "access", access)
+    with pytest.raises(ConfigError) as refused:
+        check_snapshot_directory(locked / "new")
+    assert (
+        str(refused.value) == f"snapshots.directory: cannot create {locked / 'new'}: {locked} is not writable"
+    )
+    check_snapshot_directory(tmp_path / "free" / "new")
+
+
+def test_a_snapshot_directory_that_cannot_be_looked_at_is_refused_with_the_reason(tmp_path):
+    directory = tmp_path / ("n" * 300) / "snapshots"
+    with pytest.raises(ConfigError) as refused:
+        check_snapshot_directory(directory)
+    assert str(refused.value).startswith(
+        f"snapshots.directory: cannot look at {directory}: [Errno 36] File name too long"
+    )
 
 
 def test_the_s3_settings_come_from_the_environment_too(monkeypatch):

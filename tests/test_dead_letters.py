@@ -6,7 +6,7 @@ import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from stream.dead_letters import MAX_REASON_CHARS, dead_letter
+from stream.dead_letters import MAX_REASON_CHARS, DeadLetterWatch, dead_letter
 from stream.events import encode_record
 
 SOURCE = {"topic": "events", "partition": 0, "offset": 1}
@@ -22,6 +22,7 @@ def test_a_dead_letter_fits_in_the_size_its_event_was_allowed():
 
 def test_a_small_event_is_kept_whole():
     record = dead_letter("bad", b"{oops", {"position": 3}, 1_000_000)
+    assert record["source"] == {"position": 3} and record["error"] == "bad"
     assert record["event"] == "{oops" and record["event_base64"] == "e29vcHM="
     assert not record["truncated"] and record["size_bytes"] == 5
 
@@ -29,6 +30,12 @@ def test_a_small_event_is_kept_whole():
 def test_a_long_reason_is_cut_and_says_so():
     assert dead_letter("r" * 5000, b"{}", SOURCE, 1_000_000)["error"] == "r" * MAX_REASON_CHARS + "..."
     assert dead_letter("r" * MAX_REASON_CHARS, b"{}", SOURCE, 1_000_000)["error"] == "r" * MAX_REASON_CHARS
+
+
+def test_a_lone_surrogate_in_the_reason_is_kept_escaped():
+    record = dead_letter("bad key '\ud800'", b"{}", SOURCE, 1_000_000)
+    assert record["error"] == "bad key '\\ud800'"
+    assert orjson.loads(encode_record(record))["error"] == "bad key '\\ud800'"
 
 
 def test_a_row_that_was_already_a_mapping_is_kept_as_json():
@@ -85,3 +92,56 @@ def test_the_dead_letter_keeps_the_longest_prefix_that_fits(raw, max_bytes):
     record = dead_letter("bad", raw, SOURCE, max_bytes)
     fitting = [n for n in range(len(raw) + 1) if _size_with(record, raw[:n]) <= max_bytes]
     assert len(base64.b64decode(record["event_base64"])) == max(fitting, default=0)
+
+
+# -- the watch: most recent events dead letters for one reason --------------------------------------
+
+
+def _watch_after(outcomes: list[str | None], window: int = 4, share: float = 0.5) -> DeadLetterWatch:
+    watch = DeadLetterWatch(window=window, share=share)
+    for reason in outcomes:
+        watch.outcome(reason)
+    return watch
+
+
+def test_the_alarm_rises_when_one_reason_reaches_the_share_of_a_full_window():
+    alarm = "2 of the last 4 events were dead letters for one reason: missing required field 'x'"
+    reasons = ["missing required field 'x'", "missing required field 'x': in event e-7"]
+    assert _watch_after([None, None, *reasons]).alarm == alarm  # 2 of 4: the share exactly
+    assert _watch_after([None, None, None, reasons[0]]).alarm is None  # 1 of 4: below it
+    assert _watch_after(reasons * 2).alarm == alarm.replace("2 of", "4 of")
+    # Not before a window of events was seen, however many of those were dead letters.
+    assert _watch_after(reasons[:1] * 3).alarm is None
+    # Reasons that differ before their detail are different troubles.
+    assert _watch_after([None, None, "unknown field(s): 'a'", "malformed JSON: x"]).alarm is None
+    assert _watch_after(["y" * 300] * 4).alarm.endswith("one reason: " + "y" * 200)  # a bounded name
+
+
+def test_a_share_below_one_event_in_the_window_still_takes_one_dead_letter():
+    assert _watch_after([None, None, None, "bad"], share=0.01).alarm == (
+        "1 of the last 4 events were dead letters for one reason: bad"
+    )
+
+
+def test_the_alarm_ends_when_the_dead_letters_leave_the_window():
+    watch = _watch_after([None, None, "bad: 1", "bad: 2"])
+    still_on = []
+    for _ in range(3):
+        watch.outcome(None)
+        still_on.append(watch.alarm is not None)
+    assert still_on == [True, True, False]  # the first dead letter was 4 outcomes ago at the third
+    watch.outcome("bad: 3")  # one in the last 4 again: no alarm
+    assert watch.alarm is None
+
+
+def test_the_alarm_holds_while_the_share_does_and_counts_only_the_window():
+    watch = _watch_after(["bad"] * 4, share=0.75)
+    assert watch.alarm == "4 of the last 4 events were dead letters for one reason: bad"
+    watch.outcome(None)  # 3 of the last 4: still the share
+    assert watch.alarm == "4 of the last 4 events were dead letters for one reason: bad"
+    watch.outcome("bad")  # 3 of the last 4 again, the count said anew
+    assert watch.alarm == "3 of the last 4 events were dead letters for one reason: bad"
+    watch.outcome(None)  # 2 of the last 4: below it
+    assert watch.alarm is None
+    # A dead letter of the window's first outcome has left it when the next one comes.
+    assert _watch_after(["bad", None, None, None, "bad"], share=0.5).alarm is None

@@ -265,6 +265,7 @@ def test_a_join_restored_from_its_changes_goes_on_as_the_original():
     assert after_restored == after_original and restored.summary() == original.summary()
 
 
+@pytest.mark.benchmark
 def test_the_labels_benchmark_measures_the_join_and_a_checkpoint_beside_it():
     import subprocess
     import sys

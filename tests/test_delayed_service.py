@@ -18,19 +18,23 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from connectors.base import Message
 from stream.changelog import decode_example
-from stream.checkpoint import PartitionId, restore_point
+from stream.checkpoint import Checkpointer, OwnedPartition, PartitionId, restore_point
 from stream.config import Config
 from stream.events import encode_record
+from stream.order import TimeOrder
 from stream.prequential import Engine
 from stream.service import Service
 from stream.snapshots import SnapshotStore
-from tests.fake_connector import FakeKafka, Killed
+from stream.status import Counters
+from tests.fake_connector import FakeKafka, FakeSource, Killed, Record
 from tests.kafka_helpers import drifting_events
 from tests.model_equality import canonical_pickle
 
@@ -55,8 +59,9 @@ CRASH_STEPS = [
 ]  # fmt: skip
 
 
-def _config(tmp_path: Path, guarantee: str = "exactly_once") -> Config:
+def _config(tmp_path: Path, guarantee: str = "exactly_once", labels: dict | None = None) -> Config:
     return Config.model_validate({
+        "labels": labels or {},
         "model": {"task": "binary", "pipeline": ["tree.HoeffdingTreeClassifier"]},
         "drift": {"policy": "best"},
         "kafka": {"input_topic": "events", "label_topic": "labels", "predictions_topic": "predictions",
@@ -85,10 +90,14 @@ def _check_exactly_once(kafka: FakeKafka, config: Config) -> None:
     _check_exactly_once_for(kafka, config, EVENTS)
 
 
-def _check_exactly_once_for(kafka: FakeKafka, config: Config, events: list[dict]) -> None:
+def _check_exactly_once_for(kafka: FakeKafka, config: Config, events: list[dict], partition: int = 0) -> None:
+    """``events``: those of input partition ``partition`` (its examples, its join, its model)."""
+    ids = {event["id"] for event in events}
     predictions = [json.loads(value) for value in kafka.values("predictions")]
-    assert sorted(p["id"] for p in predictions) == sorted(event["id"] for event in events)  # each once
-    examples = [decode_example(value) for value in kafka.values(config.kafka.examples_topic)]
+    predictions = [p for p in predictions if p["id"] in ids]
+    assert sorted(p["id"] for p in predictions) == sorted(ids)  # each once
+    examples_topic = (config.kafka.examples_topic, partition)
+    examples = [decode_example(record.value or b"") for record in kafka.logs[examples_topic]]
     assert [seq for seq, _, _ in examples] == list(range(1, len(examples) + 1))
     assert sorted(event.id for _, event, _ in examples) == sorted(event["id"] for event in events)
     assert kafka.values("dead") == []
@@ -102,15 +111,21 @@ def _check_exactly_once_for(kafka: FakeKafka, config: Config, events: list[dict]
         else:
             expected[event.id] = encode_record(prediction)
             reference.learn_joined(event, prediction)
-    published = dict(zip([p["id"] for p in predictions], kafka.values("predictions"), strict=True))
+    published = {
+        p["id"]: value
+        for p, value in zip(
+            map(json.loads, kafka.values("predictions")), kafka.values("predictions"), strict=True
+        )
+        if p["id"] in ids
+    }
     joined = {event.id for _, event, prediction in examples if prediction is not None}
     for event_id, record in published.items():
         if event_id in joined:
             assert record == expected[event_id]  # the prediction made when the event came
         else:  # learned at once, as the reference learns it
             assert json.loads(record) == json.loads(expected[event_id])
-    store = SnapshotStore.from_config(config.snapshots, PartitionId("events", 0).scope)
-    manifest, state = restore_point(store, {"events:0": 10**12, "labels:0": 10**12})
+    store = SnapshotStore.from_config(config.snapshots, PartitionId("events", partition).scope)
+    manifest, state = restore_point(store, {f"events:{partition}": 10**12, f"labels:{partition}": 10**12})
     assert manifest.reason == "shutdown"
     assert canonical_pickle(state.model) == canonical_pickle(reference.state.model)
     assert state.metrics.values() == reference.state.metrics.values()
@@ -194,3 +209,184 @@ def test_an_integer_no_float_holds_is_a_dead_letter_and_its_example_is_kept_exac
     assert examples["huge"].x == {"f": 10**400} and set(examples) == {"huge", "small"}
     (letter,) = [json.loads(value) for value in kafka.values("dead")]
     assert "the model cannot" in letter["error"]  # refused, so learning it again changes nothing
+
+
+def _dead_letters(kafka: FakeKafka) -> list[tuple[str, int, str]]:
+    letters = [json.loads(value) for value in kafka.values("dead")]
+    return [(letter["source"]["topic"], letter["source"]["offset"], letter["error"]) for letter in letters]
+
+
+def test_the_join_expires_by_stream_time_and_its_orphans_are_dead_letters_with_their_source(tmp_path):
+    """Stream time is the latest produce time seen (a record without one counts as produced now),
+    not the wall clock; what waited past labels.max_wait_seconds of it expires, between records
+    too, and a restart goes on from the join it committed."""
+    config = _config(tmp_path, labels={"max_wait_seconds": 10})
+    kafka = FakeKafka()
+
+    def append(topic: str, records: list[tuple[bytes | dict, int]]) -> None:
+        values = [value if isinstance(value, bytes) else json.dumps(value).encode() for value, _ in records]
+        kafka.append(topic, values, [ts for _, ts in records])
+
+    x = {"f": 1.0}
+    append("events", [({"id": "a", "x": x}, 0), ({"id": "b", "x": x}, 5_000),
+                      ({"id": "c", "x": x, "y": True}, 10_000), ({"id": "ghost", "x": x}, 11_005),
+                      (b"not json", 16_000)])  # fmt: skip
+    append("labels", [({"id": "ghost", "y": True}, 1_000), ({"id": "lost", "y": True}, 5_500)])
+    _run(kafka, config)
+    # At 11.005 s "a" (0 s) expires and the label for "ghost" (1 s) is let go; at 16 s, after the
+    # last record, "b" (5 s) expires and the label for "lost" (5.5 s) is let go.
+    assert _dead_letters(kafka) == [
+        ("labels", 0, "no event with id 'ghost' came within labels.max_wait_seconds=10"),
+        ("events", 4, _dead_letters(kafka)[1][2]),
+        ("labels", 1, "no event with id 'lost' came within labels.max_wait_seconds=10"),
+    ]
+    # After the restart: the label of "a", expired before; "d" waits, then a record without a
+    # produce time moves stream time to now, and "d" expires before its label comes.
+    append("events", [({"id": "d", "x": x}, 21_000), ({"id": "now", "x": x, "y": True}, -1)])
+    append("labels", [({"id": "a", "y": True}, 20_000), ({"id": "d", "y": True}, 22_000)])
+    _run(kafka, config)
+    assert _dead_letters(kafka)[3:] == [
+        ("labels", 2, "the event 'a' expired unlearned before its label came"),
+        ("labels", 3, "the event 'd' expired unlearned before its label came"),
+    ]
+    counts = json.loads([r.value for r in kafka.records(config.kafka.join_topic) if r.key == b"meter"][-1])
+    assert (counts["expired"], counts["orphans"], counts["joined"]) == (4, 4, 0)
+
+
+def test_a_restore_reads_the_examples_after_its_snapshot_and_says_what_retention_took(
+    tmp_path, caplog, monkeypatch
+):
+    # Six examples: five learned at once, then "j", learned with the prediction made when it came
+    # (its label was produced after every event); "w" waits, and the label for "ghost" is held.
+    events = [
+        {"id": "j", "x": {"f": 0.0}},
+        *({"id": f"e{n}", "x": {"f": float(n)}, "y": n > 2} for n in range(5)),
+        {"id": "w", "x": {"f": 1.0}},
+    ]
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in events], [1_000 * n for n in range(7)])
+    labels = [{"id": "j", "y": True}, {"id": "ghost", "y": True}]
+    kafka.append("labels", [json.dumps(label).encode() for label in labels], [10_000, 11_000])
+    config = _config(tmp_path)
+    examples = (config.kafka.examples_topic, 0)
+    reads: list[tuple[int, int]] = []
+    read_range = FakeSource.read_range
+
+    def reading(self, partition, start, end, *args):
+        if partition == examples:
+            reads.append((start, end))
+        return read_range(self, partition, start, end, *args)
+
+    monkeypatch.setattr(FakeSource, "read_range", reading)
+    _run(kafka, config)
+    (shutdown,) = SnapshotStore.from_config(config.snapshots, "events-0").list(reason="shutdown")
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    reads.clear()
+    _run(kafka, config)  # restored from its snapshot: nothing to learn again, the join as committed
+    assert reads == [(6, 6)]
+    committed = "committed offsets {'events:0': 7, 'labels:0': 2}"
+    assert (
+        f"restored events:0 from snapshot {shutdown.id}; re-learned 0 examples; {committed}"
+        in caplog.messages
+    )
+    assert "events:0: the join holds 1 waiting events and 1 held labels" in caplog.messages
+
+    # The snapshots lost, and the first two examples to the topic's retention: a new model learns
+    # the other four, and the log says which it misses.
+    shutil.rmtree(tmp_path / "snapshots")
+    kafka.log_start[examples] = 2
+    caplog.clear()
+    _run(kafka, config)
+    assert [record.getMessage() for record in caplog.records if record.levelname == "ERROR"] == [
+        f"{config.kafka.examples_topic}:0: examples 1..2 are gone (topic retention); the model misses them"
+    ]
+    assert f"restored events:0 from a new model; re-learned 4 examples; {committed}" in caplog.messages
+    # The four as a fresh model learns them from the topic: a joined one with its kept prediction.
+    reference = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="reference-")))
+    relearned = [decode_example(record.value or b"") for record in kafka.logs[examples][2:]]
+    assert [(event.id, prediction is None) for _, event, prediction in relearned] == [
+        ("e2", True),
+        ("e3", True),
+        ("e4", True),
+        ("j", False),
+    ]
+    for _, event, prediction in relearned:
+        reference.process(event) if prediction is None else reference.learn_joined(event, prediction)
+    state = _final_state(config)
+    assert state.labelled == 4 and state.metrics.values() == reference.state.metrics.values()
+
+
+def _final_state(config: Config, partition: int = 0):
+    store = SnapshotStore.from_config(config.snapshots, PartitionId("events", partition).scope)
+    manifest, state = restore_point(store, {f"events:{partition}": 10**12, f"labels:{partition}": 10**12})
+    assert manifest.reason == "shutdown"
+    return state
+
+
+def test_each_partition_keeps_its_own_examples_join_and_model_through_a_crash(tmp_path, file_steps):
+    events, labels = delayed_stream(400, seed=9)
+    kafka = FakeKafka(partitions=2, batch=60)
+    file_steps.append(kafka)
+    kafka.interleave = 7
+    kafka.append("events", [json.dumps(event).encode() for event in events])  # event n on partition n % 2
+    kafka.create("labels")
+    partition_of = {event["id"]: n % 2 for n, event in enumerate(events)}
+    for label in labels:  # co-partitioned: each label on its event's partition
+        kafka.logs[("labels", partition_of[label["id"]])].append(Record(None, json.dumps(label).encode()))
+    config = _config(tmp_path)
+    kafka.plan.step, kafka.plan.at = "snapshot.write", 3  # after the first checkpoint of partition 0
+    with pytest.raises(Killed):
+        _run(kafka, config)
+    kafka.plan.step = ""
+    _run(kafka, config)
+    assert len(kafka.values("predictions")) == len(events)
+    for partition in (0, 1):
+        _check_exactly_once_for(kafka, config, events[partition::2], partition)
+        ids = {event["id"] for event in events[partition::2]}
+        changes = [
+            record for record in kafka.logs[(config.kafka.join_topic, partition)] if record.key != b"meter"
+        ]
+        assert changes and {(record.key or b"").decode()[2:] for record in changes} <= ids
+        meters = [
+            record.value
+            for record in kafka.logs[(config.kafka.join_topic, partition)]
+            if record.key == b"meter"
+        ]
+        assert json.loads(meters[-1])["joined"] == sum(1 for label in labels if label["id"] in ids)
+
+
+def test_a_topic_far_ahead_of_the_other_is_paused_at_max_held_and_resumed_below_half(tmp_path, monkeypatch):
+    monkeypatch.setattr("stream.checkpoint.MAX_HELD_IN_ORDER", 5)
+    config = _config(tmp_path)
+    connector = FakeKafka().connector()
+    source = connector.source(["events", "labels"], "g", "test")
+    checkpointer = Checkpointer(config, source, connector.sink(None), Counters(), lambda *letter: None)
+    events, labels = PartitionId("events", 0), PartitionId("labels", 0)
+    store = SnapshotStore.from_config(config.snapshots, events.scope)
+    checkpointer.partitions[events] = OwnedPartition(
+        events, Engine(config, store), labels=labels, order=TimeOrder(config.labels.order_wait_seconds, 0.0)
+    )
+    offsets = {events: 0, labels: 0}
+
+    def take(partition: PartitionId, *seconds: float) -> list[tuple[str, float]]:
+        """Records of ``partition`` produced at ``seconds`` come: what goes, in order."""
+        messages = []
+        for second in seconds:
+            messages.append(Message(*partition, offsets[partition], None, b"{}", int(second * 1000)))
+            offsets[partition] += 1
+        ready = checkpointer.in_time_order(messages, now=0.0)
+        return [(message.topic, message.timestamp_ms / 1000) for message in ready]
+
+    for round_ in range(2):  # and again once resumed
+        start = offsets[events]
+        # No label to compare them with yet (the one held from the round before goes first).
+        previous = [("labels", start - 0.5)] if round_ else []
+        assert take(events, *range(start, start + 4)) == previous and source.paused == set()
+        assert take(events, start + 4) == [] and source.paused == {events}  # five held: paused
+        first = [("events", start), ("events", start + 1), ("labels", start + 1.5)]
+        assert take(labels, start + 1.5) == first
+        assert take(labels, start + 2.5) == [("events", start + 2), ("labels", start + 2.5)]
+        assert source.paused == {events}  # two held: not below half of five yet
+        assert take(labels, start + 3.5) == [("events", start + 3), ("labels", start + 3.5)]
+        assert source.paused == set()  # one held
+        assert take(labels, start + 4.5) == [("events", start + 4)]  # the label waits for an event

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections import deque
 
 import pytest
 
 from stream.config import Config, DriftConfig
 from stream.datasets import as_event, recurring_concepts
-from stream.drift import DECIDE, DRIFT, NO_SIGNAL, Decision, DriftMonitor
+from stream.drift import DECIDE, DRIFT, NO_SIGNAL, WARNING, Decision, DriftMonitor, loss_of
 from stream.errors import ModelError
-from stream.events import validate_event
+from stream.events import Event, validate_event
 from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
 
@@ -178,3 +180,271 @@ def test_the_challenger_competes_under_policy_best_alone_with_its_mean_loss(poli
         assert (decision.winner, decision.action) == ("fresh", "reset")
     else:
         assert (decision.winner, decision.action, model) == ("current", "keep", current)
+
+
+class _Lookup:
+    """A model that predicts, for each input, the label it last learned for it (``default`` else)."""
+
+    def __init__(self, default=0.0) -> None:
+        self.default, self.seen = default, {}
+
+    def predict_one(self, x):
+        return self.seen.get(tuple(sorted(x.items())), self.default)
+
+    def learn_one(self, x, y) -> None:
+        self.seen[tuple(sorted(x.items()))] = y
+
+
+class _ScriptedDetector:
+    """A detector that signals as ``script`` says, one character per update: ``w`` a warning, ``D``
+    a drift, anything else neither."""
+
+    def __init__(self, script: str) -> None:
+        self.script, self.updates = script, 0
+        self.drift_detected = self.warning_detected = False
+
+    def update(self, loss: float) -> None:
+        signal = self.script[self.updates] if self.updates < len(self.script) else "."
+        self.updates += 1
+        self.drift_detected, self.warning_detected = signal == "D", signal == "w"
+
+    def clone(self) -> _ScriptedDetector:
+        return _ScriptedDetector("")
+
+
+def test_a_warning_is_signalled_on_entering_the_zone_and_its_challenger_dropped_on_leaving_it():
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), "regression")
+    monitor.detector = _ScriptedDetector("ww.wwD")
+    signals = []
+    for n, label in enumerate([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]):
+        signals.append(monitor.update({"n": n % 2}, label, 0.5))
+        if signals[-1] == WARNING:
+            monitor.start_challenger(_Lookup(default=1.0))
+        if n == 1:  # trained since the warning: its loss on each event before learning it
+            assert (monitor.challenger.seen, monitor.challenger_losses) == ({(("n", 1),): 2.0}, [1.0])
+        if n == 2:  # out of the zone: no decision is coming, the challenger is dropped
+            assert (monitor.challenger, monitor.challenger_losses) == (None, [])
+    assert signals == [WARNING, NO_SIGNAL, NO_SIGNAL, WARNING, NO_SIGNAL, DRIFT]
+    assert monitor.challenger.seen == {(("n", 0),): 5.0, (("n", 1),): 6.0}
+    assert monitor.challenger_losses == [4.0, 5.0]
+
+
+def test_a_challenger_outlives_the_warning_zone_while_a_decision_is_pending():
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), "binary")
+    monitor.detector = _ScriptedDetector("wDw.")
+    signals = [monitor.update({"a": 1.0}, True, 1.0)]
+    monitor.start_challenger(_Lookup(default=True))
+    signals += [monitor.update({"a": 1.0}, True, 1.0) for _ in range(3)]
+    assert signals == [WARNING, DRIFT, WARNING, NO_SIGNAL]
+    assert monitor.challenger is not None and monitor.challenger_losses == [0.0, 0.0, 0.0]
+
+
+def test_after_a_drift_the_buffer_collects_events_until_the_decision_then_stops():
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), "binary")
+    monitor.detector = _ScriptedDetector("D")
+    events = [({"a": float(n)}, n % 2 == 0, float(n % 3)) for n in range(12)]
+    signals = [monitor.update(*event) for event in events]
+    assert signals == [DRIFT, *[NO_SIGNAL] * 9, DECIDE, NO_SIGNAL]
+    assert list(monitor.buffer) == events[1:11]
+
+
+def test_after_a_decision_the_monitor_starts_over_and_a_switched_model_gets_a_fresh_detector():
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), "binary")
+    for _ in range(50):
+        monitor.update({"a": 1.0}, True, 0.0)
+    monitor.buffer.append(({"a": 1.0}, True, 0.0))
+    monitor.start_challenger(_Lookup())
+    monitor.in_warning = monitor.deciding = True
+    monitor.after_decision(switched=False)
+    assert monitor.detector.width == 50  # the same model: the same detector, with what it has seen
+    monitor.after_decision(switched=True)
+    assert type(monitor.detector).__name__ == "ADWIN" and monitor.detector.width == 0
+    assert (list(monitor.buffer), monitor.challenger, monitor.challenger_losses) == ([], None, [])
+    monitor.detector = _ScriptedDetector("w")
+    assert monitor.update({"a": 1.0}, True, 0.0) == WARNING  # no longer in a zone, nor collecting
+    assert list(monitor.buffer) == []
+
+
+def test_a_restore_keeps_the_same_detector_with_what_it_saw_and_starts_another_afresh():
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), "binary")
+    for _ in range(50):
+        monitor.update({"a": 1.0}, True, 0.0)
+    monitor.buffer.extend([({"a": 1.0}, True, 0.0)] * 3)
+    monitor.configure(DriftConfig(buffer_size=20))
+    assert monitor.detector.width == 50 and list(monitor.buffer) == [({"a": 1.0}, True, 0.0)] * 3
+    assert monitor.buffer.maxlen == 20
+    monitor.configure(DriftConfig(detector={"drift.ADWIN": {"delta": 0.01}}))
+    assert monitor.detector.width == 0 and monitor.detector.delta == 0.01
+    monitor.configure(DriftConfig(detector="drift.PageHinkley"))
+    assert type(monitor.detector).__name__ == "PageHinkley"
+    with pytest.raises(ModelError, match="0/1 input"):  # checked against the task on a restore too
+        DriftMonitor.create(DriftConfig(), "regression").configure(DriftConfig(detector="drift.binary.DDM"))
+
+
+def test_a_regression_loss_without_a_prediction_is_the_label_itself():
+    assert loss_of("regression", -3.0, None) == 3.0
+    assert loss_of("regression", 5.0, 2.0) == 3.0
+
+
+@pytest.mark.parametrize("policy", ["rollback", "reset", "best"])
+def test_the_winner_is_returned_with_its_model_and_the_action_that_policy_takes(policy):
+    monitor = DriftMonitor.create(DriftConfig(buffer_size=10), "regression")
+    events = [({"a": float(n % 3)}, float(n % 3), 2.0) for n in range(6)]
+    monitor.buffer.extend(events)
+    snapshot = _Lookup()
+    for x, y, _ in events[:2]:  # knows a=0 and a=1: misses a=2 twice, by 2
+        snapshot.learn_one(x, y)
+    fresh = _Lookup()  # learns the buffer as it goes: misses a=1 and a=2 once each, by 1 and 2
+    decision, model = monitor.choose(policy, 9, _Lookup(), [("00000003-warning", lambda: snapshot)], fresh)
+    expected = {"rollback": {"snapshot:00000003-warning": 0.666667}, "reset": {"fresh": 0.5}}.get(
+        policy, {"current": 2.0, "snapshot:00000003-warning": 0.666667, "fresh": 0.5}
+    )
+    assert decision.candidates == expected  # mean losses, to six decimals
+    if policy == "rollback":
+        assert (decision.winner, decision.action, model) == (
+            "snapshot:00000003-warning",
+            "rollback",
+            snapshot,
+        )
+    else:
+        assert (decision.winner, decision.action, model) == ("fresh", "reset", fresh)
+        assert fresh.seen == {((("a", float(n)),)): float(n) for n in range(3)}
+    assert decision.as_dict() == {
+        "event": 9, "policy": policy, "candidates": expected, "winner": decision.winner,
+        "action": decision.action, "buffer_size": 6,
+    }  # fmt: skip
+
+
+def _deciding_engine(tmp_path, policy: str, **drift) -> Engine:
+    config = Config.model_validate({
+        "model": {"pipeline": ["tree.HoeffdingTreeClassifier"]},
+        "drift": {"policy": policy, "buffer_size": 10, **drift},
+    })  # fmt: skip
+    return Engine(config, SnapshotStore(tmp_path, keep_last=100))
+
+
+def _learn(engine: Engine, label: bool, count: int) -> None:
+    for _ in range(count):
+        engine.process(Event(x={"a": 1.0}, y=label))
+
+
+def _drift_then_decide(engine: Engine, label: bool) -> _ScriptedDetector:
+    """The detector signals a drift at the next event; the buffer then fills with ``label``."""
+    detector = engine.state.monitor.detector = _ScriptedDetector("D")
+    _learn(engine, label, 11)
+    return detector
+
+
+def test_policy_rollback_switches_to_the_best_of_the_last_candidate_snapshots(tmp_path, caplog):
+    engine = _deciding_engine(tmp_path, "rollback", candidates=2)
+    _learn(engine, True, 20)
+    engine.snapshot("manual")  # a model of "True": the best, but no longer among the last two
+    _learn(engine, False, 30)
+    second = engine.snapshot("manual")
+    caplog.set_level(logging.INFO, logger="stream.prequential")
+    _drift_then_decide(engine, True)  # the drift takes a third snapshot
+    third = engine.store.list(reason="drift")[0]
+    scores = {f"snapshot:{second.id}": 1.0, f"snapshot:{third.id}": 1.0}
+    assert engine.state.decisions == [{
+        "event": 61, "policy": "rollback", "candidates": scores, "winner": f"snapshot:{second.id}",
+        "action": "rollback", "buffer_size": 10,
+    }]  # fmt: skip
+    assert f"drift decision at event 61: snapshot:{second.id} ({scores})" in caplog.messages
+    assert (engine.state.rollbacks, engine.state.resets, engine.state.model_version) == (1, 0, 2)
+    [rollback] = engine.store.list(reason="rollback")
+    assert (rollback.note, rollback.events_seen) == (f"policy rollback to snapshot:{second.id}", 61)
+    assert engine.state.monitor.detector.updates == 0  # the new model's own detector
+    _drift_then_decide(engine, True)
+    assert (engine.state.rollbacks, engine.state.model_version) == (2, 3)
+
+
+def test_a_restored_state_keeps_its_candidate_snapshots(tmp_path):
+    engine = _deciding_engine(tmp_path, "rollback")
+    _learn(engine, True, 20)
+    first = engine.snapshot("manual")
+    restored = Engine(engine.config, engine.store, state=engine.store.load(first.id))
+    _drift_then_decide(restored, True)
+    drift = restored.store.list(reason="drift")[0]
+    assert restored.state.decisions[0]["candidates"] == {
+        f"snapshot:{first.id}": 0.0,
+        f"snapshot:{drift.id}": 0.0,
+    }
+
+
+def test_policy_reset_switches_to_the_fresh_model_without_a_snapshot(tmp_path):
+    engine = _deciding_engine(tmp_path, "reset")
+    _learn(engine, True, 20)
+    _drift_then_decide(engine, False)
+    assert [(d["winner"], d["action"]) for d in engine.state.decisions] == [("fresh", "reset")]
+    assert (engine.state.rollbacks, engine.state.resets, engine.state.model_version) == (0, 1, 2)
+    assert engine.store.list(reason="rollback") == []
+    assert engine.predict(Event(x={"a": 1.0}))["y_pred"] is False  # trained on the buffer alone
+    assert engine.state.monitor.detector.updates == 0
+
+
+def test_when_the_current_model_wins_it_stays_with_its_detector(tmp_path):
+    engine = _deciding_engine(tmp_path, "best")
+    _learn(engine, True, 20)
+    detector = _drift_then_decide(engine, True)
+    [decision] = engine.state.decisions
+    assert (decision["winner"], decision["action"], decision["candidates"]["current"]) == (
+        "current",
+        "keep",
+        0.0,
+    )
+    assert (engine.state.rollbacks, engine.state.resets, engine.state.model_version) == (0, 0, 1)
+    assert engine.state.monitor.detector is detector and detector.updates == 11
+    assert not engine.state.monitor.buffer and not engine.state.monitor.deciding
+
+
+@pytest.mark.parametrize("policy", ["none", "snapshot"])
+def test_policies_none_and_snapshot_decide_nothing_and_keep_the_detector(tmp_path, policy):
+    engine = _deciding_engine(tmp_path, policy)
+    _learn(engine, True, 20)
+    detector = _drift_then_decide(engine, False)
+    assert engine.state.decisions == [] and engine.state.model_version == 1
+    assert engine.state.monitor.detector is detector and not engine.state.monitor.buffer
+    assert len(engine.store.list(reason="drift")) == (policy == "snapshot")
+
+
+@pytest.mark.parametrize(
+    ("policy", "challenger", "snapshots", "challenged"),
+    [
+        ("best", True, True, True),
+        ("best", False, True, False),
+        ("reset", True, True, False),
+        ("none", True, False, False),
+    ],
+)
+def test_a_warning_is_counted_and_snapshotted_and_under_policy_best_starts_a_challenger(
+    tmp_path, caplog, policy, challenger, snapshots, challenged
+):
+    engine = _deciding_engine(tmp_path, policy, challenger=challenger)
+    _learn(engine, True, 20)
+    caplog.set_level(logging.INFO, logger="stream.prequential")
+    engine.state.monitor.detector = _ScriptedDetector("w")
+    _learn(engine, True, 1)
+    assert (engine.state.warnings, engine.state.drifts) == (1, 0)
+    assert "warning at event 21" in caplog.messages
+    assert [m.events_seen for m in engine.store.list(reason="warning")] == ([21] if snapshots else [])
+    assert engine.state.recent_snapshots == deque([m.id for m in engine.store.list(reason="warning")])
+    monitor = engine.state.monitor
+    if challenged:  # a new model, trained from the warning on
+        assert type(monitor.challenger).__name__ == "HoeffdingTreeClassifier"
+        assert monitor.challenger.predict_proba_one({"a": 1.0}) == {}  # it knows nothing yet
+    else:
+        assert monitor.challenger is None
+
+
+@pytest.mark.parametrize("policy", ["none", "snapshot"])
+def test_a_drift_is_counted_and_logged_and_snapshotted_unless_the_policy_is_none(tmp_path, caplog, policy):
+    engine = _deciding_engine(tmp_path, policy)
+    _learn(engine, True, 20)
+    caplog.set_level(logging.INFO, logger="stream.prequential")
+    engine.state.monitor.detector = _ScriptedDetector("D")
+    _learn(engine, True, 1)
+    assert (engine.state.warnings, engine.state.drifts) == (0, 1)
+    assert f"drift at event 21 (policy {policy})" in caplog.messages
+    drifts = engine.store.list(reason="drift")
+    assert [m.events_seen for m in drifts] == ([21] if policy == "snapshot" else [])
+    assert engine.state.snapshots == len(drifts)

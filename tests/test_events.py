@@ -45,6 +45,57 @@ def test_valid_events_decode(raw):
     assert event.x == json.loads(raw)["x"]
 
 
+@pytest.mark.parametrize(
+    ("raw", "task", "event"),
+    [
+        (VALID[0], "binary",
+         Event(x={"f1": 0.3, "color": "red", "flag": True}, y=True, id="e-1", key="k", ts="2026")),
+        (VALID[3], "binary", Event(x={"a": -2.5e10}, id="7", ts=1700000000.5)),  # an integer id as text
+        (b'{"x": {}, "y": 0, "ts": 12}', "anomaly", Event(x={}, y=False, ts=12)),
+        (b'{"x": {}, "y": 1}', "binary", Event(x={}, y=True)),
+        (b'{"x": {}, "y": 3}', "multiclass", Event(x={}, y=3)),
+        (b'{"x": {}, "y": false}', "multiclass", Event(x={}, y=False)),
+        (b'{"x": {}, "y": -4}', "regression", Event(x={}, y=-4)),
+        (b'{"x": {}, "y": null, "id": null, "key": null, "ts": null}', "regression", Event(x={})),
+    ],
+)  # fmt: skip
+def test_a_valid_event_decodes_to_its_fields(raw, task, event):
+    assert repr(decode_event(raw, task)) == repr(event)  # repr: True == 1, but the types must agree
+
+
+@pytest.mark.parametrize(
+    ("raw", "task", "reason"),
+    [
+        (b"[1, 2]", "binary", "an event must be a JSON object, got list"),
+        (b'{"x": null}', "binary", "missing required field 'x'"),
+        (b'{"x": "a"}', "binary", "'x' must be an object of features, got str"),
+        (b'{"x": {"a": 1, "b": 1e999}}', "binary", "feature 'b' is not a finite number"),
+        (b'{"x": {"a": null}}', "binary", "feature 'a' must be a number, string or boolean, got NoneType"),
+        (b'{"x": {}, "b": 1, "a": 2}', "binary", "unknown field(s): 'a', 'b'"),
+        (b'{"x": {}, "id": true}', "binary", "'id' must be a string or an integer"),
+        (b'{"x": {}, "id": 1.5}', "binary", "'id' must be a string or an integer"),
+        (b'{"x": {}, "key": 1}', "binary", "'key' must be a string"),
+        (b'{"x": {}, "ts": false}', "binary", "'ts' must be a string or a finite number"),
+        (b'{"x": {}, "ts": [1]}', "binary", "'ts' must be a string or a finite number"),
+        (b'{"x": {}, "ts": -Infinity}', "binary", "'ts' must be a string or a finite number"),
+        (b'{"x": {}, "y": 2}', "binary", "label for a binary task must be true/false or 0/1, got 2"),
+        (b'{"x": {}, "y": "1"}', "anomaly", "label for a anomaly task must be true/false or 0/1, got '1'"),
+        (b'{"x": {}, "y": 1.0}', "binary", "label for a binary task must be true/false or 0/1, got 1.0"),
+        (b'{"x": {}, "y": 1.5}', "multiclass",
+         "label for a multiclass task must be a string, integer or boolean, got 1.5"),
+        (b'{"x": {}, "y": "2"}', "regression", "label for a regression task must be a number, got '2'"),
+        (b'{"x": {}, "y": false}', "regression", "label for a regression task must be a number, got False"),
+        (b'{"x": {}, "y": NaN}', "regression", "label is not a finite number"),
+        (b'{"x": {}, "y": 1' + b"0" * 400 + b"}", "regression", "label is not a finite number"),
+        (b'{"x": {"a": 1}', "binary", "malformed JSON: Expecting ',' delimiter: line 1 column 15 (char 14)"),
+    ],
+)  # fmt: skip
+def test_every_refusal_says_exactly_why(raw, task, reason):
+    with pytest.raises(InvalidEvent) as refused:
+        decode_event(raw, task)
+    assert str(refused.value) == reason
+
+
 @pytest.mark.parametrize(("raw", "reason"), INVALID)
 def test_invalid_events_are_rejected_with_a_reason(raw, reason):
     with pytest.raises(InvalidEvent, match=reason):
@@ -222,6 +273,14 @@ def test_records_with_numpy_numbers_bool_keys_and_huge_integers_are_written_as_j
     assert encode_record({"id": "e", "y": 2**70}) == b'{"id":"e","y":1180591620717411303424}'
     with pytest.raises(InvalidEvent, match="cannot be written as JSON"):
         encode_record({"id": "e", "y": object()})
+
+
+def test_a_record_only_the_fallback_can_write_is_refused_rather_than_written_with_nan():
+    with pytest.raises(InvalidEvent) as refused:
+        encode_record({"id": "e", "y": 2**70, "score": math.nan})  # NaN is not JSON
+    assert str(refused.value) == (
+        "the prediction cannot be written as JSON: Out of range float values are not JSON compliant"
+    )
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tempfile
 
 import pytest
+from river import base
 
 from stream import prequential
 from stream.config import Config
-from stream.errors import ModelFailure
+from stream.errors import InvalidEvent, ModelFailure
 from stream.events import Event, validate_event
 from stream.prequential import Engine
 from stream.replay import run_replay
@@ -177,6 +179,7 @@ def test_a_multiclass_model_keeps_one_kind_of_label_and_refuses_the_mix(first, o
     assert len(predictions) == 40 and engine.state.labelled == 40
 
 
+@pytest.mark.benchmark
 def test_the_journal_benchmark_compares_the_engine_with_and_without_it():
     import subprocess
     import sys
@@ -202,3 +205,263 @@ def test_the_journal_benchmark_compares_the_engine_with_and_without_it():
         if line.startswith(("StandardScaler", "Hoeffding"))
     ]
     assert len(rows) == 2 and all(0.3 < float(row[3]) < 3 for row in rows)
+
+
+class Fragile(base.Classifier):
+    """A classifier that some events break, so a test can say how: learning an event with a
+    feature ``breaks_<f>`` leaves it unable to answer any input with feature ``f`` (non-finite
+    probabilities), at once; with ``fuse_<f>``, at its next update (as a scaler's variance gone
+    infinite turns NaN at its next update); with ``breaks_updates``, every later update fails. It
+    refuses to learn an event with feature ``refused``, and cannot answer one with feature ``nan``.
+    It predicts the share of ``True`` labels learned."""
+
+    def __init__(self) -> None:
+        self.seen, self.trues = 0, 0
+        self.broken: set[str] = set()
+        self.fused: set[str] = set()
+        self.updates_broken = False
+
+    def learn_one(self, x: dict, y: bool) -> None:
+        if "refused" in x or self.updates_broken:
+            raise ValueError("refused")
+        self.updates_broken = "breaks_updates" in x
+        self.broken |= self.fused
+        self.fused = {name.removeprefix("fuse_") for name in x if name.startswith("fuse_")}
+        self.broken |= {name.removeprefix("breaks_") for name in x if name.startswith("breaks_")}
+        self.seen, self.trues = self.seen + 1, self.trues + (y is True)
+
+    def predict_proba_one(self, x: dict) -> dict[bool, float]:
+        if (self.broken | {"nan"}) & x.keys():
+            return {False: math.nan, True: math.nan}
+        p_true = (self.trues + 1) / (self.seen + 2)
+        return {False: 1 - p_true, True: p_true}
+
+
+def fragile() -> Fragile:
+    return Fragile()
+
+
+NAN_SYMPTOM = "ValueError: non-finite probabilities {False: nan, True: nan}"
+
+
+def _fragile_engine(tmp_path) -> Engine:
+    config = Config.model_validate({
+        "model": {"task": "binary", "factory": "tests.test_healing:fragile"}, "drift": {"policy": "none"},
+    })  # fmt: skip
+    return Engine(config, SnapshotStore(tmp_path))
+
+
+def _feed(engine: Engine, *xs: dict, y: bool = True) -> None:
+    """Process events with features ``xs``; each event's id and origin are its position in ``xs``
+    prefixed ``e``, unless it has a feature ``id`` naming it (not given to the model)."""
+    for n, x in enumerate(xs):
+        name = x.get("id", f"e{n}")
+        engine.process(Event(x={k: v for k, v in x.items() if k != "id"}, y=y, id=name), origin=name)
+
+
+A, B = {"a": 1.0}, {"b": 1.0}
+
+
+def test_an_event_that_breaks_the_model_for_other_inputs_but_its_own_is_the_one_unlearned(tmp_path, caplog):
+    """The event still gets an answer for its own features, not for what the good state answered:
+    it is found when it is learned again, and alone unlearned; its dead letter, the error count and
+    the log say why."""
+    engine = _fragile_engine(tmp_path)
+    engine.record_error()  # an undecodable record, counted before the good state below
+    engine.checkpoint("checkpoint")
+    poison = {"b": 1.0, "breaks_a": 1.0, "id": "poison"}
+    _feed(engine, A, A, A, A, A, poison, B, B, B, B, B)  # nothing asked of the model fails yet
+    engine.process(Event(x=A, y=True, id="asks-a"))  # fails, heals, then answered
+    reason = f"learning this event broke the model ({NAN_SYMPTOM}); it was unlearned"
+    assert engine.take_unlearned() == [("poison", reason)]
+    assert engine.state.errors == 2 and engine.state.labelled == 11
+    assert f"event poison: {reason}" in [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_an_event_that_breaks_the_model_for_its_own_features_only_is_the_one_unlearned(tmp_path):
+    """What the good state answered still answers; what the model answered last (the event's own
+    features) does not: that is asked too, and the event is found and alone unlearned."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, A, A, {"b": 1.0, "breaks_b": 1.0, "id": "poison"})
+    engine.process(Event(x=B, y=True, id="asks-b"))
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    assert engine.state.labelled == 5
+
+
+def test_an_event_whose_trace_breaks_the_model_at_the_next_update_is_found_right_after_the_good_state(
+    tmp_path,
+):
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, {"a": 1.0, "fuse_a": 1.0, "id": "poison"}, A)  # the second update breaks it
+    engine.process(Event(x=A, y=True, id="asks-a"))
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    assert engine.state.labelled == 3
+
+
+def test_the_culprit_is_the_latest_event_whose_absence_heals_the_breaking_event_too(tmp_path):
+    """A trace waits for the next update; the event that turns it broken cannot answer for its own
+    features. Leaving out the event just before it heals what the good state answered, not that
+    event: the culprit is the one before."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, {"a": 1.0, "fuse_c": 1.0, "id": "poison"}, A)
+    joined = Event(x={"a": 1.0, "c": 1.0}, y=True, id="joined")  # its prediction made before the poison
+    engine.learn_joined(joined, {"id": "joined", "y_pred": True, "y_proba": {False: 0.4, True: 0.6}})
+    engine.checkpoint("checkpoint")  # its next update would break the model: heal first
+    symptom = "it would not answer after its next update, found before a checkpoint"
+    assert engine.take_unlearned() == [
+        ("poison", f"learning this event broke the model ({symptom}); it was unlearned")
+    ]
+    assert engine.state.labelled == 4
+
+
+def test_a_model_broken_by_no_event_it_learned_is_a_failure_not_dead_letters(tmp_path):
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, B)
+    engine.state.model.broken.add("a")  # its state damaged by something other than learning
+    with pytest.raises(ModelFailure) as failure:
+        engine.process(Event(x=A, y=True, id="asks-a"))
+    assert str(failure.value) == (
+        f"the model stopped answering ({NAN_SYMPTOM}), and no event learned since its last good state "
+        "is the cause"
+    )
+    assert engine.take_unlearned() == []
+
+
+def test_a_model_that_stops_answering_after_a_manual_rollback_is_a_failure_with_no_good_state(tmp_path):
+    """No event reproduces a manual rollback, so there is nothing to heal from until the next
+    event is learned: a rollback to a snapshot of a broken model fails, naming why."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, {"a": 1.0, "breaks_a": 1.0})
+    broken = engine.snapshot("manual")  # a snapshot is not a checkpoint: it does not heal first
+    engine.rollback(broken.id)
+    with pytest.raises(ModelFailure) as failure:
+        engine.process(Event(x=A, y=True, id="asks-a"))
+    assert str(failure.value) == f"the model stopped answering ({NAN_SYMPTOM}) and no good state is kept"
+
+
+def test_a_joined_label_whose_learning_broke_the_model_is_handed_over_with_its_origin(tmp_path):
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A)
+    poison = Event(x={"b": 1.0, "breaks_a": 1.0}, y=True, id="joined")
+    engine.learn_joined(poison, {"id": "joined", "y_pred": True}, origin=("labels", 0, 7))
+    engine.process(Event(x=A, y=True, id="asks-a"))
+    assert [origin for origin, _ in engine.take_unlearned()] == [("labels", 0, 7)]
+
+
+def test_a_joined_label_is_learned_after_a_manual_rollback(tmp_path):
+    """A rollback leaves no good state: the joined label's learning keeps one first."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A)
+    engine.rollback(engine.snapshot("manual").id)
+    engine.learn_joined(Event(x=A, y=True, id="joined"), {"id": "joined", "y_pred": True})
+    assert engine.state.labelled == 3
+
+
+@pytest.mark.parametrize("good_state", ["checkpoint", "restore", "refusal"])
+def test_what_the_good_state_answered_stays_the_measure_of_a_broken_model(tmp_path, good_state):
+    """A new good state (a checkpoint, a restored snapshot, the state rebuilt after a refusal)
+    keeps what it answered, not what the first event after it has: a poison then is found."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A)
+    if good_state == "checkpoint":
+        engine.checkpoint("checkpoint")
+    elif good_state == "restore":
+        engine = Engine(engine.config, engine.store, state=engine.store.load(engine.snapshot("manual").id))
+        _feed(engine, A)
+    else:
+        with pytest.raises(InvalidEvent):
+            engine.process(Event(x={"a": 1.0, "refused": 1.0}, y=True, id="refused"))
+    _feed(engine, {"b": 1.0, "breaks_a": 1.0, "id": "poison"}, B)
+    engine.process(Event(x=A, y=True, id="asks-a"))
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+
+
+def test_after_a_refusal_the_next_one_learns_nothing_again(tmp_path, monkeypatch):
+    relearned = []
+    real_relearn = Engine._relearn
+    monkeypatch.setattr(
+        Engine, "_relearn", lambda self, entry: relearned.append(entry.id) or real_relearn(self, entry)
+    )
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, A)
+    for refused in ("first", "second"):
+        with pytest.raises(InvalidEvent, match="the model cannot learn this event: ValueError: refused"):
+            engine.process(Event(x={"a": 1.0, "refused": 1.0}, y=True, id=refused))
+    assert relearned == ["e0", "e1", "e2"]  # the first refusal's rebuild is the new good state
+    assert engine.state.labelled == 3
+
+
+def test_an_event_the_model_cannot_predict_is_refused_with_the_reason_whether_or_not_it_healed(tmp_path):
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A)
+    refusal = f"the model cannot predict this event: {NAN_SYMPTOM}"
+    with pytest.raises(InvalidEvent) as refused:
+        engine.process(Event(x={"a": 1.0, "nan": 1.0}, y=True, id="healthy"))
+    assert str(refused.value) == refusal  # the model answers the rest: the event's own fault
+    _feed(engine, {"b": 1.0, "breaks_a": 1.0, "id": "poison"})
+    with pytest.raises(InvalidEvent) as refused:
+        engine.process(Event(x={"a": 1.0, "nan": 1.0}, y=True, id="after-healing"))
+    assert str(refused.value) == refusal
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+
+
+def test_a_checkpoint_heals_a_model_whose_next_update_would_break_what_its_good_state_answered(tmp_path):
+    """The last event learned answers for its own features, now and after one more update; what
+    the good state answered would not: it is unlearned before the checkpoint keeps the model."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, {"b": 1.0, "fuse_a": 1.0, "id": "poison"})
+    engine.checkpoint("checkpoint")
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+
+
+def test_a_checkpoint_leaves_a_healthy_model_as_it_was(tmp_path):
+    engine = Engine(_config(), SnapshotStore(tmp_path))
+    for n in range(20):
+        engine.process(Event(x={"a": float(n % 3)}, y=n % 2 == 0, id=str(n)))
+    before = canonical_pickle(engine.state.model)
+    engine.checkpoint("checkpoint")  # its trial update is made on a copy
+    assert canonical_pickle(engine.state.model) == before and engine.take_unlearned() == []
+
+
+def test_a_checkpoint_heals_a_model_whose_next_update_would_fail(tmp_path):
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, {"a": 1.0, "breaks_updates": 1.0, "id": "poison"})
+    engine.checkpoint("checkpoint")
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    _feed(engine, A)  # learned: the next event is not refused for the poison's sake
+    assert engine.state.labelled == 3
+
+
+def test_errors_counted_before_a_refusal_or_a_heal_stay_counted(tmp_path):
+    """A refusal and a heal rebuild the state from the good one; the errors counted since (records
+    that could not be decoded, events refused or unlearned) are not learning and stay counted."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A)
+    engine.record_error()
+    engine.record_error()
+    with pytest.raises(InvalidEvent):
+        engine.process(Event(x={"refused": 1.0}, y=True, id="refused"))
+    engine.record_error()  # the caller counts the refused event
+    assert engine.state.errors == 3
+    # The refused event's features are what the good state answers now; the poison breaks them.
+    _feed(engine, {"b": 1.0, "breaks_refused": 1.0, "id": "poison"}, B)
+    engine.checkpoint("checkpoint")  # heals: the poison is unlearned and counted
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    assert engine.state.errors == 4
+
+
+def test_a_joined_label_that_breaks_the_answer_to_a_waiting_event_is_unlearned_at_the_checkpoint(tmp_path):
+    """An event predicted while its label is still to come was the model's last answer; a joined
+    label learned since breaks the model for that event's features only. The checkpoint finds the
+    model broken for it, and the heal finds the label the cause, rather than failing."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, A)
+    engine.checkpoint("checkpoint")
+    engine.answer(Event(x={"c": 1.0}, id="waiting"))
+    label = Event(x={"b": 1.0, "breaks_c": 1.0}, y=True, id="joined")
+    engine.learn_joined(label, {"id": "joined", "y_pred": True, "y_proba": {False: 0.4, True: 0.6}}, "joined")
+    engine.checkpoint("checkpoint")
+    unlearned = engine.take_unlearned()
+    assert [origin for origin, _ in unlearned] == ["joined"]
+    assert unlearned[0][1].startswith("learning this event broke the model (it would not answer")
+    assert engine.answer(Event(x={"c": 1.0}, id="waiting"))["y_pred"] is not None

@@ -7,7 +7,7 @@ import pytest
 from river import anomaly, datasets, evaluate, linear_model, metrics, preprocessing, tree
 
 from stream.config import Config
-from stream.errors import InvalidEvent
+from stream.errors import InvalidEvent, ModelError
 from stream.events import Event, encode_record, validate_event
 from stream.prequential import MAX_HISTORY_KEPT, Engine
 from stream.replay import run_replay
@@ -278,3 +278,74 @@ def test_a_failing_snapshot_write_is_not_mistaken_for_a_bad_event(tmp_path, monk
     monkeypatch.setattr(engine.store, "save_pickled", full_disk)
     with pytest.raises(OSError, match="No space left"):
         engine.process(Event(x={"a": 1.0}, y=True))
+
+
+def test_a_joined_label_of_the_models_kind_is_learned_and_one_of_another_kind_refused(tmp_path):
+    engine = Engine(
+        _config("multiclass", ["tree.HoeffdingTreeClassifier"], "Accuracy"), SnapshotStore(tmp_path)
+    )
+    engine.process(Event(x={"a": 1.0}, y="red", id="1"))
+    assert engine.process(Event(x={"a": 1.0}, id="unlabelled"))["y_pred"] == "red"  # no label: no kind
+    answered = engine.answer(Event(x={"a": 2.0}, id="2"))
+    engine.learn_joined(Event(x={"a": 2.0}, y="blue", id="2"), answered)
+    assert engine.state.labelled == 2
+    with pytest.raises(InvalidEvent, match="label 3 is a int; this model's labels are of type str"):
+        engine.learn_joined(Event(x={"a": 3.0}, y=3, id="3"), answered)
+    assert engine.state.labelled == 2
+
+
+def test_a_rebuild_learns_a_joined_label_again_with_the_prediction_it_was_learned_with(tmp_path):
+    """Undoing a refused event learns the others again; a joined label's prediction was made by an
+    earlier state, so it is the kept one the metrics see again, not one the state makes now."""
+    config = _config(
+        "binary", ["preprocessing.StandardScaler", "linear_model.LogisticRegression"], "Accuracy"
+    )
+    engine = Engine(config, SnapshotStore(tmp_path))
+    for n in range(20):
+        engine.process(Event(x={"a": 1.0}, y=True, id=str(n)))
+    early = {"id": "joined", "y_pred": False, "y_proba": {False: 0.6, True: 0.4}, "model_version": 1}
+    engine.learn_joined(Event(x={"a": 1.0}, y=True, id="joined"), early)  # a miss, made long ago
+    assert engine.predict(Event(x={"a": 1.0}))["y_pred"] is True  # what the state predicts now
+    assert engine.summary().metrics["Accuracy"] == pytest.approx(19 / 21)  # the first and the joined
+    with pytest.raises(InvalidEvent, match="cannot learn"):
+        engine.process(Event(x={"a": "red"}, y=True, id="refused"))
+    assert engine.summary().metrics["Accuracy"] == pytest.approx(19 / 21)
+
+
+def test_a_new_engine_numbers_its_snapshots_after_those_in_the_store_and_reports_their_size(tmp_path):
+    config = _config("binary", ["tree.HoeffdingTreeClassifier"], "Accuracy")
+    first = Engine(config, SnapshotStore(tmp_path))
+    assert first.last_snapshot_bytes == 0  # nothing written yet
+    first.snapshot("manual")
+    engine = Engine(config, SnapshotStore(tmp_path))
+    manifest = engine.snapshot("manual")
+    assert manifest.id == "00000002-manual"
+    assert engine.last_snapshot_bytes == manifest.size_bytes > 0
+
+
+def test_the_rolling_metric_covers_the_configured_window(tmp_path):
+    config = _config(
+        "binary",
+        ["tree.HoeffdingTreeClassifier"],
+        "Accuracy",
+        metrics={"names": ["Accuracy"], "rolling_window": 2},
+    )
+    engine = Engine(config, SnapshotStore(tmp_path))
+    for label in (True, True, True, True, False):  # predicted: nothing yet, then True
+        engine.process(Event(x={"a": 1.0}, y=label))
+    assert engine.summary().metrics == {"Accuracy": 0.75, "Accuracy (rolling 2)": 0.5}
+
+
+def test_a_regression_engine_refuses_a_drift_detector_for_0_1_losses(tmp_path):
+    config = Config.model_validate({
+        "model": {"task": "regression", "pipeline": ["linear_model.LinearRegression"]},
+        "drift": {"detector": "drift.binary.DDM"},
+    })  # fmt: skip
+    with pytest.raises(ModelError, match=r"drift\.binary\.DDM takes 0/1 input"):
+        Engine(config, SnapshotStore(tmp_path))
+
+
+def test_a_prediction_carries_the_events_key_when_it_has_one(tmp_path):
+    engine = Engine(_config("binary", ["tree.HoeffdingTreeClassifier"], "Accuracy"), SnapshotStore(tmp_path))
+    assert engine.predict(Event(x={"a": 1.0}, id="1", key="customer-7"))["key"] == "customer-7"
+    assert "key" not in engine.predict(Event(x={"a": 1.0}, id="2"))

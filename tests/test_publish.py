@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from connectors.base import Message
 from stream.config import Config
 from stream.prequential import Engine
-from stream.publish import Publisher
+from stream.publish import RECORD_OVERHEAD_BYTES, Publisher
 from stream.snapshots import SnapshotStore
 from stream.status import Counters
 from stream.step import RecordStep
@@ -113,3 +113,71 @@ def test_every_record_fits_its_topic_and_a_prediction_that_cannot_becomes_a_dead
     )
     assert [letter["source"]["offset"] for letter in letters] == [3, 3] and counters.dead_letters == 2
     assert all(letter["truncated"] for letter in letters)
+
+
+def test_the_publishers_outcomes_raise_the_alarm_when_half_the_last_500_events_are_dead_letters():
+    kafka = FakeKafka()
+    sink = kafka.connector().sink(None)
+    publisher = Publisher(CONFIG, sink, Counters(), Histogram("latency", "latency", LATENCY_BUCKETS))
+    event = Message("events", 0, 1, None, b"{oops")
+    for _ in range(251):
+        publisher.prediction({"id": "e"})
+    for _ in range(249):
+        publisher.dead_letter(event, "malformed JSON: Expecting value")
+    assert publisher.watch.alarm is None  # 249 of the last 500
+    publisher.dead_letter(event, "malformed JSON: Expecting value")  # 250 of the last 500
+    assert (
+        publisher.watch.alarm == "250 of the last 500 events were dead letters for one reason: malformed JSON"
+    )
+    for _ in range(250):
+        publisher.prediction({"id": "e"})
+    assert publisher.watch.alarm is not None  # the 250 dead letters are the last 500 events' first
+    publisher.prediction({"id": "e"})  # 249 of the last 500 again
+    assert publisher.watch.alarm is None
+
+
+def test_a_dead_letter_leaves_room_for_its_key_header_and_the_records_framing():
+    kafka = FakeKafka()
+    limit = 3_000
+    kafka.max_message_bytes = limit - RECORD_OVERHEAD_BYTES  # key, value and headers: what the fake counts
+    sink = kafka.connector().sink(None)
+    publisher = Publisher(
+        CONFIG,
+        sink,
+        Counters(),
+        Histogram("latency", "latency", LATENCY_BUCKETS),
+        {CONFIG.kafka.dead_letter_topic: limit},
+    )
+    key = b"k" * 400
+    publisher.dead_letter(Message("events", 0, 3, key, b"v" * 10_000), "too big: " + "r" * 1_000)
+    sink.flush()
+    [written] = kafka.records(CONFIG.kafka.dead_letter_topic)
+    size = len(written.key) + len(written.value) + sum(len(n) + len(v) for n, v in written.headers)
+    assert written.key == key and orjson.loads(written.value)["truncated"]
+    assert limit - RECORD_OVERHEAD_BYTES - 8 <= size <= limit - RECORD_OVERHEAD_BYTES  # cut to fit, no more
+
+
+def test_a_prediction_is_sent_up_to_its_topics_limit_less_the_records_framing():
+    kafka = FakeKafka()
+    sink = kafka.connector().sink(None)
+    counters = Counters()
+    limit = 2_000
+    publisher = Publisher(
+        CONFIG,
+        sink,
+        counters,
+        Histogram("latency", "latency", LATENCY_BUCKETS),
+        {CONFIG.kafka.predictions_topic: limit},
+    )
+    publisher.source = Message("events", 0, 5, None, b"{}")
+    room = limit - RECORD_OVERHEAD_BYTES
+    fits, too_big = ({"id": "i" * (room - len('{"id":""}') + extra)} for extra in (0, 1))
+    publisher.prediction(fits)
+    publisher.prediction(too_big)
+    sink.flush()
+    assert [len(value) for value in kafka.values(CONFIG.kafka.predictions_topic)] == [room]
+    [letter] = [orjson.loads(value) for value in kafka.values(CONFIG.kafka.dead_letter_topic)]
+    assert letter["error"] == (
+        f"its prediction of {room + 1} bytes does not fit the predictions topic (max.message.bytes {limit})"
+    )
+    assert (counters.predictions, counters.dead_letters) == (1, 1)

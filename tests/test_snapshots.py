@@ -2,14 +2,22 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import pickle
+import re
+import sys
 import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
 from hashlib import sha256
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import get_args
 
 import pytest
+import river
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +37,7 @@ from stream.snapshots import (
     SnapshotStore,
     check_signing_key,
     list_scopes,
+    signing_key,
 )
 from stream.storage import Folder, check_snapshot_bucket, open_folder
 
@@ -101,7 +110,9 @@ def test_save_then_load_round_trips_and_records_the_manifest(place):
     stored = store.get(manifest.id)
     assert stored.events_seen == 42 and stored.offsets == {"t:0": 10}
     assert stored.sha256 == manifest.sha256 and len(stored.sha256) == 64
-    assert stored.river_version and stored.python_version
+    # The Python version without its patch release: a patch upgrade still loads the snapshot.
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert (stored.river_version, stored.python_version) == (river.__version__, python)
     assert [m.id for m in store.list()] == [manifest.id]
     assert place.store().load(manifest.id) == {"w": [1.5, 2.5]}  # another process reads it too
 
@@ -162,6 +173,12 @@ def test_a_store_from_the_config_signs_with_the_configured_key_and_refuses_unsig
         SnapshotStore.from_config(config.snapshots, "events-0").load("00000002-manual")
 
 
+def test_a_store_from_the_config_keeps_what_its_retention_settings_say(tmp_path):
+    config = _default_config(tmp_path, signing=False, keep_last=3, keep_concepts=7, max_partition_bytes=5000)
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    assert (store.keep_last, store.keep_concepts, store.max_bytes) == (3, 7, 5000)
+
+
 def test_unsigned_snapshots_are_refused_when_a_key_is_set(place):
     place.store().save("unsigned", reason="manual")
     with pytest.raises(SnapshotError, match="not signed"):
@@ -199,6 +216,22 @@ def test_retention_keeps_the_last_k_of_each_reason_and_every_pinned_one(place):
     kept = (("drift", 6), ("manual", 7))  # sequences 6 + 3n and 7 + 3n: the last three of each
     concepts = [f"{first + 3 * n:08d}-{reason}" for n in range(2, 5) for reason, first in kept]
     assert ids == sorted(["00000001-periodic", *concepts, "00000017-periodic", "00000020-periodic"])
+
+
+def test_a_store_built_without_settings_keeps_the_last_ten_of_each_rotating_reason(tmp_path):
+    store = SnapshotStore(tmp_path)  # as the configuration's default, snapshots.keep_last
+    for n in range(11):
+        store.save(n, reason="periodic")
+    assert [m.sequence for m in store.list()] == list(range(2, 12))
+
+
+def test_rotation_never_removes_a_snapshot_another_process_is_still_writing(place):
+    store = place.store(keep_last=1)
+    store.save("first", reason="periodic")
+    place.plant(store, "00000002-periodic", PAYLOAD, pickle.dumps("being written"))  # no manifest yet
+    store.save("third", reason="periodic", sequence=3)
+    assert store.folder.read("00000002-periodic", PAYLOAD) == pickle.dumps("being written")
+    assert [m.id for m in store.list()] == ["00000003-periodic"]
 
 
 def test_without_keep_concepts_drift_and_manual_snapshots_stay_until_deleted(place):
@@ -265,7 +298,8 @@ def test_payload_and_manifest_are_fsynced_before_the_rename_and_the_folder_after
     final = str(tmp_path / "00000001-manual")
     kinds = [(kind, Path(path).name if kind == "fsync" else path) for kind, path in events]
     assert kinds[:2] == [("fsync", PAYLOAD), ("fsync", MANIFEST)]
-    staging = Path(events[0][1]).parent
+    staging = Path(events[0][1]).parent  # hidden beside the entries, on their file system
+    assert staging.parent == tmp_path and staging.name.startswith(".tmp-00000001-manual-")
     assert events[2] == ("fsync", str(staging)) and events[3] == ("rename", final)
     assert events[4] == ("fsync", str(tmp_path))  # the rename itself made durable
 
@@ -461,12 +495,19 @@ def test_with_the_default_config_a_forged_payload_is_refused_and_never_unpickled
         store.load("00000002-manual")
 
 
-def test_the_generated_key_is_kept_beside_the_store_for_its_owner_and_shared_through_the_file(tmp_path):
+def test_the_generated_key_is_kept_beside_the_store_for_its_owner_and_shared_through_the_file(
+    tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="stream.snapshots")
     config = _default_config(tmp_path)
     manifest = SnapshotStore.from_config(config.snapshots, "events-0").save("state", reason="manual")
     key_file = tmp_path / "snapshots.key"
     assert config.snapshots.resolved_key_file() == key_file
     assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_text().strip()) == 64
+    assert [r.getMessage() for r in caplog.records if r.name == "stream.snapshots"] == [
+        f"generated the snapshot signing key {key_file}; every instance sharing the snapshot directory "
+        "must use this key (the same file, or its content as snapshots.hmac_key)"
+    ]
     # Another instance sharing the directory (same key file) trusts it; one with another key does not.
     assert (
         SnapshotStore.from_config(_default_config(tmp_path).snapshots, "events-0").load(manifest.id)
@@ -479,17 +520,42 @@ def test_the_generated_key_is_kept_beside_the_store_for_its_owner_and_shared_thr
 
 def test_a_key_file_others_may_read_or_an_empty_one_is_refused_naming_the_key(tmp_path):
     config = _default_config(tmp_path).snapshots
+    check_signing_key(config)  # the check at start leaves a missing key file to the first store
+    assert not config.resolved_key_file().exists()
     SnapshotStore.from_config(config)
     key_file = config.resolved_key_file()
     key_file.chmod(0o644)
-    with pytest.raises(
-        ConfigError, match=r"snapshots\.key_file .* may be read or changed by others .*chmod 600"
-    ):
-        SnapshotStore.from_config(config)
+    for attempt in (lambda: SnapshotStore.from_config(config), lambda: check_signing_key(config)):
+        with pytest.raises(
+            ConfigError,
+            match=rf"snapshots\.key_file .* may be read or changed by others \(mode 644\): "
+            rf"chmod 600 {key_file}$",
+        ):
+            attempt()
     key_file.write_text("\n")
     key_file.chmod(0o600)
     with pytest.raises(ConfigError, match=r"snapshots\.key_file .* is empty"):
         SnapshotStore.from_config(config)
+
+
+def test_a_key_is_generated_beside_its_file_in_missing_folders_whatever_the_temporary_folder(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-temporary-folder"))
+    key_file = tmp_path / "keys" / "deep" / "snapshots.key"
+    config = _default_config(tmp_path, key_file=str(key_file)).snapshots
+    manifest = SnapshotStore.from_config(config, "events-0").save("state", reason="manual")
+    assert manifest.hmac_sha256 is not None
+    assert list(key_file.parent.iterdir()) == [key_file]  # and no temporary file left there
+
+
+def test_a_key_file_of_raw_bytes_is_a_usable_key(tmp_path):
+    key_file = tmp_path / "raw.key"
+    key_file.write_bytes(bytes(range(256)))  # not UTF-8
+    key_file.chmod(0o600)
+    config = _default_config(tmp_path, key_file=str(key_file)).snapshots
+    manifest = SnapshotStore.from_config(config, "events-0").save("state", reason="manual")
+    assert SnapshotStore.from_config(config, "events-0").load(manifest.id) == "state"
 
 
 def test_signing_is_turned_off_only_explicitly_and_with_a_warning(tmp_path, caplog):
@@ -499,6 +565,22 @@ def test_signing_is_turned_off_only_explicitly_and_with_a_warning(tmp_path, capl
     assert manifest.hmac_sha256 is None and not config.resolved_key_file().exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "snapshots.signing is false" in warnings[0]
+
+
+def test_running_unsigned_is_warned_once_per_directory_naming_it(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    bucket = f"s3://bucket-{uuid.uuid4().hex[:8]}/snapshots"
+    configs = [
+        Config.model_validate({"snapshots": {"directory": directory, "signing": False}}).snapshots
+        for directory in ("relative", bucket)
+    ]
+    for config in configs * 2:
+        assert signing_key(config) is None
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"snapshots.signing is false: anyone who can write {directory} can run code in this service "
+        "through a snapshot"
+        for directory in (tmp_path / "relative", bucket)
+    ]
 
 
 @pytest.mark.parametrize(
@@ -587,7 +669,7 @@ def test_partition_folders_are_listed_by_name_and_nothing_else(tmp_path):
 
 def test_partitions_in_s3_are_listed_by_name_like_folders(place):
     config = place.config(signing=False).snapshots
-    for scope in ("events-0", "events.v2-11", "junk"):
+    for scope in ("events-0", "events.v2-11", "junk", "events-1X", "events-2 "):  # the last three: junk
         place.store(scope).save("x", reason="manual")
     assert list_scopes(config) == ["events-0", "events.v2-11"]
 
@@ -629,6 +711,14 @@ def test_a_fenced_owner_can_neither_write_nor_delete_and_its_late_writes_are_nev
     ]
 
 
+def test_an_unreadable_ownership_file_is_an_error_naming_it(place):
+    store = place.store("events-0")
+    store.folder.write_own(OWNERSHIP, b"{not json")
+    where = re.escape(f"{place.location}/events-0/{OWNERSHIP}")
+    with pytest.raises(SnapshotError, match=rf"^{where} is not valid: "):
+        store.list()
+
+
 def test_a_new_owner_keeps_the_history_before_its_restore_point_and_pins_after_it(place):
     first = place.store("events-0")
     first.take_ownership(0, "a")
@@ -653,6 +743,7 @@ def test_ownership_remembers_only_the_epochs_that_still_decide_something(place):
 
 
 def test_an_unreachable_bucket_is_a_write_error_and_a_config_error_naming_the_key(s3_place):
+    check_snapshot_bucket(s3_place.config(signing=False).snapshots)  # at the configured endpoint
     missing = Place(s3_place.location.replace("s3://", "s3://no-such-bucket-"), s3_place.endpoint_url)
     with pytest.raises(
         SnapshotWriteError, match=r"cannot write a snapshot \(manual\) in s3://no-such-bucket-.*NoSuchBucket"
@@ -713,7 +804,244 @@ def test_with_snapshots_in_s3_a_missing_key_file_is_refused_not_generated(s3_pla
     config = s3_place.config(key_file=str(tmp_path / "shared.key")).snapshots
     for attempt in (lambda: SnapshotStore.from_config(config, "events-0"), lambda: check_signing_key(config)):
         with pytest.raises(
-            ConfigError, match=r"snapshots.key_file .*shared.key does not exist: with snapshots in S3"
+            ConfigError,
+            match=r"snapshots.key_file .*shared.key does not exist: with snapshots in S3 every instance must "
+            r"read the same key; put it there on each machine, or give snapshots.hmac_key$",
         ):
             attempt()
     assert not (tmp_path / "shared.key").exists()
+
+
+# -- storage: the folder interface on both backends, and what is S3's own ------------------------
+
+
+def test_a_folder_answers_from_the_storage_not_from_its_last_listing(place):
+    folder, other = place.folder("events-0"), place.folder("events-0")  # other: another process
+    for entry in ("kept", "removed", "rewritten", "gone"):
+        folder.write_entry(entry, {PAYLOAD: b"payload", MANIFEST: b"{}"})
+    assert sorted(folder.entries()) == ["gone", "kept", "removed", "rewritten"]  # S3: stamps noted
+    other.remove_entry("removed", MANIFEST)
+    assert not folder.exists("removed", MANIFEST) and not folder.exists("removed", PAYLOAD)
+    folder.remove_entry("removed", MANIFEST)  # removed meanwhile: not an error
+    other.remove_entry("gone", MANIFEST)
+    with pytest.raises(FileNotFoundError):
+        folder.read("gone", PAYLOAD)
+    assert folder.stamp("gone", PAYLOAD) is None and folder.size("gone", PAYLOAD) is None
+    folder.replace("rewritten", PAYLOAD, b"a longer payload")
+    assert folder.size("rewritten", PAYLOAD) == len(b"a longer payload")
+    folder.remove_entry("kept", MANIFEST)
+    assert folder.stamp("kept", MANIFEST) is None and folder.stamp("kept", PAYLOAD) is None
+    assert not folder.is_entry_link("rewritten")
+    assert other.entries() == ["rewritten"]
+
+
+def test_a_store_is_made_with_its_missing_folders_and_names_its_folder_when_a_snapshot_is_not_there(place):
+    store = place.store("team/events/events-0")  # locally: folders made, parents too
+    assert store.save("x", reason="drift").id == "00000001-drift"
+    with pytest.raises(
+        SnapshotNotFound,
+        match=rf"^no snapshot '00000009-drift' in {re.escape(place.location)}/team/events/events-0$",
+    ):
+        store.get("00000009-drift")
+
+
+def test_an_s3_folder_lists_only_the_next_level_under_its_own_prefix(s3_place):
+    bucket = s3_place.location.removeprefix("s3://").partition("/")[0]
+
+    def folder(prefix: str) -> Folder:
+        return open_folder(f"s3://{bucket}/{prefix}", S3Settings(endpoint_url=s3_place.endpoint_url))
+
+    files = {PAYLOAD: b"payload", MANIFEST: b"{}"}
+    folder("deep/snapshots/events-0").write_entry("00000001-drift", files)
+    folder("deep/snapshots/events-0").write_own(OWNERSHIP, b"{}")  # a file of its own: no entry
+    folder("deep/snapshots/events-1").write_entry("00000002-drift", files)
+    folder("deep/snapshots-old/events-0").write_entry("00000003-drift", files)  # a neighbouring prefix
+    folder("top-0").write_entry("00000004-drift", files)
+    root = folder("")
+    assert sorted(root.children()) == sorted(root.entries()) == ["deep", "top-0"]
+    snapshots = folder("deep/snapshots")
+    assert sorted(snapshots.children()) == sorted(snapshots.entries()) == ["events-0", "events-1"]
+    partition = snapshots.child("events-0")
+    assert partition.children() == partition.entries() == ["00000001-drift"]
+
+
+@pytest.mark.parametrize(
+    ("url", "location", "name"),
+    [
+        ("s3://bucket", "s3://bucket", ""),
+        ("s3://bucket/", "s3://bucket", ""),
+        ("s3://bucket/snapshots/", "s3://bucket/snapshots", "snapshots"),
+        ("s3://bucket//team/a/X-snapshots-X/", "s3://bucket/team/a/X-snapshots-X", "X-snapshots-X"),
+    ],
+)
+def test_an_s3_folder_is_named_by_its_url_without_slashes_around_the_prefix(
+    url, location, name, monkeypatch, tmp_path
+):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)  # AWS itself; nothing is asked of it here
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = open_folder(url)
+    assert (folder.location, folder.name) == (location, name)
+    partition = folder.child("events-0")
+    assert (partition.location, partition.name) == (f"{location}/events-0", "events-0")
+
+
+def test_an_s3_url_without_a_bucket_is_refused_saying_how_to_write_it():
+    config = Config.model_validate({"snapshots": {"directory": "s3:///snapshots", "signing": False}})
+    with pytest.raises(
+        ConfigError,
+        match=r"snapshots.directory: cannot list s3:///snapshots: 's3:///snapshots' names no bucket: "
+        r"write s3://bucket/prefix",
+    ):
+        check_snapshot_bucket(config.snapshots)
+
+
+def test_every_s3_failure_is_an_os_error_naming_what_failed(s3_place, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # every request is refused
+    folder = s3_place.folder("events-0")
+    where, file = folder.location, f"{folder.location}/e/{PAYLOAD}"
+    for attempt, named in (
+        (folder.children, where),
+        (folder.entries, where),
+        (lambda: folder.stamp("e", PAYLOAD), file),
+        (lambda: folder.exists("e", PAYLOAD), file),
+        (lambda: folder.read("e", PAYLOAD), file),
+        (lambda: folder.read_own(OWNERSHIP), f"{where}/{OWNERSHIP}"),
+        (lambda: folder.replace("e", PAYLOAD, b"p"), f"cannot write {file}"),
+        (lambda: folder.write_own(OWNERSHIP, b"{}"), f"cannot write {where}/{OWNERSHIP}"),
+        (lambda: folder.write_entry("e", {PAYLOAD: b"p", MANIFEST: b"{}"}), f"cannot delete in {where}"),
+        (lambda: folder.remove_entry("e", MANIFEST), f"cannot delete in {where}"),
+        (lambda: folder.remove_entry("e"), where),
+    ):
+        with pytest.raises(OSError) as refused:
+            attempt()
+        assert type(refused.value) is OSError  # a failure, not a missing file
+        assert str(refused.value).startswith(f"{named}: ")
+
+
+class _Crash(Exception):
+    """The process dying between two requests."""
+
+
+def test_an_interrupted_s3_rewrite_or_removal_leaves_no_marker_vouching_for_its_entry(s3_place, monkeypatch):
+    import obstore
+
+    folder, reader = s3_place.folder("events-0"), s3_place.folder("events-0")
+    folder.write_entry("e", {PAYLOAD: b"old", MANIFEST: b"old"})
+
+    def crash(*args, **kwargs):
+        raise _Crash
+
+    with monkeypatch.context() as dying:  # dies before the new payload is written
+        dying.setattr(obstore, "put", crash)
+        with pytest.raises(_Crash):
+            folder.write_entry("e", {PAYLOAD: b"new", MANIFEST: b"new"})
+    assert not reader.exists("e", MANIFEST) and reader.read("e", PAYLOAD) == b"old"
+    folder.write_entry("e", {PAYLOAD: b"new", MANIFEST: b"new"})
+    with monkeypatch.context() as dying:  # dies after the first request of a removal
+        dying.setattr(obstore, "list", crash)
+        with pytest.raises(_Crash):
+            folder.remove_entry("e", MANIFEST)
+    assert not reader.exists("e", MANIFEST) and reader.read("e", PAYLOAD) == b"new"
+
+
+class _NoSuchKey(BaseHTTPRequestHandler):
+    """Answers every GET "no such key", and records where it went and how it was signed."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append((self.command, self.path, self.headers.get("Authorization", "")))
+        body = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NoSuchKey</Code></Error>"
+        self.send_response(404)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def no_aws_environment(monkeypatch, tmp_path) -> Path:
+    """No AWS settings in the environment and an empty home; the home's path."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    (home / ".aws").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def s3_recorder(no_aws_environment) -> Iterator[ThreadingHTTPServer]:
+    """An S3 endpoint (``.endpoint``) that records the requests it gets (``.requests``)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchKey)
+    server.requests = []
+    server.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _signed_request(recorder: ThreadingHTTPServer, settings: S3Settings) -> tuple[str, str, str]:
+    """The request a folder's first read makes: method, path, and the Authorization header."""
+    assert open_folder("s3://bucket/snapshots/events-0", settings).read_own(OWNERSHIP) is None
+    [request] = recorder.requests
+    return request
+
+
+@pytest.mark.parametrize("endpoint_from", ["snapshots.s3.endpoint_url", "AWS_ENDPOINT_URL"])
+def test_s3_requests_go_to_the_configured_endpoint_signed_for_the_configured_region(
+    s3_recorder, monkeypatch, endpoint_from
+):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDFROMENVIRONMENT")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    if endpoint_from == "AWS_ENDPOINT_URL":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3_recorder.endpoint)
+        settings = S3Settings(region="eu-west-3")
+    else:
+        settings = S3Settings(endpoint_url=s3_recorder.endpoint, region="eu-west-3")
+    method, path, authorization = _signed_request(s3_recorder, settings)
+    assert (method, path) == ("GET", f"/bucket/snapshots/events-0/{OWNERSHIP}")
+    assert re.match(r"AWS4-HMAC-SHA256 Credential=AKIDFROMENVIRONMENT/\d{8}/eu-west-3/s3/", authorization)
+
+
+_PROFILE = "aws_access_key_id = AKIDFROMPROFILE\naws_secret_access_key = secret\n"
+
+
+@pytest.mark.parametrize(
+    "profile", ["~/.aws/credentials", "~/.aws/config", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE"]
+)
+def test_without_credentials_in_the_environment_an_aws_profile_signs_the_requests(
+    s3_recorder, no_aws_environment, monkeypatch, tmp_path, profile
+):
+    if profile.startswith("~"):
+        (no_aws_environment / profile.removeprefix("~/")).write_text(f"[default]\n{_PROFILE}")
+    elif profile == "AWS_SHARED_CREDENTIALS_FILE":
+        (tmp_path / "shared").write_text(f"[default]\n{_PROFILE}")
+        monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "shared"))
+    else:  # a named profile in a config file elsewhere
+        (tmp_path / "config").write_text(f"[profile team]\n{_PROFILE}")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+        monkeypatch.setenv("AWS_PROFILE", "team")
+    _, _, authorization = _signed_request(s3_recorder, S3Settings(endpoint_url=s3_recorder.endpoint))
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDFROMPROFILE/")
+
+
+def test_aws_profiles_are_read_only_when_the_environment_has_no_credentials_and_boto3_is_there(
+    no_aws_environment, monkeypatch
+):
+    """The S3 client reads the environment's credentials (and refreshes web identity) itself."""
+    from obstore.auth.boto3 import Boto3CredentialProvider
+
+    assert stream.storage._profile_credentials() is None  # no profile at all
+    (no_aws_environment / ".aws" / "credentials").write_text(f"[default]\n{_PROFILE}")
+    assert isinstance(stream.storage._profile_credentials(), Boto3CredentialProvider)
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        with monkeypatch.context() as environment:
+            environment.setenv(variable, "set")
+            assert stream.storage._profile_credentials() is None
+    monkeypatch.setitem(sys.modules, "boto3", None)  # not installed
+    assert stream.storage._profile_credentials() is None
