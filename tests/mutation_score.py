@@ -22,36 +22,327 @@ CAUGHT = {"killed", "timeout"}
 
 # mutant name -> why it behaves exactly as the original code does.
 EQUIVALENT: dict[str, str] = {
-    "stream.publish.xǁPublisherǁ__init____mutmut_9": (
-        "-2 instead of -1: any negative produce time means unknown"
+    "stream.checkpoint.xǁCheckpointerǁ_relearn_examples__mutmut_30": (
+        'b"XXXX" instead of b"" for a record without a value: the examples topic is written only by'
+        " _write_example, which always sends a value, so the fallback is never used"
     ),
-    "stream.publish.xǁPublisherǁprediction__mutmut_9": (
-        "> 0 instead of >= 0: differs only for a produce time of exactly the epoch"
+    "stream.checkpoint.xǁCheckpointerǁ_restore_join__mutmut_20": (
+        'b"XXXX" instead of b"" for a changelog record without a key: _write_join_changes always '
+        "sends a key, so the fallback is never used"
     ),
-    "stream.publish.xǁPublisherǁprediction__mutmut_10": (
-        ">= 1 instead of >= 0: differs only for a produce time in the epoch's first millisecond"
+    "stream.checkpoint.xǁCheckpointerǁin_time_order__mutmut_3": (
+        '"owned is not None or owned.order is not None" instead of "and": differs only for a record'
+        " of a partition not owned, and in_time_order only gets a batch after _apply_rebalances "
+        "found no rebalance since its poll (a batch with one is dropped), so every record's "
+        "partition is owned, and with labels every owned partition has an order"
     ),
-    "stream.publish.xǁPublisherǁdead_letter__mutmut_33": ("codec name 'UTF-8' for 'utf-8': the same codec"),
-    "stream.events.x_encode_record__mutmut_7": ("allow_nan=None for False: both falsy"),
+    "stream.checkpoint.xǁCheckpointerǁin_time_order__mutmut_30": (
+        "lag.get(partition, None) instead of lag.get(partition, 1): the default is only compared "
+        "with 0 (caught up), and None == 0 is as false as 1 == 0"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁin_time_order__mutmut_32": (
+        "lag.get(partition) instead of lag.get(partition, 1): the default (None) is only compared "
+        "with 0, and None == 0 is as false as 1 == 0"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁin_time_order__mutmut_33": (
+        "lag.get(partition, 2) instead of lag.get(partition, 1): the default is only compared with "
+        "0 (caught up), and 2 == 0 is as false as 1 == 0"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁtick__mutmut_15": (
+        "> instead of >= comparing elapsed monotonic seconds with commit_every_seconds: a float "
+        "clock difference equal to the setting to the last digit is never observed; a commit one "
+        "tick later commits the same outputs"
+    ),
+    "stream.checkpoint.xǁCheckpointerǁtick__mutmut_9": (
+        "> instead of >= comparing elapsed monotonic seconds with checkpoint_every_seconds: a float"
+        " clock difference equal to the setting to the last digit is never observed; a checkpoint "
+        "one tick later is the same checkpoint"
+    ),
+    "stream.checkpoint.xǁOwnedPartitionǁadvance_clock__mutmut_8": (
+        ">= instead of > when moving the clock forward: at equality it sets the clock to the value "
+        "it already has, so stream time is the same"
+    ),
+    "stream.config.x__takes_json__mutmut_13": (
+        '"field.annotation or True" instead of "field.annotation": every field of Config is a '
+        "section whose annotation is its model class (always truthy), so the same branch is taken"
+    ),
+    "stream.dead_letters.x_dead_letter__mutmut_13": (
+        '"UTF-8" instead of "utf-8" as the codec name of the reason: the same codec, so the reason '
+        "is escaped identically"
+    ),
+    "stream.dead_letters.x_dead_letter__mutmut_31": (
+        '"UTF-8" instead of "utf-8" as the codec name of the event\'s text rendering: the same '
+        "codec, so the text is identical"
+    ),
+    "stream.dead_letters.x_dead_letter__mutmut_44": (
+        "bisection from 1 instead of 0: the answer comes from the look-ahead scan, which checks "
+        "every candidate with fits() and falls back to 0, and a 1-byte prefix never fits where none"
+        " of 2..5 bytes does, so the same prefix is kept (the exhaustive longest-prefix property "
+        "test passes it on 500 examples)"
+    ),
+    "stream.dead_letters.x_dead_letter__mutmut_45": (
+        "bisection bound min(len, max_bytes) - 1 instead of + 1: the record's own fields take far "
+        "more than 2 bytes, so a prefix near max_bytes never fits, and a whole event within it is "
+        "reached by the 4-byte look-ahead past the bisection; the same prefix is kept (exhaustive "
+        "property test passes on 500 examples)"
+    ),
+    "stream.dead_letters.x_dead_letter__mutmut_53": (
+        "bisection stops at a gap of 2 instead of 1: the prefix one byte past where it stops is "
+        "still checked by the 4-byte look-ahead that follows, so the same longest fitting prefix is"
+        " kept"
+    ),
+    "stream.dead_letters.x_dead_letter__mutmut_76": (
+        "look-ahead of 5 bytes instead of 4: the 4-byte look-ahead already finds the longest prefix"
+        " that fits (the exhaustive property test checks every prefix), so a fifth candidate never "
+        "fits and the same prefix is kept"
+    ),
+    "stream.dead_letters.x_dead_letter__mutmut_77": (
+        "range end len+2 instead of len+1 in the look-ahead: the extra candidate len(data)+1 slices"
+        " to the whole event, the same bytes as len(data), so the record is identical"
+    ),
+    "stream.drift.xǁDriftMonitorǁafter_decision__mutmut_3": (
+        "in_warning = None instead of False after a decision: only its truthiness is read"
+    ),
+    "stream.drift.xǁDriftMonitorǁafter_decision__mutmut_5": (
+        "deciding = None instead of False after a decision: only its truthiness is read"
+    ),
+    "stream.drift.xǁDriftMonitorǁcreate__mutmut_3": (
+        "None instead of the built detector: configure(), called right after, builds it from the "
+        "same config and replaces one of another type"
+    ),
+    "stream.drift.xǁDriftMonitorǁcreate__mutmut_7": (
+        "the detector built without the task: configure(), called right after, builds it again with"
+        " the monitor's task, which refuses a 0/1 detector for regression the same way"
+    ),
+    "stream.drift.xǁDriftMonitorǁupdate__mutmut_16": (
+        "in_warning = None instead of False on a drift: only its truthiness is read"
+    ),
+    "stream.drift.xǁDriftMonitorǁupdate__mutmut_22": (
+        "deciding = None instead of False when the buffer is full: only its truthiness is read"
+    ),
+    "stream.drift.xǁDriftMonitorǁupdate__mutmut_27": (
+        "None instead of False as the default of a detector without warning_detected: only its "
+        "truthiness is read"
+    ),
+    "stream.drift.xǁDriftMonitorǁupdate__mutmut_40": (
+        "in_warning = None instead of False on leaving the warning zone: only its truthiness is read"
+    ),
+    "stream.events.x__utf8_text__mutmut_7": (
+        '"UTF-8" instead of "utf-8" as the codec name: Python normalises both to the same codec, so'
+        " the bytes decode identically"
+    ),
+    "stream.events.x_check_label__mutmut_22": (
+        "finite = None instead of False for an integer too large for a float: both are falsy, so "
+        "the label is refused as not a finite number all the same"
+    ),
     "stream.events.x_decode_event__mutmut_2": (
         "orjson.loads(None) fails, and the json fallback parses the same document to the same "
         "value: only slower (benchmarks/engine.py measures the decoder)"
     ),
-    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_8": (
-        "'XXXX' for '' as the id of no checkpoint: no snapshot has either name"
+    "stream.events.x_encode_record__mutmut_7": ("allow_nan=None for False: both falsy"),
+    "stream.events.x_validate_event__mutmut_16": (
+        "kind = None instead of type(value): every feature then takes the general check "
+        "(_check_feature_subclass), which accepts and refuses exactly as the exact-type fast path "
+        "does, with the same reasons; only slower"
     ),
-    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_55": (
-        "the same, for a partition restored from nothing"
+    "stream.events.x_validate_event__mutmut_17": (
+        "kind = type(None) instead of type(value): the same, every feature goes through the general"
+        " check with the same outcome and reason; only slower"
     ),
-    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_66": (
-        "re-learned events are never published, so the prefix that names id-less ones is never seen"
+    "stream.events.x_validate_event__mutmut_22": (
+        '"... and kind is not str or kind is not bool" instead of "and ... and": ints and strs also'
+        " take the general check, which accepts them; same outcome, only slower"
     ),
-    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_67": ("the same, for the position part of the name"),
-    "stream.checkpoint.xǁCheckpointerǁtick__mutmut_8": (
-        "> for >= on a float clock: equal readings do not occur"
+    "stream.events.x_validate_event__mutmut_23": (
+        '"kind is not int or ..." instead of "and": strs and bools also take the general check, '
+        "which accepts them; same outcome, only slower"
     ),
-    "stream.checkpoint.xǁCheckpointerǁtick__mutmut_14": ("the same, for the commit interval"),
-    "stream.checkpoint.xǁCheckpointerǁcommit__mutmut_9": ("uncommitted = None for False: both falsy"),
+    "stream.prequential.x__pickled__mutmut_2": (
+        "protocol None (the default, 4) instead of the highest (5): the same state is unpickled; "
+        "only the pickle's header differs, and nothing compares snapshot bytes across protocols"
+    ),
+    "stream.prequential.x__pickled__mutmut_4": ("the same, the protocol left out"),
+    "stream.prequential.xǁEngineǁ_check_label_kind__mutmut_8": (
+        "getattr without its default None: LearnerState.label_kind is a dataclass field with a "
+        "default, a class attribute, so a state unpickled without it still reads None"
+    ),
+    "stream.prequential.xǁEngineǁ_decide__mutmut_16": (
+        "None instead of the current model given to choose(): it is only returned when the current "
+        "model wins, and on a keep the engine goes on with its own model without reading the "
+        "returned one"
+    ),
+    "stream.prequential.xǁEngineǁ_decide__mutmut_39": (
+        "after_decision(switched=None) instead of False when the current model wins: only its "
+        "truthiness is read"
+    ),
+    "stream.prequential.xǁEngineǁ_decide__mutmut_9": (
+        "after_decision(switched=None) instead of False under policies none and snapshot: only its "
+        "truthiness is read"
+    ),
+    "stream.prequential.xǁEngineǁ_relearn__mutmut_4": (
+        "id=None for a re-learned event: learn() and the metrics never read the event's id, and the"
+        " record made from it is read only for y_pred, y_proba and score"
+    ),
+    "stream.prequential.xǁEngineǁ_relearn__mutmut_7": ("the same, the id left out (None by default)"),
+    "stream.prequential.xǁEngineǁheal_if_broken__mutmut_3": (
+        "only what the model answered last is asked before a checkpoint, not what its good state "
+        "answered: the next check, _survives_an_update, asks the good state's input after one more "
+        "update (a non-finite model stays non-finite), so it heals all the same, with the same "
+        "symptom"
+    ),
+    "stream.prequential.xǁEngineǁheal_if_broken__mutmut_5": ("the same, that input left out of the call"),
+    "stream.prequential.xǁEngineǁlearn_joined__mutmut_16": (
+        "size 1 instead of 0 for a joined label: each counts one byte against the journal's 64 MiB "
+        "budget, so 50,000 of them (max_entries, which starts a new window first) weigh 50 kB"
+    ),
+    "stream.prequential.xǁEngineǁprocess__mutmut_1": (
+        "size 1 instead of 0 by default: an event without a size counts one byte against the "
+        "journal's 64 MiB budget, so 50,000 of them (max_entries, which starts a new window first) "
+        "weigh 50 kB"
+    ),
+    "stream.publish.xǁPublisherǁ__init____mutmut_18": (
+        "3**31 instead of 2**31 as the limit of a predictions topic whose max.message.bytes is "
+        "unknown: differs only for a prediction over 2 GiB, which Kafka (int32 sizes) could not "
+        "carry either way"
+    ),
+    "stream.publish.xǁPublisherǁ__init____mutmut_19": (
+        "2**32 instead of 2**31, the same: differs only for a prediction over 2 GiB"
+    ),
+    "stream.publish.xǁPublisherǁ__init____mutmut_27": (
+        "3**31 instead of 2**31 as the limit of a dead-letter topic whose max.message.bytes is "
+        "unknown: the dead letter is bounded by service.max_event_bytes (min of the two) long "
+        "before, so nothing changes"
+    ),
+    "stream.publish.xǁPublisherǁ__init____mutmut_28": (
+        "2**32 instead of 2**31, the same: the dead letter is bounded by service.max_event_bytes first"
+    ),
+    "stream.publish.xǁPublisherǁdead_letter__mutmut_14": (
+        '"UTF-8" instead of "utf-8" as the codec name of the error header: the same codec, so the '
+        "header bytes are identical"
+    ),
+    "stream.publish.xǁPublisherǁprediction__mutmut_21": (
+        "> 0 instead of >= 0 on the produce time: differs only for a record produced at exactly the"
+        " epoch (timestamp 0), which a producer never stamps"
+    ),
+    "stream.publish.xǁPublisherǁprediction__mutmut_22": (
+        ">= 1 instead of >= 0 on the produce time: differs only for a record produced in the "
+        "epoch's first millisecond"
+    ),
+    "stream.snapshots.x__create_key__mutmut_10": (
+        "the temporary key file named tmpXXXX instead of .<key file>-XXXX (in the same folder): it "
+        "is linked to the key file's name and unlinked at once, so only its name while it exists "
+        "differs"
+    ),
+    "stream.snapshots.x__create_key__mutmut_20": (
+        "token_hex(None) instead of token_hex(32): None means the default entropy, which is 32 "
+        "bytes, so the key is the same length"
+    ),
+    "stream.snapshots.x__create_key__mutmut_8": (
+        "the temporary key file named tmpXXXX instead of .<key file>-XXXX (in the same folder): it "
+        "is linked to the key file's name and unlinked at once, so only its name while it exists "
+        "differs"
+    ),
+    "stream.snapshots.x__read_key__mutmut_20": ('"UTF-8" instead of "utf-8": the same codec'),
+    "stream.snapshots.x__sequence_of__mutmut_3": (
+        'rpartition("-") instead of partition("-"): a snapshot id has exactly one "-" (SNAPSHOT_ID,'
+        " ENTRY), so both split it at the same place"
+    ),
+    "stream.snapshots.x_check_signing_key__mutmut_1": (
+        '"or" instead of the second "and": the extra calls come only with signing off (signing_key '
+        "then logs the once-per-directory warning the store built right after logs anyway) or with "
+        "hmac_key set (returned without reading any file), so nothing is refused or created "
+        "differently"
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ__init____mutmut_17": (
+        "None instead of Ownership() as the first value of _ownership: it is read only right after "
+        "take_ownership or _check_owner set it, so the first value is never used"
+    ),
+    "stream.step.xǁRecordStepǁ__call____mutmut_1": (
+        "default now=1.0 instead of 0.0: now is read only with a join, and every caller with a join"
+        " (the service's _handle, replay) passes it; the re-learning of the input, which does not, "
+        "has no join"
+    ),
+    "stream.step.xǁRecordStepǁlabel__mutmut_1": (
+        "default now=1.0 instead of 0.0: every caller of RecordStep.label (the service's _handle, "
+        "replay) passes now, so the default is never used"
+    ),
+    "stream.step.xǁRecordStepǁlabel__mutmut_4": (
+        'the text of the assertion that a join is set ("labels need a join") changed: it only shows'
+        " when the code itself is wrong (label called without a join), never to a user"
+    ),
+    "stream.step.xǁRecordStepǁlabel__mutmut_5": (
+        'the text of the assertion that a join is set ("labels need a join") upper-cased: it only '
+        "shows when the code itself is wrong (label called without a join), never to a user"
+    ),
+    "stream.storage.x__profile_credentials__mutmut_26": (
+        "Boto3CredentialProvider(None) instead of Boto3CredentialProvider(boto3.Session()): given "
+        "None it makes that same default session itself"
+    ),
+    "stream.storage.xǁLocalFolderǁchild__mutmut_2": (
+        "NotADirectoryError(None) instead of a message naming the link: its one caller "
+        "(SnapshotStore.from_config) replaces it with SnapshotNotFound naming the partition, so the"
+        " text is never shown"
+    ),
+    "stream.storage.xǁLocalFolderǁchildren__mutmut_2": (
+        "follow_symlinks=None instead of False: DirEntry.is_dir reads only the flag's truth, and "
+        "None is false, so links are still not followed"
+    ),
+    "stream.storage.xǁLocalFolderǁentries__mutmut_2": (
+        "follow_symlinks=None instead of False: DirEntry.is_dir reads only the flag's truth, and "
+        "None is false, so links are still not listed as entries"
+    ),
+    "stream.storage.xǁLocalFolderǁreplace__mutmut_7": (
+        '".TMP" instead of ".tmp" as the temporary file\'s suffix: it is renamed over the target at '
+        "once and nothing lists the files inside an entry, so no reader can tell"
+    ),
+    "stream.storage.xǁLocalFolderǁwrite_entry__mutmut_21": (
+        "ignore_errors=None instead of True when removing the staging folder after a failed write: "
+        "the staging folder always exists there (made before the try, renamed only by its last "
+        "statement), so its removal fails only if the disk does, and then an OSError is raised "
+        "either way"
+    ),
+    "stream.storage.xǁLocalFolderǁwrite_entry__mutmut_23": (
+        "ignore_errors left out when removing the staging folder after a failed write: the staging "
+        "folder always exists there (made before the try, renamed only by its last statement), so "
+        "its removal fails only if the disk does, and then an OSError is raised either way"
+    ),
+    "stream.storage.xǁLocalFolderǁwrite_entry__mutmut_24": (
+        "ignore_errors=False instead of True when removing the staging folder after a failed write:"
+        " the staging folder always exists there (made before the try, renamed only by its last "
+        "statement), so its removal fails only if the disk does, and then an OSError is raised "
+        "either way"
+    ),
+    "stream.storage.xǁS3Folderǁ_list_with_delimiter__mutmut_14": (
+        'lstrip("/") instead of rstrip("/"): obstore returns common prefixes with no slash at '
+        "either end, so neither strips anything"
+    ),
+    "stream.storage.xǁS3Folderǁ_list_with_delimiter__mutmut_8": (
+        'prefix "/" instead of none at the bucket root: obstore parses "/" as the empty path, so '
+        "the same top-level names are listed"
+    ),
+    "stream.storage.xǁS3Folderǁconnect__mutmut_17": (
+        '"ENDPOINT" instead of "endpoint": obstore accepts its config keys in upper case too, so '
+        "the store gets the same endpoint"
+    ),
+    "stream.storage.xǁS3Folderǁconnect__mutmut_21": (
+        '"REGION" instead of "region": obstore accepts its config keys in upper case too, so '
+        "requests are signed for the same region"
+    ),
+    "stream.storage.xǁS3Folderǁconnect__mutmut_32": (
+        '"ALLOW_HTTP" instead of "allow_http": obstore accepts its client option keys in upper case'
+        " too, so plain-http endpoints are allowed the same"
+    ),
+    "stream.storage.xǁS3Folderǁconnect__mutmut_7": (
+        '"DISABLE_BULK_DELETE" instead of "disable_bulk_delete": obstore accepts its config keys in'
+        " upper case too (the store's config shows disable_bulk_delete), so the store is the same"
+    ),
+    "stream.storage.xǁS3Folderǁentries__mutmut_15": (
+        "obstore's default chunk_size instead of 1000: only how the listing is batched, the keys "
+        "listed are the same"
+    ),
+    "stream.storage.xǁS3Folderǁentries__mutmut_17": (
+        "chunk_size 1001 instead of 1000: only how the listing is batched, the keys listed are the same"
+    ),
 }
 
 
