@@ -298,3 +298,28 @@ def test_client_options_need_the_library_they_are_spelled_for_named(key):
         load_config(overrides={f"kafka.{key}": {"linger_ms": 5}})
     options = load_config(overrides={"kafka.backend": "kafka-python", f"kafka.{key}": {"linger_ms": 5}})
     assert getattr(options.kafka, key) == {"linger_ms": 5}
+
+
+def test_the_connector_gets_the_configured_servers_options_and_time_bounds():
+    from connectors.base import ClientSettings
+
+    kafka = load_config(
+        overrides={
+            "kafka.backend": "kafka-python",
+            "kafka.bootstrap_servers": "broker-1:9093,broker-2:9093",
+            "kafka.client_options": {"security_protocol": "SSL"},
+            "kafka.consumer_options": {"fetch_min_bytes": 2},
+            "kafka.producer_options": {"linger_ms": 7},
+            "kafka.request_timeout_seconds": 4.5,
+            "kafka.transaction_timeout_seconds": 30.0,
+        }
+    ).kafka
+    connector = kafka.connector()
+    assert connector.bootstrap_servers == "broker-1:9093,broker-2:9093"
+    assert connector.settings == ClientSettings(
+        common={"security_protocol": "SSL"},
+        consumer={"fetch_min_bytes": 2},
+        producer={"linger_ms": 7},
+        request_timeout=4.5,
+        transaction_timeout=30.0,
+    )
