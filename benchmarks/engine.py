@@ -38,7 +38,8 @@ from stream.snapshots import SnapshotStore
 BENCHMARKED = ("lr", "ht")
 
 
-def _rate(run: Callable[[], int], repeats: int) -> float:
+def events_per_second(run: Callable[[], int], repeats: int) -> float:
+    """The median rate of ``run``, which returns how many events it handled, over ``repeats``."""
     rates = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -94,7 +95,7 @@ def main() -> None:
             policy: Config.model_validate({"model": {"factory": factory}, "drift": {"policy": policy}})
             for policy in ("none", "best")
         }
-        base = _rate(partial(_bare, configs["none"], pairs), args.repeats)
+        base = events_per_second(partial(_bare, configs["none"], pairs), args.repeats)
         paths = {
             "engine": partial(_engine, configs["none"], decoded),
             "engine+best": partial(_engine, configs["best"], decoded),
@@ -102,11 +103,11 @@ def main() -> None:
         }
         print(f"{name:36} {'bare':12} {base:10.0f} {1:7.2f} {0:18.1f}")
         for path, run in paths.items():
-            rate = _rate(run, args.repeats)
+            rate = events_per_second(run, args.repeats)
             print(f"{name:36} {path:12} {rate:10.0f} {rate / base:7.2f} {(1 / rate - 1 / base) * 1e6:18.1f}")
 
-    fast = _rate(lambda: sum(1 for line in raw if decode_event(line, "binary")), args.repeats)
-    slow = _rate(
+    fast = events_per_second(lambda: sum(1 for line in raw if decode_event(line, "binary")), args.repeats)
+    slow = events_per_second(
         lambda: sum(1 for line in raw if EventModel.model_validate_json(line).to_event("binary")),
         args.repeats,
     )

@@ -25,16 +25,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
+from benchmarks.engine import events_per_second
 from benchmarks.models import FACTORIES, LABELS
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
 from stream.drift import loss_of
-from stream.events import Event, decode_event, encode_record
+from stream.events import decode_event, encode_record
 from stream.journal import Journal
 from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
@@ -46,12 +45,12 @@ MODEL_STEPS = ("predict", "learn")
 
 def _microseconds(run: Callable[[], object], count: int, repeats: int) -> float:
     """Median microseconds per item of ``run``, which handles ``count`` items."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+
+    def counted() -> int:
         run()
-        times.append((time.perf_counter() - started) / count * 1e6)
-    return statistics.median(times)
+        return count
+
+    return 1e6 / events_per_second(counted, repeats)
 
 
 def measure(factory: str, lines: list[bytes], repeats: int) -> dict[str, float]:
@@ -62,17 +61,14 @@ def measure(factory: str, lines: list[bytes], repeats: int) -> dict[str, float]:
     model_before = copy.deepcopy(engine.state.model)
     metrics_before = copy.deepcopy(engine.state.metrics)
     monitor_before = copy.deepcopy(engine.state.monitor)
-    records = [engine.process(Event(x=e.x, y=e.y, id=e.id)) for e in events]
+    records = [engine.process(event) for event in events]  # the engine does not change an event
     trained = engine.state.model
     count = len(events)
 
-    def fresh_engine() -> Engine:
-        return Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="bench-")))
-
     def whole() -> None:
-        run = fresh_engine()
+        run = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="bench-")))
         for event in events:
-            run.process(Event(x=event.x, y=event.y, id=event.id))
+            run.process(event)
 
     def bare() -> None:
         model = copy.deepcopy(model_before)
