@@ -375,7 +375,9 @@ class Checkpointer:
             for message in self.source.read_range(partition, start, committed):
                 owned.claim(message.offset)
                 # A refused record was dead-lettered when it was first processed; now it only counts.
-                owned.step(engine, message.value, partition.id_prefix, message.offset)
+                # One whose learning broke the model may only be found by the checkpoint after the
+                # restore (the run that first learned it died before): that one names the record.
+                owned.step(engine, message.value, partition.id_prefix, message.offset, origin=message)
                 relearned += 1
                 keep_alive()
         return relearned
@@ -394,7 +396,7 @@ class Checkpointer:
                 if seq != engine.state.examples_learned + 1:
                     logger.error("%s: examples %d..%d are gone (topic retention); the model misses them",
                                  examples.key, engine.state.examples_learned + 1, seq - 1)  # fmt: skip
-                engine.relearn_example(seq, event, prediction)
+                engine.relearn_example(seq, event, prediction, origin=message)
                 relearned += 1
                 keep_alive()
         return relearned

@@ -16,11 +16,11 @@ attribute dict, and the object's attribute reads are slower ever after (measured
 The events are kept as tuples of plain values (features, label, id, and where they came from),
 which the garbage collector does not track: thousands of them cost the loop nothing.
 
->>> import pickle
+>>> from stream.pickling import dumps
 >>> journal = Journal()
 >>> journal.due()
 True
->>> journal.start(pickle.dumps({"weights": [1.0]}), answered={"a": 1.0})
+>>> journal.start(dumps({"weights": [1.0]}), answered={"a": 1.0})
 >>> journal.record({"a": 2.0}, True, "e-1", origin=7, size=30)
 >>> journal.due(), [entry.origin for entry in journal.entries]
 (False, [7])
@@ -36,7 +36,7 @@ A fresh model needs no pickle: the function that builds it will do.
 Large events start a new window sooner, so the journal's memory stays bounded:
 
 >>> journal = Journal(budget_bytes=1000)
->>> journal.start(pickle.dumps({}), answered={})
+>>> journal.start(dumps({}), answered={})
 >>> journal.record({}, None, "big", origin=8, size=1000)
 >>> journal.due()
 True
@@ -44,10 +44,11 @@ True
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
+
+from stream import pickling
 
 # Events kept at most before a new good state is pickled: a rebuild stays short. The service's
 # checkpoints (every 10,000 events by default) start new windows sooner.
@@ -87,7 +88,7 @@ class Journal:
     def start(self, base: bytes | Callable[[], Any], answered: dict[str, Any] | None) -> None:
         """Keep a good state, pickled (``bytes``) or built by a function (a fresh model), which
         has answered ``answered`` (None: nothing asked yet); no event learned since."""
-        self._load_base = partial(pickle.loads, base) if isinstance(base, bytes) else base
+        self._load_base = partial(pickling.loads, base) if isinstance(base, bytes) else base
         self.answered = answered
         self._kept, self._bytes = [], 0
 

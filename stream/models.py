@@ -38,7 +38,6 @@ import functools
 import importlib
 import inspect
 import operator
-import pickle
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from typing import Any
 
 from river import base
 
+from stream import pickling
 from stream.config import Config, ModelConfig, StepSpec, Task, check_snapshot_directory
 from stream.errors import ConfigError, MetricError, ModelError
 from stream.metrics import check_metrics
@@ -255,8 +255,8 @@ def _try_model(model: Any, task: Task) -> None:
     except Exception as error:  # whatever the model raises: it would raise it on every event
         raise ModelError(f"the model fails on a trial event {x}: {error!r}") from None
     try:
-        pickle.dumps(model.clone())
-        pickle.dumps(model)
+        pickling.dumps(model.clone())
+        pickling.dumps(model)
     except Exception as error:
         raise ModelError(f"resets clone the model and snapshots pickle it, which fails: {error!r}") from None
 

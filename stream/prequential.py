@@ -25,7 +25,6 @@ import copy
 import heapq
 import logging
 import math
-import pickle
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
+from stream import pickling
 from stream.config import Config
 from stream.drift import DECIDE, DRIFT, WARNING, DriftMonitor, loss_of
 from stream.errors import ModelFailure
@@ -100,10 +100,6 @@ class LearnerSummary(BaseModel):
 
 
 Summary = TypeVar("Summary", bound=LearnerSummary)
-
-
-def _pickled(state: LearnerState) -> bytes:
-    return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _finite(values: dict[str, float]) -> dict[str, float]:
@@ -194,17 +190,20 @@ class Engine:
             self._predict_or_heal(event)  # a good state to keep must answer something now
         self._learn_or_refuse(event, prediction, origin, 0, prediction)
 
-    def relearn_example(self, seq: int, event: Event, prediction: dict[str, Any] | None) -> None:
+    def relearn_example(
+        self, seq: int, event: Event, prediction: dict[str, Any] | None, origin: Any = None
+    ) -> None:
         """Learn the ``seq``-th example of the learning order again (:mod:`stream.changelog`), as
         it was first: claimed before it is learned (a snapshot taken meanwhile, a drift's, holds
         it), with its kept prediction if it is a joined label's. One the model refused then is
-        refused again and leaves no trace either time."""
+        refused again and leaves no trace either time. ``origin``: what healing names if this
+        learning turns out to break the model."""
         self.state.examples_learned = seq
         try:
             if prediction is None:
-                self.process(event)
+                self.process(event, origin=origin)
             else:
-                self.learn_joined(event, prediction)
+                self.learn_joined(event, prediction, origin)
         except InvalidEvent as error:
             logger.debug("example %d is refused again: %s", seq, error)
 
@@ -214,7 +213,7 @@ class Engine:
         """Learn the event, or leave no trace of it and raise :class:`InvalidEvent`."""
         journal = self._journal
         if journal.due():
-            journal.start(_pickled(self.state), event.x)
+            self._keep_good_state(event.x)
         elif journal.answered is None:  # the good state's first answer: nothing learned since it
             journal.answered = event.x
         try:
@@ -222,7 +221,7 @@ class Engine:
         except InvalidEvent:
             self._rebuild(journal.entries)  # all or nothing: no trace of the refused event
             if joined is None:  # the rebuilt state answered this event: keep it, so the next
-                journal.start(_pickled(self.state), event.x)  # refusal rebuilds nothing
+                self._keep_good_state(event.x)  # refusal rebuilds nothing
             raise
         journal.record(event.x, event.y, event.id, origin, size, joined)
         if self.task == "multiclass" and event.y is not None:
@@ -283,6 +282,20 @@ class Engine:
         self._journal.start(payload, self._last_answered)
         return manifest
 
+    def _keep_good_state(self, answered: dict[str, Any] | None) -> None:
+        """The state as it is now, which answered ``answered``, is the journal's good state."""
+        payload = pickling.dumps(self.state)
+        self._journal.start(payload, answered)
+        self._go_on_from(payload)
+
+    def _go_on_from(self, payload: bytes) -> None:
+        """Go on with a copy of the state unpickled from ``payload``, its pickle just made:
+        pickling slowed the original's attribute reads for good, and the copy is as fast as a
+        freshly built state (:mod:`stream.pickling`). Every caller of what pickles the state uses
+        ``self.state`` afresh afterwards (none keeps the old one in a local). The copy is the state
+        as it was: configured, its model bound."""
+        self.state = pickling.loads(payload)
+
     def heal_if_broken(self) -> None:
         """Heal before the state is kept (a checkpoint): a broken model is never made durable,
         nor one that answers but whose next update would break it (a scaler's variance gone
@@ -309,7 +322,7 @@ class Engine:
         journal = self._journal
         if not journal.started:
             raise ModelFailure(f"the model stopped answering ({symptom}) and no good state is kept")
-        entries, kept, unlearned = journal.entries, [], 0
+        entries, kept, culprit_found = journal.entries, [], False
         self._rebuild(kept)
         if not self._answers(journal.answered):
             raise ModelFailure(
@@ -321,8 +334,8 @@ class Engine:
         last = self._last_answered if self._answers(self._last_answered) else None
 
         def unlearn(culprit: JournalEntry) -> None:
-            nonlocal unlearned
-            unlearned += 1
+            nonlocal culprit_found
+            culprit_found = True
             self.state.errors += 1
             reason = f"learning this event broke the model ({symptom}); it was unlearned"
             self.unlearned.append((culprit.origin, reason))
@@ -352,7 +365,7 @@ class Engine:
             else:
                 suspect, kept = found
                 unlearn(suspect)
-        if not unlearned:
+        if not culprit_found:
             raise ModelFailure(
                 f"the model stopped answering ({symptom}), and no event learned since its last good "
                 "state is the cause"
@@ -565,7 +578,7 @@ class Engine:
         state.last_snapshot_id = snapshot_id
         if reason in CANDIDATE_REASONS:
             state.recent_snapshots.append(snapshot_id)
-        payload = _pickled(state)
+        payload = pickling.dumps(state)
         manifest = self.store.save_pickled(
             payload,
             reason,
@@ -580,6 +593,7 @@ class Engine:
             note=note,
         )
         self.last_snapshot_bytes = manifest.size_bytes
+        self._go_on_from(payload)
         return manifest, payload
 
     def rollback(self, snapshot_id: str) -> SnapshotManifest:

@@ -45,7 +45,6 @@ import hmac
 import json
 import logging
 import os
-import pickle
 import platform
 import re
 import secrets
@@ -58,6 +57,7 @@ from typing import Any, Literal, get_args
 import river
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from stream import pickling
 from stream.config import SnapshotConfig
 from stream.errors import ConfigError, SnapshotError, SnapshotFenced, SnapshotNotFound, SnapshotWriteError
 from stream.storage import Folder, LocalFolder, Stamp, open_folder
@@ -380,9 +380,7 @@ class SnapshotStore:
         (a recovery re-learning the same events) keeps the existing snapshot when its payload
         is identical and replaces it otherwise.
         """
-        return self.save_pickled(
-            pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), reason, sequence, **fields
-        )
+        return self.save_pickled(pickling.dumps(state), reason, sequence, **fields)
 
     def save_pickled(
         self,
@@ -694,4 +692,4 @@ class SnapshotStore:
     def load_with_manifest(self, snapshot_id: str) -> tuple[SnapshotManifest, Any]:
         """:meth:`load`, with the manifest it verified (read once)."""
         manifest, payload = self.verify(snapshot_id)
-        return manifest, pickle.loads(payload)
+        return manifest, pickling.loads(payload)

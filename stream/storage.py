@@ -197,7 +197,10 @@ class LocalFolder(Folder):
         os.replace(temporary, path)
 
     def remove_entry(self, entry: str, marker: str | None = None) -> None:
-        shutil.rmtree(self.path / entry, ignore_errors=True)
+        path = self.path / entry
+        if marker is not None and not path.is_symlink():  # a link is never followed
+            (path / marker).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
 
     def is_entry_link(self, entry: str) -> bool:
         return (self.path / entry).is_symlink()

@@ -66,6 +66,9 @@ class FakeKafka:
         self.log_start: dict[TopicPartition, int] = {}  # where retention has left a log beginning
         self.plan = CrashPlan()
         self.on_idle: Callable[[], None] = lambda: None  # called when a source has read everything
+        # Called with the source and the records a poll is about to return: a test can change the
+        # group there, as a real client runs its rebalance callbacks inside the poll that fetched.
+        self.on_poll: Callable[[FakeSource, list[Message]], None] = lambda source, messages: None
         self.max_message_bytes = 1_048_588  # Kafka's default for a topic
         self.longest_silence = 0.0  # seconds a member went without polling: what max.poll.interval.ms bounds
 
@@ -148,6 +151,7 @@ class FakeSource(Source):
                 self.positions[tp] = max(position, end)
             if len(messages) == before:
                 break
+        self.kafka.on_poll(self, messages)
         if not messages:
             self.kafka.on_idle()
         return messages
@@ -176,6 +180,8 @@ class FakeSource(Source):
         self.paused.difference_update(partitions)
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        # As the real clients refuse it: kafka-python with a ValueError, confluent-kafka a KafkaException.
+        require(partition in self.positions, f"seek on {partition!r}, which is not assigned")
         self.positions[partition] = offset
 
     def committed(self, partition: TopicPartition) -> Position | None:

@@ -15,11 +15,13 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import tests.slow_models
+from connectors.base import Message, TopicPartition
 from stream.checkpoint import KEEP_ALIVE_SECONDS, PartitionId, restore_point
 from stream.config import Config
 from stream.errors import NotOwnedError
@@ -27,9 +29,12 @@ from stream.events import encode_record, validate_event
 from stream.prequential import Engine
 from stream.service import Service
 from stream.snapshots import OWNERSHIP, SnapshotStore
-from tests.fake_connector import FakeKafka, Killed, Record
+from tests.fake_connector import FakeKafka, FakeSource, Killed, Record
 from tests.kafka_helpers import drifting_events
 from tests.model_equality import canonical_pickle
+from tests.test_delayed_service import _check_exactly_once_for as check_exactly_once_for
+from tests.test_delayed_service import _config as delayed_config
+from tests.test_delayed_service import delayed_stream
 
 EVENTS = drifting_events(1_200, seed=11)  # three concepts: at least one drift, several checkpoints
 # Where a crash can fall: every client call of the protocol and every file operation of a
@@ -296,6 +301,20 @@ def test_the_restore_point_is_the_named_checkpoint_else_the_latest_valid_snapsho
     assert restore_point(store, {"events:0": 99}) is None
 
 
+def test_a_first_start_restores_a_new_model_without_looking_for_a_snapshot(tmp_path, caplog):
+    """No commit names a checkpoint: none is looked up by name, nor warned about as missing."""
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:10]])
+    caplog.set_level("INFO", logger="stream.checkpoint")
+    _run(kafka, _config(tmp_path, "exactly_once"))
+    assert (
+        "restored events:0 from a new model at offset 0; re-learned 0 events up to the committed offset 0"
+        in caplog.messages
+    )
+    checkpoint_records = [record for record in caplog.records if record.name == "stream.checkpoint"]
+    assert [record.getMessage() for record in checkpoint_records if record.levelname != "INFO"] == []
+
+
 def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_says_so(tmp_path, caplog):
     kafka = FakeKafka(partitions=2)
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:400]])
@@ -363,6 +382,155 @@ def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_say
     assert restarted.counters.relearned == sum(offset - start for _, start, offset in expected.values()) > 0
 
 
+def _check_each_partition_as_if_uninterrupted(
+    kafka: FakeKafka, config: Config, count: int, exactly_once: bool = True
+) -> None:
+    """Each of the first ``count`` EVENTS (spread over two partitions in turn) is predicted, once
+    with ``exactly_once``, as an uninterrupted run of its partition alone predicts it."""
+    published = [json.loads(value) for value in kafka.values("predictions")]
+    ids = [p["id"] for p in published]
+    if exactly_once:
+        assert sorted(ids) == sorted(e["id"] for e in EVENTS[:count])
+    else:
+        assert set(ids) == {e["id"] for e in EVENTS[:count]}
+    for partition in (0, 1):
+        engine = Engine(config, SnapshotStore(tempfile.mkdtemp()))
+        events = EVENTS[partition:count:2]
+        expected = [encode_record(engine.process(validate_event(e, "binary"))) for e in events]
+        mine = [encode_record(p) for p in published if p["id"] in {e["id"] for e in events}]
+        if exactly_once:
+            assert mine == expected
+        else:  # repeated, but never different
+            by_id = {e["id"]: record for e, record in zip(events, expected, strict=True)}
+            assert all(record == by_id[json.loads(record)["id"]] for record in mine)
+
+
+def _changing_the_group_at_batches(
+    changes: dict[int, list[TopicPartition]],
+) -> Callable[[FakeSource, list[Message]], None]:
+    """An ``on_poll`` hook: the group gives the member ``changes[n]`` during the poll that fetched
+    the n-th batch of records, which the service then drops. ``changes`` is emptied as it goes."""
+    batches = 0
+
+    def on_poll(source: FakeSource, messages: list[Message]) -> None:
+        nonlocal batches
+        if messages:
+            batches += 1
+            if batches in changes:
+                source.rebalance(changes.pop(batches))
+
+    return on_poll
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_batch_polled_with_a_rebalance_is_fetched_again_from_the_partitions_kept(tmp_path, guarantee):
+    """Real clients run the rebalance callbacks inside the poll that fetched a batch: the service
+    drops the batch, and only seeking each partition back to its next offset brings its records
+    back (else they are never predicted nor learned)."""
+    kafka = FakeKafka(partitions=2)
+    kafka.interleave = 10  # every batch holds records of both partitions
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:900]])
+    config = _config(tmp_path, guarantee)
+    service = Service(config, kafka.connector(), "test")
+    both = [("events", 0), ("events", 1)]
+    changes = {3: both[:1], 6: both}  # partition 1 taken away, then given back
+    kafka.on_poll = _changing_the_group_at_batches(changes)
+    kafka.on_idle = service.request_stop
+    service.run()
+    assert changes == {}, "the group did not change as planned: the test shows nothing"
+    _check_each_partition_as_if_uninterrupted(kafka, config, 900, exactly_once=guarantee == "exactly_once")
+
+
+def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_once(tmp_path):
+    """A crash right after such a restore re-learns nothing again; the restore counts as one more
+    checkpoint."""
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
+    # Checkpointed at 200, committed at 300: the partition given back re-learns 100 events.
+    config = _config(tmp_path, "exactly_once", service={"checkpoint_every_events": 200})
+    service = Service(config, kafka.connector(), "test")
+    counted: list[tuple[int, int]] = []
+
+    def count() -> None:
+        counted.append((service.counters.checkpoints, service.counters.relearned))
+
+    def die() -> None:
+        count()
+        raise Killed("right after the restore")
+
+    steps = iter([  # the partition taken away, given back, then the process dies
+        lambda source: source.rebalance([]),
+        lambda source: (count(), source.rebalance([("events", 0)])),
+        lambda source: die(),
+    ])  # fmt: skip
+    kafka.on_idle = lambda: next(steps)(service.checkpointer.source)
+    with pytest.raises(Killed):
+        service.run()
+    (checkpoints_before, relearned_before), (checkpoints_after, relearned_after) = counted
+    assert (checkpoints_before, relearned_after - relearned_before) == (1, 100)
+    assert checkpoints_after == checkpoints_before + 1
+    offset, named = kafka.group_offsets[("stream", ("events", 0))]
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    assert offset == 300 and store.get(named).offsets == {"events:0": 300}
+    assert _run(kafka, config).counters.relearned == 0
+
+
+def _delayed_broker_of_two_partitions(events: list[dict], labels: list[dict]) -> FakeKafka:
+    kafka = FakeKafka(partitions=2, batch=60)
+    kafka.interleave = 7  # every batch holds records of all four partitions
+    kafka.append("events", [json.dumps(event).encode() for event in events])  # event n on partition n % 2
+    kafka.create("labels")
+    partition_of = {event["id"]: n % 2 for n, event in enumerate(events)}
+    for label in labels:  # co-partitioned: each label on its event's partition
+        kafka.logs[("labels", partition_of[label["id"]])].append(Record(None, json.dumps(label).encode()))
+    return kafka
+
+
+PARTITION_0 = [("events", 0), ("labels", 0)]
+BOTH_PARTITIONS = [*PARTITION_0, ("events", 1), ("labels", 1)]
+
+
+def test_with_delayed_labels_a_batch_polled_with_a_rebalance_is_fetched_again_labels_too(tmp_path):
+    events, labels = delayed_stream(400, seed=9)
+    kafka = _delayed_broker_of_two_partitions(events, labels)
+    config = delayed_config(tmp_path)
+    service = Service(config, kafka.connector(), "test")
+    changes = {3: PARTITION_0, 6: BOTH_PARTITIONS}
+    kafka.on_poll = _changing_the_group_at_batches(changes)
+    kafka.on_idle = service.request_stop
+    service.run()
+    assert changes == {}, "the group did not change as planned: the test shows nothing"
+    for partition in (0, 1):
+        check_exactly_once_for(kafka, config, events[partition::2], partition)
+
+
+def test_a_partition_taken_away_again_while_it_is_restored_is_left_to_the_next_round(tmp_path, monkeypatch):
+    """Its restore ends, but it is not sought (a client refuses a seek on a partition it does not
+    own, its labels' too); the next round of the loop restores what is left."""
+    events, labels = delayed_stream(400, seed=9)
+    kafka = _delayed_broker_of_two_partitions(events, labels)
+    config = delayed_config(tmp_path)
+    service = Service(config, kafka.connector(), "test")
+    changes = {2: PARTITION_0, 4: BOTH_PARTITIONS, 7: BOTH_PARTITIONS}
+    kafka.on_poll = _changing_the_group_at_batches(changes)
+    kafka.on_idle = service.request_stop
+    taken_again: list[bool] = []
+    read_range = FakeSource.read_range
+
+    def reading(self: FakeSource, partition: TopicPartition, *args: float) -> Iterator[Message]:
+        # Partition 1 given back at batch 4 reads its join's changelog: the group takes it away again.
+        if partition == (config.kafka.join_topic, 1) and 4 not in changes and not taken_again:
+            taken_again.append(True)
+            self.rebalance(PARTITION_0)
+        return read_range(self, partition, *args)
+
+    monkeypatch.setattr(FakeSource, "read_range", reading)
+    service.run()
+    assert changes == {} and taken_again, "the group did not change as planned: the test shows nothing"
+    for partition in (0, 1):
+        check_exactly_once_for(kafka, config, events[partition::2], partition)
+
+
 @pytest.mark.parametrize("announced", [True, False], ids=["revoked", "lost"])
 def test_partitions_taken_away_and_given_back_lose_and_repeat_nothing(tmp_path, caplog, announced):
     kafka = FakeKafka(partitions=2)
@@ -382,15 +550,7 @@ def test_partitions_taken_away_and_given_back_lose_and_repeat_nothing(tmp_path, 
     kafka.on_idle = lambda: next(steps)(service.checkpointer.source)
     service.run()
 
-    published = [json.loads(value) for value in kafka.values("predictions")]
-    assert sorted(p["id"] for p in published) == sorted(e["id"] for e in EVENTS[:900])
-    for partition in (0, 1):  # each partition's predictions are those of an uninterrupted run of its own
-        engine = Engine(config, SnapshotStore(tempfile.mkdtemp()))
-        expected = [
-            encode_record(engine.process(validate_event(e, "binary"))) for e in EVENTS[partition:900:2]
-        ]
-        ids = {e["id"] for e in EVENTS[partition:900:2]}
-        assert [encode_record(p) for p in published if p["id"] in ids] == expected
+    _check_each_partition_as_if_uninterrupted(kafka, config, 900)
     assignments = [m.removeprefix("assignment: ") for m in caplog.messages if m.startswith("assignment: ")]
     assert assignments == ["['events:0', 'events:1']", "['events:0']", "['events:0', 'events:1']"]
 

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
 import base64
+import math
+from typing import Any
 
 import orjson
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import stream.dead_letters
 from stream.dead_letters import MAX_REASON_CHARS, DeadLetterWatch, dead_letter
 from stream.events import encode_record
 
@@ -48,6 +52,26 @@ def test_an_event_is_kept_whole_up_to_the_exact_limit():
     fits_exactly = len(encode_record(dead_letter("bad", raw, SOURCE, 10**9)))
     assert not dead_letter("bad", raw, SOURCE, fits_exactly)["truncated"]
     assert dead_letter("bad", raw, SOURCE, fits_exactly - 1)["truncated"]
+
+
+def test_a_dead_letter_of_a_large_event_is_sized_with_a_logarithmic_number_of_encodings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Finding the longest prefix that fits bisects: encoding every prefix would cost a full
+    encoding of up to ``max_bytes`` per byte kept."""
+    raw = b"a" * 1_000_000
+    bound = 2 * math.log2(len(raw)) + 10
+    encodings = 0
+
+    def counting(record: dict[str, Any]) -> bytes:
+        nonlocal encodings
+        encodings += 1
+        assert encodings <= bound, f"more than {bound:.0f} encodings of one dead letter"
+        return encode_record(record)
+
+    monkeypatch.setattr(stream.dead_letters, "encode_record", counting)
+    record = dead_letter("too big", raw, SOURCE, max_bytes=100_000)
+    assert record["truncated"] and len(encode_record(record)) <= 100_000
 
 
 def _size_with(record: dict, prefix: bytes) -> int:

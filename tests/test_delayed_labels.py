@@ -312,3 +312,20 @@ def test_delayed_labels_need_exactly_once_and_a_supervised_task():
         )
         with pytest.raises(ConfigError, match=f"^kafka.label_topic: .*{key}"):
             check_config(config)
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["inline-label", "joined-label"])
+def test_an_example_the_model_refused_is_refused_again_when_relearned_and_says_so(caplog, joined: bool):
+    """A restore learns the examples written since its checkpoint again (stream/changelog.py);
+    one the model refused when it came is refused again, leaves no trace but its number, and is
+    logged at DEBUG: its dead letter was written the first time."""
+    config = _config("multiclass", ["tree.HoeffdingTreeClassifier"])
+    engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="relearn-")))
+    caplog.set_level("DEBUG", logger="stream.prequential")
+    engine.relearn_example(1, Event(x={"f": 1.0}, y="cat", id="a"), None)
+    engine.relearn_example(2, Event(x={"f": 2.0}, y="dog", id="b"), None)
+    prediction = {"id": "c", "y_pred": "cat", "y_proba": {"cat": 0.5, "dog": 0.5}} if joined else None
+    engine.relearn_example(3, Event(x={"f": 1.0}, y=7, id="c"), prediction)
+    assert engine.state.examples_learned == 3 and engine.state.labelled == 2
+    logged = [r.getMessage() for r in caplog.records if r.name == "stream.prequential"]
+    assert logged == ["example 3 is refused again: label 7 is a int; this model's labels are of type str"]

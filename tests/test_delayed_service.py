@@ -390,3 +390,31 @@ def test_a_topic_far_ahead_of_the_other_is_paused_at_max_held_and_resumed_below_
         assert take(labels, start + 3.5) == [("events", start + 3), ("labels", start + 3.5)]
         assert source.paused == set()  # one held
         assert take(labels, start + 4.5) == [("events", start + 4)]  # the label waits for an event
+
+
+def test_a_rebalance_resumes_what_was_paused_and_pausing_goes_on_after_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("stream.checkpoint.MAX_HELD_IN_ORDER", 5)
+    config = _config(tmp_path)
+    kafka = FakeKafka()
+    kafka.append("events", [b"{}"] * 5)
+    kafka.append("labels", [b"{}"])  # not read yet: the events wait for it, to compare with
+    connector = kafka.connector()
+    source = connector.source(["events", "labels"], "g", "test")
+    events, labels = PartitionId("events", 0), PartitionId("labels", 0)
+    source.rebalance([events, labels])
+    checkpointer = Checkpointer(config, source, connector.sink(None), Counters(), lambda *letter: None)
+    engine = Engine(config, SnapshotStore.from_config(config.snapshots, events.scope))
+    engine.state.offsets.update({events.key: 0, labels.key: 0})
+    checkpointer.partitions[events] = OwnedPartition(
+        events, engine, labels=labels, order=TimeOrder(config.labels.order_wait_seconds, 0.0)
+    )
+
+    def read_the_events() -> list[Message]:
+        messages = [Message(*events, offset, None, b"{}", 1_000 * offset) for offset in range(5)]
+        return checkpointer.in_time_order(messages, now=0.0)
+
+    assert read_the_events() == [] and source.paused == {events}  # five held: paused
+    checkpointer.rebalance(revoked=False)  # the group changed; this member kept its partition
+    assert source.paused == set()
+    # Sought back to their next offset, the events held are read again: held as many, paused again.
+    assert read_the_events() == [] and source.paused == {events}

@@ -393,7 +393,9 @@ def test_when_the_current_model_wins_it_stays_with_its_detector(tmp_path):
         0.0,
     )
     assert (engine.state.rollbacks, engine.state.resets, engine.state.model_version) == (0, 0, 1)
-    assert engine.state.monitor.detector is detector and detector.updates == 11
+    # The same detector, going on (the drift's snapshot made the engine go on with a copy of its state).
+    kept = engine.state.monitor.detector
+    assert (type(kept), kept.script, kept.updates) == (_ScriptedDetector, detector.script, 11)
     assert not engine.state.monitor.buffer and not engine.state.monitor.deciding
 
 
@@ -403,7 +405,9 @@ def test_policies_none_and_snapshot_decide_nothing_and_keep_the_detector(tmp_pat
     _learn(engine, True, 20)
     detector = _drift_then_decide(engine, False)
     assert engine.state.decisions == [] and engine.state.model_version == 1
-    assert engine.state.monitor.detector is detector and not engine.state.monitor.buffer
+    kept = engine.state.monitor.detector  # the same detector, going on (a copy after a snapshot)
+    assert (type(kept), kept.script, kept.updates) == (_ScriptedDetector, detector.script, 11)
+    assert not engine.state.monitor.buffer
     assert len(engine.store.list(reason="drift")) == (policy == "snapshot")
 
 

@@ -4,6 +4,7 @@ heals (stream/journal.py, ``Engine.process``). Through the per-record step that 
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -12,13 +13,15 @@ import tempfile
 import pytest
 from river import base
 
-from stream import prequential
+from stream import pickling
 from stream.config import Config
 from stream.errors import InvalidEvent, ModelFailure
 from stream.events import Event, validate_event
 from stream.prequential import Engine
 from stream.replay import run_replay
+from stream.service import Service
 from stream.snapshots import SnapshotStore
+from tests.fake_connector import FakeKafka, Killed
 from tests.kafka_helpers import drifting_events
 from tests.model_equality import canonical_pickle
 
@@ -121,8 +124,8 @@ def test_a_checkpoint_never_keeps_a_broken_model(tmp_path):
 
 def test_the_loop_pickles_nothing_and_healing_starts_from_the_last_checkpoint(tmp_path, monkeypatch):
     pickled = []
-    real = prequential._pickled
-    monkeypatch.setattr(prequential, "_pickled", lambda state: pickled.append(1) or real(state))
+    real = pickling.dumps
+    monkeypatch.setattr(pickling, "dumps", lambda state: pickled.append(1) or real(state))
     relearned = []
     real_relearn = Engine._relearn
     monkeypatch.setattr(
@@ -211,9 +214,10 @@ class Fragile(base.Classifier):
     """A classifier that some events break, so a test can say how: learning an event with a
     feature ``breaks_<f>`` leaves it unable to answer any input with feature ``f`` (non-finite
     probabilities), at once; with ``fuse_<f>``, at its next update (as a scaler's variance gone
-    infinite turns NaN at its next update); with ``breaks_updates``, every later update fails. It
-    refuses to learn an event with feature ``refused``, and cannot answer one with feature ``nan``.
-    It predicts the share of ``True`` labels learned."""
+    infinite turns NaN at its next update); with ``breaks_updates``, every later update fails; with
+    ``mends_<f>``, it answers inputs with ``f`` again. It refuses to learn an event with feature
+    ``refused``, and cannot answer one with feature ``nan``. It predicts the share of ``True`` labels
+    learned."""
 
     def __init__(self) -> None:
         self.seen, self.trues = 0, 0
@@ -228,6 +232,7 @@ class Fragile(base.Classifier):
         self.broken |= self.fused
         self.fused = {name.removeprefix("fuse_") for name in x if name.startswith("fuse_")}
         self.broken |= {name.removeprefix("breaks_") for name in x if name.startswith("breaks_")}
+        self.broken -= {name.removeprefix("mends_") for name in x if name.startswith("mends_")}
         self.seen, self.trues = self.seen + 1, self.trues + (y is True)
 
     def predict_proba_one(self, x: dict) -> dict[bool, float]:
@@ -465,3 +470,109 @@ def test_a_joined_label_that_breaks_the_answer_to_a_waiting_event_is_unlearned_a
     assert [origin for origin, _ in unlearned] == ["joined"]
     assert unlearned[0][1].startswith("learning this event broke the model (it would not answer")
     assert engine.answer(Event(x={"c": 1.0}, id="waiting"))["y_pred"] is not None
+
+
+def test_a_heal_asks_for_what_the_model_answered_last_only_if_its_good_state_answered_it_too(tmp_path):
+    """The good state cannot answer ``c``; an event learned since mended that, and ``c`` was the
+    model's last answer. Asked of every event learned again, ``c`` would blame each one learned
+    before the mending one: only the poison is unlearned."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, {"b": 1.0, "breaks_c": 1.0}, A)
+    engine.checkpoint("checkpoint")  # answers A, not c
+    mends = {"b": 1.0, "mends_c": 1.0, "id": "mends"}
+    _feed(engine, {"b": 1.0, "id": "before-mending"}, mends, {"b": 1.0, "breaks_a": 1.0, "id": "poison"})
+    engine.answer(Event(x={"c": 1.0}, id="waiting"))
+    engine.process(Event(x=A, y=True, id="asks-a"))
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    assert engine.state.labelled == 6
+
+
+def test_each_event_learned_again_must_answer_for_its_own_features_not_only_the_last_answer(tmp_path):
+    """Two events break the model, each for different inputs: one for its own features only, one
+    for what the good state answered. Neither's features were the model's last answer; both are
+    found when they are learned again, and unlearned."""
+    engine = _fragile_engine(tmp_path)
+    own = {"d": 1.0, "breaks_d": 1.0, "id": "breaks-its-own"}
+    _feed(engine, A, A, own, {"b": 1.0, "breaks_a": 1.0, "id": "breaks-a"}, B)
+    engine.process(Event(x=A, y=True, id="asks-a"))
+    assert [origin for origin, _ in engine.take_unlearned()] == ["breaks-its-own", "breaks-a"]
+    assert engine.state.labelled == 4
+    assert engine.answer(Event(x={"d": 1.0}))["y_pred"] is True
+
+
+def test_a_label_that_breaks_the_answer_to_a_waiting_event_is_unlearned_not_the_event_before_it(tmp_path):
+    """Without the event learned before the label, the model still answers the label's own
+    features and what the good state answered; it does not answer the waiting event, whatever
+    is left out but the label: the label is the culprit."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A, A)
+    engine.checkpoint("checkpoint")
+    _feed(engine, {"a": 1.0, "id": "before"})
+    engine.answer(Event(x={"c": 1.0}, id="waiting"))
+    label = Event(x={"b": 1.0, "breaks_c": 1.0}, y=True, id="joined")
+    engine.learn_joined(label, {"id": "joined", "y_pred": True, "y_proba": {False: 0.4, True: 0.6}}, "joined")
+    engine.checkpoint("checkpoint")
+    assert [origin for origin, _ in engine.take_unlearned()] == ["joined"]
+    assert engine.state.labelled == 4
+    assert engine.answer(Event(x={"c": 1.0}, id="waiting"))["y_pred"] is True
+
+
+def _died_after_committing_everything(tmp_path, xs: list[dict]) -> tuple[Config, FakeKafka]:
+    """A service of the fragile model ran events with features ``xs`` (no ids), committed every
+    batch and made no checkpoint (a restart re-learns every event), then died."""
+    config = Config.model_validate({
+        "model": {"task": "binary", "factory": "tests.test_healing:fragile"},
+        "drift": {"policy": "none"},
+        "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead"},
+        "snapshots": {"directory": str(tmp_path / "snapshots")},
+        "service": {"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600,
+                    "commit_every_seconds": 1e-9},
+    })  # fmt: skip
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps({"x": x, "y": True}).encode() for x in xs])
+
+    def die() -> None:
+        raise Killed("killed once everything was read and committed")
+
+    kafka.on_idle = die
+    with pytest.raises(Killed):
+        Service(config, kafka.connector(), "test").run()
+    assert kafka.group_offsets[("stream", ("events", 0))] == (len(xs), "")
+    return config, kafka
+
+
+def test_a_restore_that_learns_a_poison_again_heals_it_under_the_name_it_was_first_given(tmp_path, caplog):
+    """An event without an id is named after its partition and offset; the restore re-learns it
+    under that name, so the heal that unlearns it again names it as the first run did (and does not
+    dead-letter it twice)."""
+    xs = [A, A, A, {"b": 1.0, "breaks_a": 1.0}, B, A]  # the poison at offset 3; the last A heals
+    config, kafka = _died_after_committing_everything(tmp_path, xs)
+    caplog.clear()
+    service = Service(config, kafka.connector(), "test")
+    kafka.on_idle = service.request_stop
+    service.run()
+    reason = f"learning this event broke the model ({NAN_SYMPTOM}); it was unlearned"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [f"event events-0-3: {reason}"]
+    assert [json.loads(letter)["source"]["offset"] for letter in kafka.values("dead")] == [3]
+
+
+def test_a_poison_the_first_run_never_healed_is_dead_lettered_by_the_checkpoint_after_the_restore(tmp_path):
+    """The first run learned a poison, published its prediction and committed, then died before
+    anything asked the model what the poison broke. The restore learns it again; the checkpoint
+    that follows the restore finds the model broken, unlearns it and dead-letters its record once
+    (it names the record: it was never dead-lettered), and the service goes on."""
+    xs = [A, A, A, {"b": 1.0, "breaks_a": 1.0}, B]  # the poison at offset 3; nothing asks for A after it
+    config, kafka = _died_after_committing_everything(tmp_path, xs)
+    assert kafka.values("dead") == []
+    service = Service(config, kafka.connector(), "test")
+    kafka.on_idle = service.request_stop
+    service.run()
+    letters = [json.loads(letter) for letter in kafka.values("dead")]
+    assert [(letter["source"]["offset"], letter["event_base64"]) for letter in letters] == [
+        (3, base64.b64encode(kafka.logs[("events", 0)][3].value or b"").decode())
+    ]
+    assert letters[0]["error"].startswith("learning this event broke the model")
+    assert service.counters.dead_letters == 1 and service.counters.relearned == 5
+    restored = SnapshotStore.from_config(config.snapshots, "events-0")
+    assert restored.load(restored.list()[-1].id).labelled == 4  # the poison is not in what was kept

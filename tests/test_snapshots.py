@@ -6,6 +6,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -68,6 +69,13 @@ class Place:
             (store.directory / entry / file).write_bytes(data)
         else:
             store.folder.replace(entry, file, data)
+
+    def unplant(self, store: SnapshotStore, entry: str, file: str) -> None:
+        """Remove one file of an entry behind the store's back."""
+        if self.endpoint_url is None:
+            (store.directory / entry / file).unlink()
+        else:
+            store.folder._delete([store.folder._key(entry, file)])
 
     def copy(
         self, source: SnapshotStore, entry: str, target: SnapshotStore, as_entry: str | None = None
@@ -278,6 +286,55 @@ def test_pin_unpin_delete_and_unknown_ids(place):
     for bad in ("nope", "../etc", ".tmp-x"):
         with pytest.raises(SnapshotError, match="no snapshot"):
             store.get(bad)
+
+
+def test_pinning_a_snapshot_whose_payload_was_removed_meanwhile_is_not_found_and_leaves_no_orphan(
+    place: Place,
+) -> None:
+    """As a removal racing the pin leaves it: the pin's manifest rewritten, the payload gone."""
+    store = place.store()
+    manifest = store.save("x", reason="drift")
+    place.unplant(store, manifest.entry, PAYLOAD)
+    with pytest.raises(SnapshotNotFound) as missing:
+        store.pin(manifest.id)
+    assert str(missing.value) == f"no snapshot {manifest.id!r} in {store.folder.location}"
+    assert store.folder.entries() == []
+
+
+def test_a_storage_failure_while_discarding_or_pinning_is_a_write_error_naming_the_snapshot(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = place.store()
+    kept, later = store.save("kept", reason="checkpoint"), store.save("later", reason="checkpoint")
+
+    def full(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.folder, "remove_entry", full)
+    monkeypatch.setattr(store.folder, "replace", full)
+    with pytest.raises(SnapshotWriteError) as refused:
+        store.discard_after(kept.sequence)
+    assert str(refused.value) == f"cannot delete {later.entry} in {store.folder.location}: disk full"
+    with pytest.raises(SnapshotWriteError) as refused:
+        store.pin(kept.id)
+    assert str(refused.value) == f"cannot pin {kept.id} in {store.folder.location}: disk full"
+
+
+def test_saving_a_state_writes_the_pickle_the_engine_makes_of_it_so_a_rewrite_keeps_its_pin(
+    tmp_path: Path,
+) -> None:
+    """The engine pickles its state itself (highest protocol: ``stream.prequential``) and saves
+    the pickle; ``stream rebuild`` saves a state. The same state must be the same payload, or a
+    rebuild writing it again would not be taken for the same snapshot and would drop its pin."""
+    state = {"weights": [1.5, 2.5]}
+    service = SnapshotStore(tmp_path)
+    service.take_ownership(0, "service")
+    written = service.save_pickled(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), "checkpoint")
+    service.pin(written.id)
+    rebuild = SnapshotStore(tmp_path)
+    rebuild.take_ownership(written.sequence - 1, "stream rebuild")
+    again = rebuild.save(state, "checkpoint", sequence=written.sequence)
+    assert again.sha256 == written.sha256 and again.pinned
 
 
 def test_payload_and_manifest_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
@@ -634,6 +691,15 @@ def test_a_snapshot_folder_that_is_a_link_is_neither_listed_nor_followed(tmp_pat
     assert (tmp_path / "outside" / outside.id / MANIFEST).read_bytes() == before
 
 
+def test_removing_an_entry_that_is_a_link_never_touches_what_it_points_to(tmp_path: Path) -> None:
+    folder, outside = open_folder(tmp_path / "events-0"), open_folder(tmp_path / "outside")
+    outside.write_entry("00000001-manual", {PAYLOAD: b"theirs", MANIFEST: b"{}"})
+    (tmp_path / "events-0" / "00000001-manual").symlink_to(tmp_path / "outside" / "00000001-manual")
+    folder.remove_entry("00000001-manual", MANIFEST)
+    assert outside.read("00000001-manual", MANIFEST) == b"{}"
+    assert outside.read("00000001-manual", PAYLOAD) == b"theirs"
+
+
 SCOPE_ROOT = Path(tempfile.mkdtemp(prefix="snapshot-scopes-"))
 SCOPE_CONFIG = Config.model_validate({"snapshots": {"directory": str(SCOPE_ROOT / "snapshots")}}).snapshots
 (SCOPE_ROOT / "snapshots").mkdir()
@@ -709,6 +775,33 @@ def test_a_fenced_owner_can_neither_write_nor_delete_and_its_late_writes_are_nev
         written.entry,
         "00000003-checkpoint.e2",
     ]
+
+
+def test_an_owner_taken_over_right_after_its_check_never_discards_what_the_new_owner_wrote(
+    place: Place,
+) -> None:
+    first = place.store("events-0")
+    first.take_ownership(0, "a")
+    base = first.save("a1", reason="checkpoint")
+    second = place.store("events-0")
+    second.take_ownership(base.sequence, "b")
+    theirs = [second.save(n, reason="checkpoint") for n in range(2)]
+    # b's takeover lands between a's check and its removals: a goes on as the owner it was.
+    first._check_owner = lambda: Ownership(epoch=1, ranges=[(1, 1)])
+    assert first.discard_after(base.sequence) == []
+    expected = [(base.id, 1), *((m.id, 2) for m in theirs)]
+    assert [(m.id, m.epoch) for m in place.store("events-0").list()] == expected
+
+
+def test_discarding_clears_unreadable_entries_past_the_sequence_but_returns_only_snapshot_ids(
+    place: Place,
+) -> None:
+    store = place.store()
+    kept, later = store.save("kept", reason="checkpoint"), store.save("later", reason="checkpoint")
+    place.plant(store, "00000003-checkpoint", PAYLOAD, pickle.dumps("unfinished"))  # no manifest
+    place.plant(store, "00000004-drift", MANIFEST, b"{damaged")
+    assert store.discard_after(kept.sequence) == [later.id]
+    assert store.folder.entries() == [kept.entry]
 
 
 def test_an_unreadable_ownership_file_is_an_error_naming_it(place):
@@ -942,6 +1035,31 @@ def test_an_interrupted_s3_rewrite_or_removal_leaves_no_marker_vouching_for_its_
         with pytest.raises(_Crash):
             folder.remove_entry("e", MANIFEST)
     assert not reader.exists("e", MANIFEST) and reader.read("e", PAYLOAD) == b"new"
+
+
+def test_a_removal_interrupted_after_its_first_step_leaves_no_snapshot_behind(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest goes first: what an interrupted removal leaves is an entry nobody lists."""
+    import obstore
+
+    store = place.store()
+    manifest = store.save("state", reason="checkpoint")
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise _Crash
+
+    with monkeypatch.context() as dying:  # dies at the removal's second step
+        if place.endpoint_url is None:
+            dying.setattr(shutil, "rmtree", crash)  # the folder, after its manifest
+        else:
+            dying.setattr(obstore, "list", crash)  # listing the keys, after deleting the manifest
+        with pytest.raises(_Crash):
+            store.delete(manifest.id)
+    assert store.folder.exists(manifest.entry, PAYLOAD)  # interrupted indeed
+    assert place.store().list() == []
+    with pytest.raises(SnapshotNotFound):
+        place.store().get(manifest.id)
 
 
 class _NoSuchKey(BaseHTTPRequestHandler):

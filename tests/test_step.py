@@ -8,7 +8,7 @@ import math
 import pytest
 from river import base
 
-from stream import prequential
+from stream import pickling
 from stream.config import Config
 from stream.join import Join
 from stream.prequential import Engine
@@ -265,8 +265,8 @@ def test_an_event_learned_at_once_counts_its_bytes_against_the_journals_budget(
     """Healing keeps a good state and the events learned since, up to a memory budget; past it,
     the next event starts a new good state (one pickle). With or without a join."""
     pickled = []
-    real = prequential._pickled
-    monkeypatch.setattr(prequential, "_pickled", lambda state: pickled.append(1) or real(state))
+    real = pickling.dumps
+    monkeypatch.setattr(pickling, "dumps", lambda state: pickled.append(1) or real(state))
     step, engine, _, _ = _delayed(tmp_path)
     if not with_join:
         step = RecordStep(engine.config)
@@ -280,8 +280,8 @@ def test_an_event_learned_at_once_counts_its_bytes_against_the_journals_budget(
 
 def test_a_csv_row_came_as_no_bytes_and_counts_nothing_against_the_journals_budget(tmp_path, monkeypatch):
     pickled = []
-    real = prequential._pickled
-    monkeypatch.setattr(prequential, "_pickled", lambda state: pickled.append(1) or real(state))
+    real = pickling.dumps
+    monkeypatch.setattr(pickling, "dumps", lambda state: pickled.append(1) or real(state))
     step, engine = RecordStep(Config()), Engine(Config(), SnapshotStore(tmp_path))
     engine._journal.budget_bytes = 1
     for n in range(3):
