@@ -442,6 +442,36 @@ EQUIVALENT: dict[str, Equivalent] = {
         "for batch in obstore.list(self._store, prefix=base or None, chunk_size=1001):",
         "chunk_size 1001 instead of 1000: only how the listing is batched, the keys listed are the same",
     ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_11": Equivalent(
+        "checkpoint_id = None",
+        'None instead of "" before any commit is read: restore_point only tests its truth (both false)'
+        ' and compares it with snapshot ids, none of which is "" (an id is "<sequence>-<reason>")',
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_remove__mutmut_10": Equivalent(
+        'if self.epoch and match is not None and int(match["epoch"] or 1) > self.epoch:',
+        "an entry without an epoch counts as epoch 1 instead of 0: compared only when self.epoch is "
+        "truthy, an epoch of at least 1, and 1 > epoch is as false as 0 > epoch",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_remove__mutmut_17": Equivalent(
+        "self._manifests.pop(None, None)",
+        "the manifest cache keeps a removed entry's manifest: _indexed stamps the file before every "
+        "use of the cache and drops the entry when the manifest is gone, so it is never returned; "
+        "the next full listing drops it from memory",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁpin__mutmut_16": Equivalent(
+        "self._manifests.pop(None, None)",
+        "the cache keeps the manifest from before the pin: the rewritten file has a new stamp (a new "
+        "inode locally, a new ETag on S3), so _indexed reads it again",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁpin__mutmut_14": Equivalent(
+        "self.folder.replace(entry, MANIFEST, manifest.model_dump_json(indent=None).encode())",
+        "the pinned manifest's JSON without indentation: every reader parses it "
+        "(model_validate_json); nothing compares manifest bytes or sizes",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁpin__mutmut_15": Equivalent(
+        "self.folder.replace(entry, MANIFEST, manifest.model_dump_json(indent=3).encode())",
+        "indentation 3 instead of 2: as pin__mutmut_14, only the layout of the JSON",
+    ),
 }
 
 
