@@ -90,10 +90,10 @@ class _InlineUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         found = super().find_class(module, name)
-        if isinstance(found, type) and getattr(found, "__setstate__", None) is None:
+        if isinstance(found, type) and not any("__setstate__" in vars(k) for k in found.__mro__):
             try:
                 found.__setstate__ = _inline_setstate(found)  # type: ignore[attr-defined]
-            except TypeError:  # a built-in or extension type: it takes no attributes
+            except (TypeError, AttributeError):  # a built-in or extension type takes no attributes
                 return found
             self.patched.append(found)
         return found

@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -164,22 +165,31 @@ def test_with_delayed_labels_the_dashboard_shows_what_waits_and_what_was_joined(
         browser.get(service.api_url() + "/")
 
         def cards() -> dict[str, str]:
-            found = browser.find_elements(By.CSS_SELECTOR, "#cards .card")
-            return {c.find_element(By.CLASS_NAME, "label").text: c.find_element(By.CLASS_NAME, "value").text
-                    for c in found}  # fmt: skip
+            """Each card's label and value, read in one script: the page renders the cards afresh
+            as it refreshes, so an element found by one call may be gone (stale) by the next."""
+            return dict(browser.execute_script(
+                "return Array.from(document.querySelectorAll('#cards .card'), "
+                "card => [card.querySelector('.label').innerText, card.querySelector('.value').innerText])"
+            ))  # fmt: skip
 
         WebDriverWait(browser, 60).until(lambda _: cards().get("labels joined") == "200")
-        assert cards()["events waiting"] == "100" and cards()["orphan labels"] == "0"
+        shown = cards()
+        assert shown["events waiting"] == "100" and shown["orphan labels"] == "0"
     finally:
         assert service.stop() == 0, service.log()
 
 
 def test_the_dashboard_shows_what_the_api_returns_as_text_and_never_runs_it(hostile_api, browser):
     browser.get(hostile_api + "/")
-    wait = WebDriverWait(browser, 30)
-    row = wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#snapshots tbody tr"))[0]
-    assert row.get_attribute("data-id") == HOSTILE
-    assert row.find_elements(By.TAG_NAME, "td")[0].text == HOSTILE
+    # The table is rendered afresh as the page refreshes: a row found may be gone (stale) when read.
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    [(row_id, first_cell)] = wait.until(
+        lambda b: [
+            (row.get_attribute("data-id"), row.find_elements(By.TAG_NAME, "td")[0].text)
+            for row in b.find_elements(By.CSS_SELECTOR, "#snapshots tbody tr")
+        ]
+    )
+    assert row_id == first_cell == HOSTILE
     assert browser.find_element(By.ID, "instance").text.startswith(HOSTILE)
     assert browser.find_element(By.CSS_SELECTOR, "#partition option").text == HOSTILE
     assert browser.find_elements(By.TAG_NAME, "img") == []  # no markup was made from the data
