@@ -91,6 +91,15 @@ def test_the_publisher_sends_each_prediction_and_times_it_from_the_produce_time(
     assert sum(latency.counts) == 1 and 0.25 <= latency.total < 0.9
 
 
+def test_only_a_record_without_a_produce_time_goes_untimed_one_produced_at_time_zero_is_timed():
+    """Kafka marks a missing timestamp with -1; 0 is a time (1970), however odd."""
+    latency = Histogram("latency", "latency", LATENCY_BUCKETS)
+    publisher = Publisher(CONFIG, FakeKafka().connector().sink(None), Counters(), latency)
+    publisher.source = Message("events", 0, 1, None, b"{}", 0)
+    publisher.prediction({"id": "e-1"})
+    assert sum(latency.counts) == 1 and latency.total >= time.time() - 60
+
+
 def test_every_record_fits_its_topic_and_a_prediction_that_cannot_becomes_a_dead_letter():
     kafka = FakeKafka()
     kafka.max_message_bytes = 2_000  # the fake refuses (and fails the test on) any larger record

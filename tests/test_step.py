@@ -33,6 +33,23 @@ def test_an_event_of_exactly_the_size_limit_is_used_and_one_byte_more_is_refused
     assert (engine.state.events, engine.state.errors) == (1, 1)
 
 
+def test_an_event_at_the_feature_and_label_limits_is_used_and_one_past_them_is_refused(tmp_path):
+    config = Config.model_validate({
+        "model": {"task": "multiclass", "pipeline": ["tree.HoeffdingTreeClassifier"]},
+        "limits": {"max_features": 3, "max_label_chars": 5},
+    })  # fmt: skip
+    step, engine = RecordStep(config), Engine(config, SnapshotStore(tmp_path))
+    at_the_limits = {"x": {"a": 1.0, "b": 2.0, "c": 3.0}, "y": "tiger"}
+    assert step(engine, _json(at_the_limits), "p-", 0) is None
+    assert step(engine, _json({**at_the_limits, "x": {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}}), "p-", 1) == (
+        "event has 4 features; limits.max_features=3"
+    )
+    assert step(engine, _json({**at_the_limits, "y": "tigers"}), "p-", 2) == (
+        "label of 6 characters; limits.max_label_chars=5"
+    )
+    assert (engine.state.labelled, engine.state.errors) == (1, 2)
+
+
 def test_an_empty_message_is_refused_with_its_reason(step_and_engine):
     step, engine = step_and_engine
     assert step(engine, None, "events-0-", 3) == "empty message (no value)"
