@@ -30,12 +30,28 @@ from river import metrics
 from benchmarks.models import FACTORIES, LABELS
 from stream.config import Config
 from stream.datasets import as_event, recurring_concepts
-from stream.events import EventModel, decode_event, encode_record, validate_event
+from stream.events import Event, EventModel, decode_event, encode_record, validate_event
 from stream.models import build_model
 from stream.prequential import Engine
 from stream.snapshots import SnapshotStore
 
 BENCHMARKED = ("lr", "ht")
+
+
+def concept_records(count: int) -> list[dict]:
+    """``count`` Agrawal events of concepts A, B, A (fixed seed), as records of the JSON contract."""
+    return [as_event(r) for r in recurring_concepts(count // 3 + 1, (0, 2, 0))][:count]
+
+
+def checkpointed_rate(engine: Engine, events: list[Event], checkpoint_every: int) -> float:
+    """Events/s of ``engine.process`` over ``events``, with a checkpoint every ``checkpoint_every``
+    events, as the service takes them."""
+    started = time.perf_counter()
+    for n, event in enumerate(events, 1):
+        engine.process(event)
+        if n % checkpoint_every == 0:
+            engine.checkpoint("checkpoint")
+    return len(events) / (time.perf_counter() - started)
 
 
 def events_per_second(run: Callable[[], int], repeats: int) -> float:
@@ -81,7 +97,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    records = [as_event(r) for r in recurring_concepts(args.events // 3 + 1, (0, 2, 0))][: args.events]
+    records = concept_records(args.events)
     raw = [json.dumps(r).encode() for r in records]
     decoded = [validate_event(r, "binary") for r in records]
     pairs = [(r["x"], r["y"]) for r in records]

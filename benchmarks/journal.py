@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from typing import Any
 
+from benchmarks.engine import checkpointed_rate, concept_records
 from benchmarks.models import FACTORIES, LABELS
 from stream.config import Config
-from stream.datasets import as_event, recurring_concepts
 from stream.events import Event, validate_event
 from stream.journal import Journal
 from stream.prequential import Engine
@@ -43,12 +42,7 @@ def _run(config: Config, events: list[Event], journal: bool, checkpoint_every: i
     engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="bench-journal-")))
     if not journal:
         engine._journal = NoJournal()
-    started = time.perf_counter()
-    for n, event in enumerate(events, 1):
-        engine.process(event)
-        if n % checkpoint_every == 0:
-            engine.checkpoint("checkpoint")
-    return len(events) / (time.perf_counter() - started)
+    return checkpointed_rate(engine, events, checkpoint_every)
 
 
 def main() -> None:
@@ -60,8 +54,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=2500)
     parser.add_argument("--models", default="lr,ht")
     args = parser.parse_args()
-    records = [as_event(r) for r in recurring_concepts(args.events // 3 + 1, (0, 2, 0))][: args.events]
-    events = [validate_event(r, "binary") for r in records]
+    events = [validate_event(r, "binary") for r in concept_records(args.events)]
     print(f"{args.events} events per run, {args.pairs} pairs, checkpoint every {args.checkpoint_every}")
     print(f"{'model':36} {'without ev/s':>13} {'with ev/s':>10} {'with/without':>13} {'quartiles':>13}")
     for model in args.models.split(","):

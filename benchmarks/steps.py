@@ -28,10 +28,9 @@ import json
 import tempfile
 from collections.abc import Callable
 
-from benchmarks.engine import events_per_second
+from benchmarks.engine import concept_records, events_per_second
 from benchmarks.models import FACTORIES, LABELS
 from stream.config import Config
-from stream.datasets import as_event, recurring_concepts
 from stream.drift import loss_of
 from stream.events import decode_event, encode_record
 from stream.journal import Journal
@@ -132,7 +131,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    records = [as_event(r) for r in recurring_concepts(args.events // 3 + 1, (0, 2, 0))][: args.events]
+    records = concept_records(args.events)
     lines = [json.dumps(r).encode() for r in records]
     for model in ("lr", "ht"):
         steps = measure(f"benchmarks.models:{FACTORIES[model]}", lines, args.repeats)

@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.engine import checkpointed_rate, concept_records
 from benchmarks.models import FACTORIES, LABELS
 from stream import pickling
 from stream.config import Config
-from stream.datasets import as_event, recurring_concepts
 from stream.events import Event, validate_event
 from stream.models import build_model
 from stream.prequential import Engine
@@ -45,12 +45,7 @@ def _engine_rate(config: Config, events: list[Event], go_on_with_copy: bool, che
     engine = Engine(config, SnapshotStore(tempfile.mkdtemp(prefix="bench-unpickling-")))
     if not go_on_with_copy:
         engine._go_on_from = lambda payload: None  # type: ignore[method-assign]
-    started = time.perf_counter()
-    for n, event in enumerate(events, 1):
-        engine.process(event)
-        if n % checkpoint_every == 0:
-            engine.checkpoint("checkpoint")
-    return len(events) / (time.perf_counter() - started)
+    return checkpointed_rate(engine, events, checkpoint_every)
 
 
 def _pairs(runs: dict[str, Callable[[], float]], pairs: int) -> dict[str, list[float]]:
@@ -113,8 +108,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=2_500)
     parser.add_argument("--models", default="lr,ht")
     args = parser.parse_args()
-    records = [as_event(r) for r in recurring_concepts(args.events // 3 + 1, (0, 2, 0))][: args.events]
-    events = [validate_event(r, "binary") for r in records]
+    events = [validate_event(r, "binary") for r in concept_records(args.events)]
     print(f"{args.events} events, {args.pairs} pairs, checkpoint every {args.checkpoint_every}; "
           "medians of the pairs' ratios (quartiles)")  # fmt: skip
     for name in args.models.split(","):
