@@ -447,6 +447,23 @@ EQUIVALENT: dict[str, Equivalent] = {
         'None instead of "" before any commit is read: restore_point only tests its truth (both false)'
         ' and compares it with snapshot ids, none of which is "" (an id is "<sequence>-<reason>")',
     ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_107": Equivalent(
+        "order = None if (labels is None) and False else TimeOrder(self.config.labels.order_wait_seconds, "
+        "time.monotonic())",
+        "a time order without delayed labels: only in_time_order uses it, and the service calls that "
+        "only when there is a label topic (a rebalance's clear of an empty order changes nothing)",
+    ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_164": Equivalent(
+        "engine.state.offsets[key] = max(engine.state.offsets.get(None, 0), offset)",
+        "the committed offset alone instead of the larger of it and the state's: the state's is never "
+        "larger (restore_point takes no snapshot beyond a committed offset, and the re-learning of the "
+        "input stops at its committed offset), so both give the committed offset",
+    ),
+    "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_138": Equivalent(
+        "self.config, join, None if (join is None) and False else partial(self._write_example, owned)",
+        "an on_learning callback without a join: RecordStep calls it only on its join's paths "
+        "(_event_with_join and label), never without one",
+    ),
     "stream.snapshots.xǁSnapshotStoreǁ_remove__mutmut_10": Equivalent(
         'if self.epoch and match is not None and int(match["epoch"] or 1) > self.epoch:',
         "an entry without an epoch counts as epoch 1 instead of 0: compared only when self.epoch is "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from stream.errors import NotOwnedError
 from stream.events import encode_record, validate_event
 from stream.prequential import Engine
 from stream.service import Service
-from stream.snapshots import OWNERSHIP, SnapshotStore
+from stream.snapshots import OWNERSHIP, Ownership, SnapshotStore
 from tests.fake_connector import FakeKafka, FakeSource, Killed, Record
 from tests.kafka_helpers import drifting_events
 from tests.model_equality import canonical_pickle
@@ -305,14 +306,37 @@ def test_a_first_start_restores_a_new_model_without_looking_for_a_snapshot(tmp_p
     """No commit names a checkpoint: none is looked up by name, nor warned about as missing."""
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:10]])
-    caplog.set_level("INFO", logger="stream.checkpoint")
-    _run(kafka, _config(tmp_path, "exactly_once"))
+    caplog.set_level("DEBUG", logger="stream.checkpoint")
+    config = _config(tmp_path, "exactly_once")
+    _run(kafka, config)
     assert (
         "restored events:0 from a new model at offset 0; re-learned 0 events up to the committed offset 0"
         in caplog.messages
     )
+    # The restore took the partition's first ownership epoch, in this instance's name.
+    assert "events:0: snapshot ownership epoch 1" in caplog.messages
+    owner_file = Path(config.snapshots.directory, "events-0", OWNERSHIP)
+    ownership = Ownership.model_validate_json(owner_file.read_bytes())
+    assert (ownership.epoch, ownership.instance) == (1, "test")
     checkpoint_records = [record for record in caplog.records if record.name == "stream.checkpoint"]
-    assert [record.getMessage() for record in checkpoint_records if record.levelname != "INFO"] == []
+    assert [record.getMessage() for record in checkpoint_records if record.levelno > logging.INFO] == []
+
+
+def test_a_partition_started_over_without_a_commit_keeps_every_snapshot_it_finds(tmp_path):
+    """A group whose commits are gone (a new group id, expired offsets) starts a new model; the
+    snapshots of the earlier history stay listed, the latest too: the new owner fences none off."""
+    config = _config(tmp_path, "exactly_once")
+    first = FakeKafka()
+    first.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
+    _run(first, config)
+    earlier = [m.id for m in SnapshotStore.from_config(config.snapshots, "events-0").list()]
+    assert earlier, "the first run left no snapshot: the test shows nothing"
+    again = FakeKafka()
+    again.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
+    _run(again, config)
+    assert again.values("predictions") == first.values("predictions")  # a new model, all over again
+    listed = [m.id for m in SnapshotStore.from_config(config.snapshots, "events-0").list()]
+    assert set(earlier) < set(listed)
 
 
 def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_says_so(tmp_path, caplog):
@@ -652,7 +676,7 @@ def test_snapshots_a_crashed_run_wrote_beyond_its_last_commit_change_nothing_aft
         _run(kafka, crashed)
     kafka.plan.step = ""
     store = SnapshotStore.from_config(crashed.snapshots, "events-0")
-    committed = kafka.group_offsets.get(("stream", ("events", 0)), (0, ""))[0]
+    committed, checkpoint_id = kafka.group_offsets.get(("stream", ("events", 0)), (0, ""))
     leftovers = [m.id for m in store.list() if m.offsets["events:0"] > committed]
     assert leftovers, "the crashed run left no snapshot beyond its commit: the test shows nothing"
 
@@ -665,7 +689,10 @@ def test_snapshots_a_crashed_run_wrote_beyond_its_last_commit_change_nothing_aft
     assert any(d["action"] == "rollback" for d in reference.state.decisions)
     if committed:  # restored from the committed checkpoint: everything after it was discarded
         (line,) = [m for m in caplog.messages if "discarded" in m]
-        assert line.endswith(", ".join(leftovers))
+        assert line == (
+            f"events:0: discarded {len(leftovers)} snapshots written after {checkpoint_id}: "
+            + ", ".join(leftovers)
+        )
 
 
 def _relearned(messages: list[str]) -> list[int]:
@@ -691,6 +718,8 @@ def test_a_crash_loop_re_learns_only_what_the_last_run_did(tmp_path, caplog):
     _run(kafka, config)
     # Each restart re-learns the two batches of the run before it, never those of earlier runs.
     assert _relearned(caplog.messages) == [0, 200, 200, 200, 200]
+    # The commits before any checkpoint named none, so no restart looked for one in vain.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert kafka.values("predictions") == expected
     assert canonical_pickle(_final_model(config).model) == canonical_pickle(reference.state.model)
 

@@ -14,6 +14,7 @@ import pytest
 from river import base
 
 from stream import pickling
+from stream.changelog import decode_example
 from stream.config import Config
 from stream.errors import InvalidEvent, ModelFailure
 from stream.events import Event, validate_event
@@ -576,3 +577,53 @@ def test_a_poison_the_first_run_never_healed_is_dead_lettered_by_the_checkpoint_
     assert service.counters.dead_letters == 1 and service.counters.relearned == 5
     restored = SnapshotStore.from_config(config.snapshots, "events-0")
     assert restored.load(restored.list()[-1].id).labelled == 4  # the poison is not in what was kept
+
+
+@pytest.mark.parametrize("poison_label", ["on the label topic", "in the event"])
+def test_with_delayed_labels_a_poison_never_healed_is_dead_lettered_by_the_checkpoint_after_the_restore(
+    tmp_path, poison_label
+):
+    """The same with delayed labels: the restore learns the examples again (the poison joined with
+    its label, or one that brought its own); the checkpoint after it finds the model broken, unlearns
+    the poison and dead-letters its example record, and the service goes on."""
+    config = Config.model_validate({
+        "model": {"task": "binary", "factory": "tests.test_healing:fragile"},
+        "drift": {"policy": "none"},
+        "kafka": {"input_topic": "events", "label_topic": "labels", "predictions_topic": "predictions",
+                  "dead_letter_topic": "dead"},
+        "snapshots": {"directory": str(tmp_path / "snapshots")},
+        "service": {"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600,
+                    "commit_every_seconds": 1e-9},
+    })  # fmt: skip
+    xs = [A, A, A, B, {"b": 1.0, "breaks_a": 1.0}]  # the poison is e4; nothing asks for A after it
+    events = [{"id": f"e{n}", "x": x} for n, x in enumerate(xs)]
+    labels = [json.dumps({"id": e["id"], "y": True}).encode() for e in events[:4]]
+    # Labels produced after their events join them and their predictions. The poison is learned
+    # last: its label comes last, or it brings its own and is produced after every other label.
+    produced = [1000, 1001, 1002, 1003, 1004]
+    if poison_label == "in the event":
+        events[4]["y"], produced[4] = True, 3000
+    else:
+        labels.append(json.dumps({"id": "e4", "y": True}).encode())
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(e).encode() for e in events], produced)
+    kafka.append("labels", labels, [2000 + n for n in range(len(labels))])
+
+    def die() -> None:
+        raise Killed("killed once everything was read and committed")
+
+    kafka.on_idle = die
+    with pytest.raises(Killed):
+        Service(config, kafka.connector(), "test").run()
+    topic = config.kafka.examples_topic
+    examples = [decode_example(record.value or b"")[1:] for record in kafka.logs[(topic, 0)]]
+    assert [event.id for event, _ in examples] == [e["id"] for e in events]
+    assert {event.id for event, kept in examples if kept is None} == {e["id"] for e in events if "y" in e}
+    assert kafka.values("dead") == []
+    service = Service(config, kafka.connector(), "test")
+    kafka.on_idle = service.request_stop
+    service.run()
+    (letter,) = [json.loads(letter) for letter in kafka.values("dead")]
+    assert letter["source"] == {"topic": topic, "partition": 0, "offset": 4}
+    assert letter["error"].startswith("learning this event broke the model")
+    assert service.counters.dead_letters == 1 and service.counters.relearned == len(xs)
