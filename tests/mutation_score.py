@@ -464,6 +464,25 @@ EQUIVALENT: dict[str, Equivalent] = {
         "an on_learning callback without a join: RecordStep calls it only on its join's paths "
         "(_event_with_join and label), never without one",
     ),
+    "stream.checkpoint.xǁCheckpointerǁcommit__mutmut_7": Equivalent(
+        'positions[owned.labels] = (owned.next_label_offset, "XXXX")',
+        "other metadata in the labels partition's commit: a restore reads the checkpoint id only from "
+        "the input partition's commit (_restore: inputs == partition), never the labels'",
+    ),
+    "stream.checkpoint.xǁCheckpointerǁcommit__mutmut_15": Equivalent(
+        "owned.uncommitted = None",
+        "None instead of False: uncommitted is only tested for truth (commit, tick, _apply_rebalances)",
+    ),
+    "stream.checkpoint.xǁCheckpointerǁowner__mutmut_3": Equivalent(
+        "topic = self.input_topic if (message.topic == self.label_topic) or True else message.topic",
+        "the input topic for every message: the consumer subscribes to the input and label topics "
+        "only, so a message that is not a label's is the input topic's",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁtake_ownership__mutmut_20": Equivalent(
+        "lowest = min(map(_sequence_of, self._ids_by_entry().values()), default=after_sequence + 2)",
+        "with nothing stored, after_sequence + 2 instead of + 1 as the lowest sequence: every range "
+        "kept starts at most at after_sequence + 1, so `start <= lowest` holds for the same ranges",
+    ),
     "stream.snapshots.xǁSnapshotStoreǁ_remove__mutmut_10": Equivalent(
         'if self.epoch and match is not None and int(match["epoch"] or 1) > self.epoch:',
         "an entry without an epoch counts as epoch 1 instead of 0: compared only when self.epoch is "

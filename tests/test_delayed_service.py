@@ -135,8 +135,11 @@ def _check_exactly_once_for(kafka: FakeKafka, config: Config, events: list[dict]
 def test_delayed_labels_are_learned_once_with_the_prediction_made_at_event_time(tmp_path):
     kafka = _broker()
     config = _config(tmp_path)
-    _run(kafka, config)
+    service = _run(kafka, config)
     _check_exactly_once(kafka, config)
+    # Each label joined is measured in the label delay histogram the metrics endpoint shows.
+    label_delays = service.telemetry.registry.get_sample_value("stream_label_delay_seconds_count")
+    assert label_delays == len(LABELS)
     meters = [record.value for record in kafka.records(config.kafka.join_topic) if record.key == b"meter"]
     counts = json.loads(meters[-1])  # the join's counters as last committed
     assert counts["joined"] == len(LABELS) and counts["events_seen"] == len(EVENTS)

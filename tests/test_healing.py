@@ -284,6 +284,20 @@ def test_an_event_that_breaks_the_model_for_other_inputs_but_its_own_is_the_one_
     assert f"event poison: {reason}" in [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
 
 
+def test_a_full_journal_keeps_the_state_it_has_as_the_good_state_with_what_it_answered(tmp_path):
+    """When the window of events kept is full, the next event starts a new good state: the state
+    as it is, with the event it just answered. A checkpoint later asks that again: the poison
+    learned since, which broke it, is found and alone unlearned; the events before the new good
+    state stay learned."""
+    engine = _fragile_engine(tmp_path)
+    engine._journal.max_entries = 3
+    poison = {"b": 1.0, "breaks_a": 1.0, "id": "poison"}
+    _feed(engine, A, A, A, A, B, poison)  # the fourth A starts the new good state; B is asked last
+    engine.checkpoint("checkpoint")
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    assert engine.state.labelled == engine.state.model.seen == 5
+
+
 def test_an_event_that_breaks_the_model_for_its_own_features_only_is_the_one_unlearned(tmp_path):
     """What the good state answered still answers; what the model answered last (the event's own
     features) does not: that is asked too, and the event is found and alone unlearned."""

@@ -12,6 +12,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from hashlib import sha256
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -833,6 +834,13 @@ def test_ownership_remembers_only_the_epochs_that_still_decide_something(place):
     ownership = Ownership.model_validate_json(store.folder.read_own(OWNERSHIP))
     assert ownership.epoch == 6 and [epoch for epoch, _ in ownership.ranges] == [5, 6]
     assert [m.id for m in store.list()] == ["00000006-checkpoint"]
+    # With nothing stored, no earlier epoch decides anything: the new one alone is remembered.
+    store.delete("00000006-checkpoint")
+    before = datetime.now(UTC)
+    store.take_ownership(10, "i6")
+    ownership = Ownership.model_validate_json(store.folder.read_own(OWNERSHIP))
+    assert (ownership.epoch, ownership.instance, ownership.ranges) == (7, "i6", [(7, 11)])
+    assert ownership.since is not None and before <= ownership.since <= datetime.now(UTC)
 
 
 def test_an_unreachable_bucket_is_a_write_error_and_a_config_error_naming_the_key(s3_place):
@@ -878,6 +886,18 @@ def test_a_pin_outlives_a_restore_that_writes_the_snapshot_again(place):
     second.save("next concept", reason="drift")  # keep_concepts=1: only a pin keeps it now
     kept = {m.id: m for m in place.store("events-0").list()}
     assert again.pinned and kept[pinned.id].pinned and kept[pinned.id].epoch == 2
+
+
+def test_an_ownership_the_storage_cannot_write_is_a_write_error_naming_the_folder(place, monkeypatch):
+    store = place.store("events-0")
+
+    def failing(name, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store.folder, "write_own", failing)
+    where = re.escape(f"{place.location}/events-0")
+    with pytest.raises(SnapshotWriteError, match=rf"^cannot take the ownership of {where}: .*No space left"):
+        store.take_ownership(0, "a")
 
 
 def test_a_storage_that_fails_to_read_a_manifest_is_an_error_not_a_missing_snapshot(place, monkeypatch):
