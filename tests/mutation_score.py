@@ -478,6 +478,17 @@ EQUIVALENT: dict[str, Equivalent] = {
         "the input topic for every message: the consumer subscribes to the input and label topics "
         "only, so a message that is not a label's is the input topic's",
     ),
+    "stream.snapshots.xǁSnapshotStoreǁ_keep_within_budget__mutmut_10": Equivalent(
+        "if total < self.max_bytes:",
+        "at exactly the budget the early return is skipped, but the loop's first test "
+        "(total <= max_bytes) returns before anything is read or removed",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_keep_within_budget__mutmut_14": Equivalent(
+        "restore_points = [i for i in _oldest_first(visible) "
+        'if i.partition("-")[2] in RESTORE_POINT_REASONS]',
+        'partition instead of rpartition on an id "<sequence>-<reason>": the sequence is digits and no '
+        "reason holds a hyphen, so the first hyphen is the last",
+    ),
     "stream.snapshots.xǁSnapshotStoreǁtake_ownership__mutmut_20": Equivalent(
         "lowest = min(map(_sequence_of, self._ids_by_entry().values()), default=after_sequence + 2)",
         "with nothing stored, after_sequence + 2 instead of + 1 as the lowest sequence: every range "

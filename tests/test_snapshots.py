@@ -263,8 +263,35 @@ def test_the_byte_budget_removes_the_oldest_but_never_pinned_or_the_last_two_che
     assert pinned.id in {m.id for m in kept} and {m.id for m in checkpoints} <= {m.id for m in kept}
     assert [m.id for m in kept if m.reason == "drift"][1:] == [f"{s:08d}-drift" for s in (6, 7)]
     big = store.save(b"x" * 4_000, reason="checkpoint")  # now the last two checkpoints alone are over
-    assert {m.id for m in store.list()} == {pinned.id, checkpoints[1].id, big.id}
-    assert "over snapshots.max_partition_bytes" in caplog.text
+    left = store.list()
+    assert {m.id for m in left} == {pinned.id, checkpoints[1].id, big.id}
+    assert caplog.messages[-1] == (
+        f"the snapshots of {store.scope} take {sum(m.size_bytes for m in left)} bytes, over "
+        "snapshots.max_partition_bytes (5100): what is left is pinned or one of the last two checkpoints"
+    )
+
+
+def test_the_byte_budget_is_kept_to_the_byte_over_the_snapshots_an_earlier_run_wrote(place, caplog):
+    """Snapshots that fill the budget exactly are all kept; one more removes the oldest, which
+    brings them back to exactly the budget: no more is removed, and nothing is warned. The store
+    of a restarted service keeps the budget over what the run before it wrote."""
+    earlier = place.store(keep_concepts=100)
+    written = [earlier.save(bytes([n]) * 1_000, reason="drift") for n in range(3)]
+    size = written[0].size_bytes
+    assert {m.size_bytes for m in written} == {size}
+    restarted = place.store(keep_concepts=100, max_bytes=4 * size)
+    place.plant(restarted, "00000099-drift", MANIFEST, b"{}")  # no payload: it weighs nothing
+    # Checkpoints now: a save reads the manifests of its own reason only, the budget all of them.
+    fourth = restarted.save(bytes([3]) * 1_000, reason="checkpoint")
+    assert [m.id for m in place.store().list()] == [m.id for m in written] + [fourth.id]
+    fifth = restarted.save(bytes([4]) * 1_000, reason="checkpoint")
+    assert [m.id for m in place.store().list()] == [m.id for m in written[1:]] + [fourth.id, fifth.id]
+    # Where only the newest may go, it goes, and what is left fits exactly.
+    tight = place.store("tight", keep_concepts=100, max_bytes=2 * size)
+    checkpoints = [tight.save(bytes([n]) * 1_000, reason="checkpoint") for n in range(2)]
+    tight.save(bytes([2]) * 1_000, reason="drift")
+    assert [m.id for m in tight.list()] == [m.id for m in checkpoints]
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_saving_an_existing_sequence_again_is_idempotent(place):
