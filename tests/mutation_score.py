@@ -489,6 +489,34 @@ EQUIVALENT: dict[str, Equivalent] = {
         'partition instead of rpartition on an id "<sequence>-<reason>": the sequence is digits and no '
         "reason holds a hyphen, so the first hyphen is the last",
     ),
+    "stream.snapshots.xǁSnapshotStoreǁ_entry__mutmut_17": Equivalent(
+        "reason = None",
+        "the slow lookup lists every reason's entries instead of the id's own: _visible decides each "
+        "id from its own entries alone, so the id's entry found is the same (only more is listed)",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_entry__mutmut_19": Equivalent(
+        'reason = snapshot_id.partition("-")[2]',
+        'partition instead of rpartition on an id validated as "<sequence>-<reason>" (digits, then a '
+        "reason without a hyphen): the same reason",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_entry__mutmut_24": Equivalent(
+        "entry = self._visible(self._ids_by_entry(reason), ownership).get(snapshot_id, None)",
+        'None instead of "" for an id not visible: the next line tests only its truth',
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_entry__mutmut_26": Equivalent(
+        "entry = self._visible(self._ids_by_entry(reason), ownership).get(snapshot_id, )",
+        'get without a default (None) instead of "": the next line tests only its truth',
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_entry__mutmut_31": Equivalent(
+        'entry = self._visible(self._ids_by_entry(None), ownership).get(snapshot_id, "")',
+        "every reason's entries instead of the id's own reason's: _visible decides each id from its "
+        "own entries alone, so the entry found is the same (only more is listed)",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁverify__mutmut_28": Equivalent(
+        'if not hmac.compare_digest(manifest.hmac_sha256, self._sign(manifest) or "XXXX"):',
+        "the fallback for an unsigned store's _sign (None): this line runs only with a key set, when "
+        "_sign always returns a hex digest",
+    ),
     "stream.snapshots.xǁSnapshotStoreǁtake_ownership__mutmut_20": Equivalent(
         "lowest = min(map(_sequence_of, self._ids_by_entry().values()), default=after_sequence + 2)",
         "with nothing stored, after_sequence + 2 instead of + 1 as the lowest sequence: every range "

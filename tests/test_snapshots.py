@@ -153,9 +153,21 @@ def test_a_corrupted_or_swapped_payload_is_refused_and_never_unpickled(place, tm
     tripwire = tmp_path / "unpickled"
     manifest = store.save("genuine", reason="manual")
     place.plant(store, manifest.entry, PAYLOAD, pickle.dumps(_Tripwire(str(tripwire))))
-    with pytest.raises(SnapshotError, match="SHA-256 does not match"):
+    refused = re.escape(
+        f"snapshot {manifest.id} is corrupted or was modified: its SHA-256 does not match the manifest; "
+        "it will not be loaded"
+    )
+    with pytest.raises(SnapshotError, match=f"^{refused}$"):
         store.load(manifest.id)
     assert not tripwire.exists()
+
+
+def test_a_snapshot_whose_payload_is_gone_is_an_error_naming_it(place):
+    store = place.store()
+    manifest = store.save("state", reason="manual")
+    place.unplant(store, manifest.entry, PAYLOAD)
+    with pytest.raises(SnapshotError, match=f"^snapshot {manifest.id} has no payload file$"):
+        store.load(manifest.id)
 
 
 def test_a_tampered_manifest_hash_still_fails_with_a_signing_key(place, tmp_path):
@@ -690,9 +702,12 @@ def test_a_signed_snapshot_copied_into_another_partitions_folder_is_refused(plac
     ours = SnapshotStore.from_config(config, "events-0")
     place.copy(theirs_store, theirs.entry, ours)
     assert [m.id for m in ours.list()] == [theirs.id]  # listed: only loading checks signatures
-    with pytest.raises(
-        SnapshotError, match=r"wrong HMAC signature for events-0: .*copied from another partition"
-    ):
+    refused = re.escape(
+        f"snapshot {theirs.id} has a wrong HMAC signature for events-0: changed, copied from another "
+        "partition's folder, or signed with another key (instances sharing a snapshot directory must "
+        "share the key)"
+    )
+    with pytest.raises(SnapshotError, match=f"^{refused}$"):
         ours.load(theirs.id)
 
 
