@@ -187,6 +187,33 @@ def test_manual_rollback_restores_the_snapshot_model_and_bumps_the_version(tmp_p
     assert engine.state.rollbacks == 2 and engine.predict(Event(x={"a": 1.0}))["model_version"] == 3
 
 
+def test_each_snapshot_names_its_parent_and_records_what_its_state_had_learned(tmp_path):
+    config = _config("binary", ["tree.HoeffdingTreeClassifier"], "Accuracy", drift={"policy": "none"})
+    store = SnapshotStore(tmp_path)
+    engine = Engine(config, store)
+    first = engine.snapshot("manual")
+    for seq in range(1, 6):  # delayed labels: examples learned again, in their order
+        engine.relearn_example(seq, Event(x={"a": float(seq)}, y=seq % 2 == 0), None)
+    for n in range(30):
+        engine.process(Event(x={"a": n % 5 / 5}, y=n % 3 == 0))
+    engine.rollback(first.id)
+    for n in range(10):
+        engine.process(Event(x={"a": n % 5 / 5}, y=n % 2 == 0))
+    last = engine.snapshot("checkpoint")
+    history = store.list()
+    assert [m.id for m in history] == ["00000001-manual", "00000002-rollback", "00000003-checkpoint"]
+    assert [m.parent for m in history] == [None, "00000001-manual", "00000002-rollback"]
+    state = engine.state
+    assert (last.events_seen, last.labelled_seen, last.model_version, last.examples_learned) == (
+        state.events,
+        state.labelled,
+        state.model_version,
+        state.examples_learned,
+    )
+    assert (state.labelled, state.model_version, state.examples_learned) == (45, 2, 5)
+    assert last.metrics == state.metrics.values() and 0 < last.metrics["Accuracy"] < 1
+
+
 @pytest.mark.parametrize("task", ["binary", "anomaly"])
 def test_a_model_switch_gives_the_new_model_a_fresh_detector_and_an_empty_buffer(tmp_path, task):
     pipeline = ["anomaly.HalfSpaceTrees"] if task == "anomaly" else ["tree.HoeffdingTreeClassifier"]

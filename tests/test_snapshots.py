@@ -942,6 +942,20 @@ def test_an_ownership_the_storage_cannot_write_is_a_write_error_naming_the_folde
         store.take_ownership(0, "a")
 
 
+def test_a_snapshot_deleted_while_it_is_read_is_not_found(place, monkeypatch):
+    """Another instance (or the API's delete) removed it between the lookup and the read."""
+    store = place.store()
+    manifest = store.save("state", reason="manual")
+
+    def deleted_meanwhile(entry, file):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(store.folder, "read", deleted_meanwhile)
+    missing = re.escape(f"no snapshot {manifest.id!r} in {place.location}")
+    with pytest.raises(SnapshotNotFound, match=f"^{missing}$"):
+        store.get(manifest.id)
+
+
 def test_a_storage_that_fails_to_read_a_manifest_is_an_error_not_a_missing_snapshot(place, monkeypatch):
     store = place.store()
     store.save("state", reason="checkpoint")
