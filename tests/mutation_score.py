@@ -533,6 +533,16 @@ EQUIVALENT: dict[str, Equivalent] = {
         "use of the cache and drops the entry when the manifest is gone, so it is never returned; "
         "the next full listing drops it from memory",
     ),
+    "stream.snapshots.xǁSnapshotStoreǁ_indexed__mutmut_7": Equivalent(
+        "self._manifests.pop(None, None)",
+        "the cache keeps the manifest of an entry whose manifest is gone: it is used only for a file "
+        "with the same stamp (the same version), whose manifest it is; a new version is read again",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_indexed__mutmut_22": Equivalent(
+        "self._manifests.pop(None, None)",
+        "the cache keeps the manifest of an entry whose manifest vanished before its read: it is used "
+        "only for a file with the same stamp (the same version), whose manifest it is",
+    ),
     "stream.snapshots.xǁSnapshotStoreǁpin__mutmut_16": Equivalent(
         "self._manifests.pop(None, None)",
         "the cache keeps the manifest from before the pin: the rewritten file has a new stamp (a new "

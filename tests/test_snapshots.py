@@ -716,10 +716,39 @@ def test_a_manifest_naming_another_folder_is_never_used_or_written_through(place
     manifest = store.save("state", reason="manual")
     planted = manifest.model_copy(update={"id": "../victim"})
     place.plant(store, manifest.entry, MANIFEST, planted.model_dump_json().encode())
+    refused = re.escape(
+        f"snapshot {manifest.id!r} has a manifest that disagrees with its folder's name (copied or "
+        "renamed); it will not be used"
+    )
     for operation in (store.get, store.pin, store.load):
-        with pytest.raises(SnapshotError, match="disagrees with its folder's name"):
+        with pytest.raises(SnapshotError, match=f"^{refused}$"):
             operation(manifest.id)
     assert place.folder().children() == ["events-0"]  # nothing was written beside the partition
+
+
+def test_a_manifest_that_is_not_valid_is_an_error_naming_the_snapshot_and_what_is_wrong(place):
+    store = place.store()
+    manifest = store.save("state", reason="manual")
+    place.plant(store, manifest.entry, MANIFEST, b'{"id": 5}')
+    invalid = (
+        rf"^snapshot {manifest.id!r} has an invalid manifest: "
+        r"\d+ validation errors for SnapshotManifest\nid\n"
+    )
+    with pytest.raises(SnapshotError, match=invalid):
+        store.get(manifest.id)
+    assert place.store().list() == []  # left out of listings
+
+
+def test_a_manifest_gone_between_its_stamp_and_its_read_is_left_out(place, monkeypatch):
+    """Another instance removed the snapshot while this one listed: as if it had never been there."""
+    place.store().save("state", reason="manual")
+    lister = place.store()  # nothing read yet
+
+    def removed_meanwhile(entry, file):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(lister.folder, "read", removed_meanwhile)
+    assert lister.list() == []
 
 
 def test_a_snapshot_folder_that_is_a_link_is_neither_listed_nor_followed(tmp_path):
