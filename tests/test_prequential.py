@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 
 import pytest
-from river import anomaly, datasets, evaluate, linear_model, metrics, preprocessing, tree
+from river import anomaly, base, datasets, evaluate, linear_model, metrics, preprocessing, tree
 
 from stream.config import Config
 from stream.errors import InvalidEvent, ModelError
@@ -185,6 +186,47 @@ def test_manual_rollback_restores_the_snapshot_model_and_bumps_the_version(tmp_p
     assert engine.store.list(reason="rollback")[0].note == f"manual rollback to {saved.id}"
     engine.rollback(saved.id)
     assert engine.state.rollbacks == 2 and engine.predict(Event(x={"a": 1.0}))["model_version"] == 3
+
+
+class Contrarian(base.Classifier):
+    """Its label is its own (``a`` positive), not the more probable class, which it gives first."""
+
+    def learn_one(self, x: dict, y: bool) -> None:
+        pass
+
+    def predict_proba_one(self, x: dict) -> dict[bool, float]:
+        return {False: 0.2, True: 0.8}
+
+    def predict_one(self, x: dict) -> bool:
+        return x["a"] > 0
+
+
+def contrarian() -> Contrarian:
+    return Contrarian()
+
+
+def test_a_classifier_with_its_own_predict_one_is_asked_for_its_label(tmp_path):
+    """Not the argmax of its probabilities; and with as many classes as y_proba may hold, those
+    stay in the model's order."""
+    config = Config.model_validate({
+        "model": {"task": "binary", "factory": "tests.test_prequential:contrarian"},
+        "limits": {"max_proba_classes": 2},
+    })  # fmt: skip
+    engine = Engine(config, SnapshotStore(tmp_path))
+    record = engine.process(Event(x={"a": -1.0}, y=True))
+    assert record["y_pred"] is False and list(record["y_proba"].items()) == [(False, 0.2), (True, 0.8)]
+    assert engine.predict(Event(x={"a": 1.0}))["y_pred"] is True
+
+
+def test_a_regressor_s_drift_detector_watches_its_absolute_error(tmp_path):
+    config = _config("regression", ["linear_model.LinearRegression"], "MAE", drift={"policy": "none"})
+    engine = Engine(config, SnapshotStore(tmp_path))
+    errors = []
+    for n in range(30):
+        event = Event(x={"a": float(n % 4)}, y=3.0 * (n % 4) + 1.0)
+        errors.append(abs(event.y - engine.process(event)["y_pred"]))
+    assert engine.state.monitor.detector.estimation == pytest.approx(statistics.fmean(errors))
+    assert max(errors) > 1  # the absolute error, not the 0/1 error of a classifier
 
 
 def test_each_snapshot_names_its_parent_and_records_what_its_state_had_learned(tmp_path):
