@@ -447,6 +447,16 @@ EQUIVALENT: dict[str, Equivalent] = {
         'None instead of "" before any commit is read: restore_point only tests its truth (both false)'
         ' and compares it with snapshot ids, none of which is "" (an id is "<sequence>-<reason>")',
     ),
+    "stream.prequential.xǁEngineǁ_bind_model__mutmut_1": Equivalent(
+        "classifier = None",
+        "no classifier takes the argmax of predict_proba_one itself: it calls predict_one, which for "
+        "these models is River's own argmax of the same probabilities (predict_one_is_argmax), only slower",
+    ),
+    "stream.prequential.xǁEngineǁ_bind_model__mutmut_3": Equivalent(
+        'classifier = self.task in ("XXbinaryXX", "multiclass")',
+        "a binary classifier calls predict_one instead of taking the argmax of predict_proba_one "
+        "itself: for these models predict_one is River's own argmax of the same probabilities, only slower",
+    ),
     "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_107": Equivalent(
         "order = None if (labels is None) and False else TimeOrder(self.config.labels.order_wait_seconds, "
         "time.monotonic())",
@@ -542,6 +552,41 @@ EQUIVALENT: dict[str, Equivalent] = {
         "self._manifests.pop(None, None)",
         "the cache keeps the manifest of an entry whose manifest vanished before its read: it is used "
         "only for a file with the same stamp (the same version), whose manifest it is",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_apply_retention__mutmut_40": Equivalent(
+        "removed.add(None)",
+        "the sweep then also looks at entries the rotation just removed: their manifests are gone, so "
+        "_indexed gives None for each and the sweep leaves them (they are gone already)",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_sign__mutmut_4": Equivalent(
+        "[manifest.sha256, manifest.id, manifest.sequence, manifest.offsets, self.scope], sort_keys=None",
+        "offsets signed in their own order instead of sorted: a signature is made and checked from the "
+        "same manifest, whose JSON keeps the offsets' order, so both sides serialize them alike",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_sign__mutmut_6": Equivalent(
+        "[manifest.sha256, manifest.id, manifest.sequence, manifest.offsets, self.scope], )",
+        "offsets signed in their own order instead of sorted: a signature is made and checked from the "
+        "same manifest, whose JSON keeps the offsets' order, so both sides serialize them alike",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁ_sign__mutmut_7": Equivalent(
+        "[manifest.sha256, manifest.id, manifest.sequence, manifest.offsets, self.scope], sort_keys=False",
+        "offsets signed in their own order instead of sorted: a signature is made and checked from the "
+        "same manifest, whose JSON keeps the offsets' order, so both sides serialize them alike",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁsave_pickled__mutmut_60": Equivalent(
+        "entry, {PAYLOAD: payload, MANIFEST: manifest.model_dump_json(indent=None).encode()}",
+        "the manifest's JSON on one line instead of indented: every reader parses it; nothing hashes "
+        "or signs its bytes",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁsave_pickled__mutmut_61": Equivalent(
+        "entry, {PAYLOAD: payload, MANIFEST: manifest.model_dump_json(indent=3).encode()}",
+        "the manifest's JSON indented by 3 instead of 2: every reader parses it; nothing hashes or "
+        "signs its bytes",
+    ),
+    "stream.snapshots.xǁSnapshotStoreǁsave_pickled__mutmut_62": Equivalent(
+        "self._manifests.pop(None, None)",
+        "the cache keeps the manifest the entry had before it was written again: it is used only for a "
+        "file with that stamp (inode, times and size), which the rewrite changed, so it is read again",
     ),
     "stream.snapshots.xǁSnapshotStoreǁpin__mutmut_16": Equivalent(
         "self._manifests.pop(None, None)",

@@ -218,6 +218,29 @@ def test_a_classifier_with_its_own_predict_one_is_asked_for_its_label(tmp_path):
     assert engine.predict(Event(x={"a": 1.0}))["y_pred"] is True
 
 
+class NaNScorer(base.AnomalyDetector):
+    """An anomaly detector whose score is not a number."""
+
+    def learn_one(self, x: dict) -> None:
+        pass
+
+    def score_one(self, x: dict) -> float:
+        return float("nan")
+
+
+def nan_scorer() -> NaNScorer:
+    return NaNScorer()
+
+
+def test_an_anomaly_score_that_is_not_finite_is_refused_and_leaves_no_trace(tmp_path):
+    config = Config.model_validate({"model": {"task": "anomaly", "factory": f"{__name__}:nan_scorer"}})
+    engine = Engine(config, SnapshotStore(tmp_path))
+    refused = r"^the model cannot predict this event: ValueError: non-finite output nan$"
+    with pytest.raises(InvalidEvent, match=refused):
+        engine.process(Event(x={"a": 1.0}))
+    assert engine.state.events == 0
+
+
 def test_a_regressor_s_drift_detector_watches_its_absolute_error(tmp_path):
     config = _config("regression", ["linear_model.LinearRegression"], "MAE", drift={"policy": "none"})
     engine = Engine(config, SnapshotStore(tmp_path))

@@ -306,6 +306,31 @@ def test_the_byte_budget_is_kept_to_the_byte_over_the_snapshots_an_earlier_run_w
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_a_snapshot_records_when_it_was_written_in_utc(place):
+    before = datetime.now(UTC)
+    written = place.store().save("state", reason="manual")
+    stored = place.store().get(written.id)
+    assert stored.created_at == written.created_at and before <= stored.created_at <= datetime.now(UTC)
+
+
+@pytest.mark.parametrize("zombie_listed_first", [True, False])
+def test_saving_again_what_this_owner_wrote_is_idempotent_beside_a_fenced_writers_copy(
+    place, monkeypatch, zombie_listed_first
+):
+    zombie = place.store("events-0")
+    zombie.take_ownership(0, "a")
+    owner = place.store("events-0")
+    owner.take_ownership(0, "b")
+    first = owner.save("b1", reason="checkpoint", sequence=1)
+    zombie._check_owner = lambda: Ownership(epoch=1, ranges=[(1, 1)])  # as it saw it before a pause
+    zombie.save("a1", reason="checkpoint", sequence=1)  # its late write, beside the owner's
+    assert sorted(place.store("events-0").folder.entries()) == ["00000001-checkpoint.e1", first.entry]
+    listed = owner.folder.entries  # in no order: both orders are tried
+    monkeypatch.setattr(owner.folder, "entries", lambda: sorted(listed(), reverse=not zombie_listed_first))
+    again = owner.save("b1", reason="checkpoint", sequence=1)
+    assert again.created_at == first.created_at  # the owner's own was found, past the zombie's
+
+
 def test_saving_an_existing_sequence_again_is_idempotent(place):
     store = place.store()
     first = store.save("same", reason="checkpoint", sequence=5)
@@ -841,11 +866,14 @@ def test_a_fenced_owner_can_neither_write_nor_delete_and_its_late_writes_are_nev
         assert reader.load(written.id) == "b2" and reader.get(written.id).offsets == {"events:0": 20}
         with pytest.raises(SnapshotNotFound):
             reader.load("00000003-drift")
+    # One the zombie is still writing (no manifest yet) is not the owner's to judge: it stays.
+    place.plant(owner, "00000004-drift.e1", PAYLOAD, b"half written")
     owner.save("b3", reason="checkpoint", sequence=3)  # the owner's retention sweeps the leftovers
     assert sorted(place.store("events-0").folder.entries()) == [
         base.entry,
         written.entry,
         "00000003-checkpoint.e2",
+        "00000004-drift.e1",
     ]
 
 
