@@ -315,4 +315,4 @@ def predict_one_is_argmax(model: Any) -> bool:
     same tie-breaking as ``predict_one`` (``max`` over the same dict order).
     """
     final = model[-1] if hasattr(model, "steps") else model
-    return type(final).predict_one is base.Classifier.predict_one
+    return getattr(type(final), "predict_one", None) is base.Classifier.predict_one

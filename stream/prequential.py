@@ -550,8 +550,7 @@ class Engine:
 
     def _bind_model(self) -> None:
         """Per-model facts the hot loop needs, worked out once per model rather than per event."""
-        classifier = self.task in ("binary", "multiclass")
-        self._argmax = classifier and predict_one_is_argmax(self.state.model)
+        self._argmax = predict_one_is_argmax(self.state.model)
 
     def _switch_model(self, model: Any) -> None:
         state = self.state

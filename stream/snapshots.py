@@ -283,7 +283,6 @@ class SnapshotStore:
         self.scope = self.folder.name
         self._hmac_key = hmac_key.encode() if hmac_key is not None else None
         self.epoch = 0  # the ownership this store holds (0: none, it writes as the unfenced tools do)
-        self._ownership = Ownership()
         # The index: each listed entry's manifest as parsed (None: unreadable or not this folder's),
         # with the stamp of the file it was parsed from.
         self._manifests: dict[str, tuple[Stamp, SnapshotManifest | None]] = {}
@@ -338,9 +337,9 @@ class SnapshotStore:
         # A range whose successor starts at or below every sequence still stored decides nothing.
         while len(ranges) > 1 and ranges[1][1] <= lowest:
             ranges.pop(0)
-        self._ownership = Ownership(epoch=epoch, instance=instance, since=datetime.now(UTC), ranges=ranges)
+        ownership = Ownership(epoch=epoch, instance=instance, since=datetime.now(UTC), ranges=ranges)
         try:
-            self.folder.write_own(OWNERSHIP, self._ownership.model_dump_json().encode())
+            self.folder.write_own(OWNERSHIP, ownership.model_dump_json().encode())
         except OSError as error:  # the storage's fault, as for any write
             raise SnapshotWriteError(
                 f"cannot take the ownership of {self.folder.location}: {error}"
@@ -358,7 +357,6 @@ class SnapshotStore:
                 f"(epoch {current.epoch}, since {current.since}); this instance (epoch {self.epoch}) "
                 "no longer writes its snapshots"
             )
-        self._ownership = current
         return current
 
     # -- writing ---------------------------------------------------------------------------

@@ -447,16 +447,6 @@ EQUIVALENT: dict[str, Equivalent] = {
         'None instead of "" before any commit is read: restore_point only tests its truth (both false)'
         ' and compares it with snapshot ids, none of which is "" (an id is "<sequence>-<reason>")',
     ),
-    "stream.prequential.xǁEngineǁ_bind_model__mutmut_1": Equivalent(
-        "classifier = None",
-        "no classifier takes the argmax of predict_proba_one itself: it calls predict_one, which for "
-        "these models is River's own argmax of the same probabilities (predict_one_is_argmax), only slower",
-    ),
-    "stream.prequential.xǁEngineǁ_bind_model__mutmut_3": Equivalent(
-        'classifier = self.task in ("XXbinaryXX", "multiclass")',
-        "a binary classifier calls predict_one instead of taking the argmax of predict_proba_one "
-        "itself: for these models predict_one is River's own argmax of the same probabilities, only slower",
-    ),
     "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_107": Equivalent(
         "order = None if (labels is None) and False else TimeOrder(self.config.labels.order_wait_seconds, "
         "time.monotonic())",

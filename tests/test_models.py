@@ -52,6 +52,10 @@ def test_argmax_shortcut_only_where_predict_one_is_the_default():
     assert predict_one_is_argmax(build_model(ModelConfig(pipeline=["tree.HoeffdingTreeClassifier"])))
     one_vs_one = {"multiclass.OneVsOneClassifier": {"classifier": {"linear_model.LogisticRegression": {}}}}
     assert not predict_one_is_argmax(build_model(ModelConfig(task="multiclass", pipeline=[one_vs_one])))
+    # Regressors have their own predict_one; anomaly detectors none at all.
+    others = [("regression", "linear_model.LinearRegression"), ("anomaly", "anomaly.HalfSpaceTrees")]
+    for task, estimator in others:
+        assert not predict_one_is_argmax(build_model(ModelConfig(task=task, pipeline=[estimator])))
 
 
 # -- check_config: what serve, replay and `config --check` build and try before they start ---------
