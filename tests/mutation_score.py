@@ -203,14 +203,6 @@ EQUIVALENT: dict[str, Equivalent] = {
         '"kind is not int or ..." instead of "and": strs and bools also take the general check, '
         "which accepts them; same outcome, only slower",
     ),
-    "stream.prequential.x__pickled__mutmut_2": Equivalent(
-        "return pickle.dumps(state, protocol=None)",
-        "protocol None (the default, 4) instead of the highest (5): the same state is unpickled; "
-        "only the pickle's header differs, and nothing compares snapshot bytes across protocols",
-    ),
-    "stream.prequential.x__pickled__mutmut_4": Equivalent(
-        "return pickle.dumps(state, )", "the same, the protocol left out"
-    ),
     "stream.prequential.xǁEngineǁ_check_label_kind__mutmut_8": Equivalent(
         'first = getattr(self.state, "label_kind", ) # absent from states pickled before it was kept',
         "getattr without its default None: LearnerState.label_kind is a dataclass field with a "
@@ -446,6 +438,17 @@ EQUIVALENT: dict[str, Equivalent] = {
         "checkpoint_id = None",
         'None instead of "" before any commit is read: restore_point only tests its truth (both false)'
         ' and compares it with snapshot ids, none of which is "" (an id is "<sequence>-<reason>")',
+    ),
+    "stream.prequential.xǁEngineǁ_bind_model__mutmut_1": Equivalent(
+        "self._argmax = None",
+        "a classifier's label from its predict_one instead of the argmax of predict_proba_one taken "
+        "here: _argmax is true only where predict_one is River's own argmax of the same probabilities "
+        "(predict_one_is_argmax), so the label is the same, only asked for twice",
+    ),
+    "stream.prequential.xǁEngineǁ_bind_model__mutmut_2": Equivalent(
+        "self._argmax = predict_one_is_argmax(None)",
+        "false for every model (None has no River predict_one), as with _bind_model__mutmut_1: the "
+        "label comes from predict_one, the same argmax where it is River's own",
     ),
     "stream.checkpoint.xǁCheckpointerǁ_restore__mutmut_107": Equivalent(
         "order = None if (labels is None) and False else TimeOrder(self.config.labels.order_wait_seconds, "

@@ -306,6 +306,37 @@ def test_the_byte_budget_is_kept_to_the_byte_over_the_snapshots_an_earlier_run_w
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_a_full_listing_drops_from_the_index_the_snapshots_gone_and_only_those(place):
+    """The index of parsed manifests stays as large as the folder: a listing of every reason drops
+    what another instance deleted; one of a single reason leaves the rest of the index alone."""
+    store = place.store()
+    kept, gone = store.save("a", reason="drift"), store.save("b", reason="checkpoint")
+    store.list()
+    place.store().delete(gone.id)
+    store.list(reason="drift")
+    assert set(store._manifests) == {kept.entry, gone.entry}
+    store.list()
+    assert set(store._manifests) == {kept.entry}
+
+
+class _RacingIndex(dict):
+    """An index another thread's listing prunes between this one's look at it and its own pruning."""
+
+    def keys(self):
+        keys = set(super().keys())
+        self.clear()
+        return keys
+
+
+def test_two_listings_at_once_may_both_drop_what_is_gone(place):
+    store = place.store()
+    gone = store.save("b", reason="checkpoint")
+    store.list()
+    place.store().delete(gone.id)
+    store._manifests = _RacingIndex(store._manifests)
+    assert store.list() == []
+
+
 def test_a_snapshot_records_when_it_was_written_in_utc(place):
     before = datetime.now(UTC)
     written = place.store().save("state", reason="manual")
