@@ -532,19 +532,22 @@ def test_a_label_that_breaks_the_answer_to_a_waiting_event_is_unlearned_not_the_
     assert engine.answer(Event(x={"c": 1.0}, id="waiting"))["y_pred"] is True
 
 
-def _died_after_committing_everything(tmp_path, xs: list[dict]) -> tuple[Config, FakeKafka]:
-    """A service of the fragile model ran events with features ``xs`` (no ids), committed every
-    batch and made no checkpoint (a restart re-learns every event), then died."""
-    config = Config.model_validate({
+def _never_checkpointing(tmp_path, **kafka: str) -> Config:
+    """The fragile model's service committing every batch and making no checkpoint (a restart
+    re-learns everything); ``kafka``: more topics (a label topic)."""
+    return Config.model_validate({
         "model": {"task": "binary", "factory": "tests.test_healing:fragile"},
         "drift": {"policy": "none"},
-        "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead"},
+        "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead",
+                  **kafka},
         "snapshots": {"directory": str(tmp_path / "snapshots")},
         "service": {"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600,
                     "commit_every_seconds": 1e-9},
     })  # fmt: skip
-    kafka = FakeKafka()
-    kafka.append("events", [json.dumps({"x": x, "y": True}).encode() for x in xs])
+
+
+def _run_until_killed_once_idle(config: Config, kafka: FakeKafka) -> None:
+    """Run the service until it has read and committed everything, then kill it."""
 
     def die() -> None:
         raise Killed("killed once everything was read and committed")
@@ -552,6 +555,15 @@ def _died_after_committing_everything(tmp_path, xs: list[dict]) -> tuple[Config,
     kafka.on_idle = die
     with pytest.raises(Killed):
         Service(config, kafka.connector(), "test").run()
+
+
+def _died_after_committing_everything(tmp_path, xs: list[dict]) -> tuple[Config, FakeKafka]:
+    """A service of the fragile model ran events with features ``xs`` (no ids), committed every
+    batch and made no checkpoint (a restart re-learns every event), then died."""
+    config = _never_checkpointing(tmp_path)
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps({"x": x, "y": True}).encode() for x in xs])
+    _run_until_killed_once_idle(config, kafka)
     assert kafka.group_offsets[("stream", ("events", 0))] == (len(xs), "")
     return config, kafka
 
@@ -600,15 +612,7 @@ def test_with_delayed_labels_a_poison_never_healed_is_dead_lettered_by_the_check
     """The same with delayed labels: the restore learns the examples again (the poison joined with
     its label, or one that brought its own); the checkpoint after it finds the model broken, unlearns
     the poison and dead-letters its example record, and the service goes on."""
-    config = Config.model_validate({
-        "model": {"task": "binary", "factory": "tests.test_healing:fragile"},
-        "drift": {"policy": "none"},
-        "kafka": {"input_topic": "events", "label_topic": "labels", "predictions_topic": "predictions",
-                  "dead_letter_topic": "dead"},
-        "snapshots": {"directory": str(tmp_path / "snapshots")},
-        "service": {"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600,
-                    "commit_every_seconds": 1e-9},
-    })  # fmt: skip
+    config = _never_checkpointing(tmp_path, label_topic="labels")
     xs = [A, A, A, B, {"b": 1.0, "breaks_a": 1.0}]  # the poison is e4; nothing asks for A after it
     events = [{"id": f"e{n}", "x": x} for n, x in enumerate(xs)]
     labels = [json.dumps({"id": e["id"], "y": True}).encode() for e in events[:4]]
@@ -622,13 +626,7 @@ def test_with_delayed_labels_a_poison_never_healed_is_dead_lettered_by_the_check
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(e).encode() for e in events], produced)
     kafka.append("labels", labels, [2000 + n for n in range(len(labels))])
-
-    def die() -> None:
-        raise Killed("killed once everything was read and committed")
-
-    kafka.on_idle = die
-    with pytest.raises(Killed):
-        Service(config, kafka.connector(), "test").run()
+    _run_until_killed_once_idle(config, kafka)
     topic = config.kafka.examples_topic
     examples = [decode_example(record.value or b"")[1:] for record in kafka.logs[(topic, 0)]]
     assert [event.id for event, _ in examples] == [e["id"] for e in events]

@@ -795,15 +795,17 @@ def test_a_manifest_that_is_not_valid_is_an_error_naming_the_snapshot_and_what_i
     assert place.store().list() == []  # left out of listings
 
 
+def _gone_meanwhile(entry: str, file: str) -> bytes:
+    """A read of a file another instance removed since it was listed or looked up."""
+    raise FileNotFoundError(2, "No such file or directory")
+
+
 def test_a_manifest_gone_between_its_stamp_and_its_read_is_left_out(place, monkeypatch):
     """Another instance removed the snapshot while this one listed: as if it had never been there."""
     place.store().save("state", reason="manual")
     lister = place.store()  # nothing read yet
 
-    def removed_meanwhile(entry, file):
-        raise FileNotFoundError(2, "No such file or directory")
-
-    monkeypatch.setattr(lister.folder, "read", removed_meanwhile)
+    monkeypatch.setattr(lister.folder, "read", _gone_meanwhile)
     assert lister.list() == []
 
 
@@ -1048,10 +1050,7 @@ def test_a_snapshot_deleted_while_it_is_read_is_not_found(place, monkeypatch):
     store = place.store()
     manifest = store.save("state", reason="manual")
 
-    def deleted_meanwhile(entry, file):
-        raise FileNotFoundError(2, "No such file or directory")
-
-    monkeypatch.setattr(store.folder, "read", deleted_meanwhile)
+    monkeypatch.setattr(store.folder, "read", _gone_meanwhile)
     missing = re.escape(f"no snapshot {manifest.id!r} in {place.location}")
     with pytest.raises(SnapshotNotFound, match=f"^{missing}$"):
         store.get(manifest.id)
