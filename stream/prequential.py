@@ -54,6 +54,7 @@ MAX_HISTORY_KEPT = 1000
 # Snapshots that mark a concept and compete when a drift is decided; periodic checkpoints would
 # crowd them out of the last N.
 CANDIDATE_REASONS = frozenset({"warning", "drift", "manual"})
+BROKEN_BEFORE_CHECKPOINT = "it would not answer after its next update, found before a checkpoint"
 
 
 @dataclass
@@ -80,6 +81,18 @@ class LearnerState:
     examples_learned: int = 0  # delayed labels: the examples written in the learning order (changelog)
     history: list[dict[str, Any]] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Pickled:
+    """A snapshot numbered and pickled, not saved yet; ``left_behind`` is the state pickled, which
+    the engine no longer uses (it goes on with a copy unpickled from ``payload``)."""
+
+    reason: Reason
+    sequence: int
+    parent: str | None
+    payload: bytes
+    left_behind: LearnerState
 
 
 class LearnerSummary(BaseModel):
@@ -276,10 +289,25 @@ class Engine:
 
     def checkpoint(self, reason: Reason) -> SnapshotManifest:
         """A snapshot a restore may start from: healed first if broken, so a broken model is never
-        made durable. Its pickle is the journal's new good state (the loop pickles nothing more)."""
-        self.heal_if_broken()
-        manifest, payload = self._snapshot(reason)
-        self._journal.start(payload, self._last_answered)
+        made durable, nor one that answers but whose next update would break it (a scaler's
+        variance gone infinite turns NaN at its next update). Its pickle is the journal's new good
+        state (the loop pickles nothing more).
+
+        The trial update that tells runs on the state just pickled: the engine goes on with the
+        copy unpickled from the pickle anyway (:meth:`_go_on_from`), so the state left behind is a
+        spare copy to try the update on, and a checkpoint pickles and unpickles once, copying
+        nothing more."""
+        if self._answers(self._journal.answered, self._last_answered):
+            pickled = self._pickle(reason)
+            if self._survives_an_update(spare=pickled.left_behind.model):
+                return self._keep_checkpoint(pickled)
+            self.state.next_sequence = pickled.sequence  # the heal keeps it, and rebuilds the rest
+        self._heal(BROKEN_BEFORE_CHECKPOINT)
+        return self._keep_checkpoint(self._pickle(reason))
+
+    def _keep_checkpoint(self, pickled: _Pickled) -> SnapshotManifest:
+        manifest = self._save(pickled)
+        self._journal.start(pickled.payload, self._last_answered)
         return manifest
 
     def _keep_good_state(self, answered: dict[str, Any] | None) -> None:
@@ -292,24 +320,18 @@ class Engine:
         """Go on with a copy of the state unpickled from ``payload``, its pickle just made:
         pickling slowed the original's attribute reads for good, and the copy is as fast as a
         freshly built state (:mod:`stream.pickling`). Every caller of what pickles the state uses
-        ``self.state`` afresh afterwards (none keeps the old one in a local). The copy is the state
-        as it was: configured, its model bound."""
+        ``self.state`` afresh afterwards (none keeps the old one, but a checkpoint as a spare
+        copy to try an update on). The copy is the state as it was: configured, its model bound."""
         self.state = pickling.loads(payload)
 
-    def heal_if_broken(self) -> None:
-        """Heal before the state is kept (a checkpoint): a broken model is never made durable,
-        nor one that answers but whose next update would break it (a scaler's variance gone
-        infinite turns NaN at its next update; a trial update on a copy tells)."""
-        if not self._answers(self._journal.answered, self._last_answered) or not self._survives_an_update():
-            self._heal("it would not answer after its next update, found before a checkpoint")
-
-    def _survives_an_update(self) -> bool:
-        """Whether the model still answers after learning the last learned event again (on a copy)."""
+    def _survives_an_update(self, spare: Any = None) -> bool:
+        """Whether the model still answers after learning the last learned event again, on
+        ``spare``: a copy of the model the trial may change (by default a deep copy)."""
         last = self._journal.latest
         if last is None:
             return True
         model = self.state.model
-        self.state.model = copy.deepcopy(model)
+        self.state.model = copy.deepcopy(model) if spare is None else spare
         try:
             self._update_model(last.x, last.y)
             return self._answers(self._journal.answered, last.x)
@@ -564,25 +586,30 @@ class Engine:
 
     def snapshot(self, reason: Reason, note: str | None = None) -> SnapshotManifest:
         """Write the current state to the store (durably) and remember it as a candidate."""
-        return self._snapshot(reason, note)[0]
+        return self._save(self._pickle(reason), note)
 
-    def _snapshot(self, reason: Reason, note: str | None = None) -> tuple[SnapshotManifest, bytes]:
-        """:meth:`snapshot`, and the pickle it wrote."""
+    def _pickle(self, reason: Reason) -> _Pickled:
+        """Number the next snapshot, pickle the state, and go on with a copy unpickled from it."""
         state = self.state
-        sequence = state.next_sequence
+        sequence, parent = state.next_sequence, state.last_snapshot_id
         snapshot_id = f"{sequence:08d}-{reason}"
-        parent = state.last_snapshot_id
         state.next_sequence += 1
         state.snapshots += 1
         state.last_snapshot_id = snapshot_id
         if reason in CANDIDATE_REASONS:
             state.recent_snapshots.append(snapshot_id)
         payload = pickling.dumps(state)
+        self._go_on_from(payload)
+        return _Pickled(reason, sequence, parent, payload, left_behind=state)
+
+    def _save(self, pickled: _Pickled, note: str | None = None) -> SnapshotManifest:
+        """Write what :meth:`_pickle` made to the store, durably."""
+        state = self.state
         manifest = self.store.save_pickled(
-            payload,
-            reason,
-            sequence=sequence,
-            parent=parent,
+            pickled.payload,
+            pickled.reason,
+            sequence=pickled.sequence,
+            parent=pickled.parent,
             events_seen=state.events,
             labelled_seen=state.labelled,
             model_version=state.model_version,
@@ -592,8 +619,7 @@ class Engine:
             note=note,
         )
         self.last_snapshot_bytes = manifest.size_bytes
-        self._go_on_from(payload)
-        return manifest, payload
+        return manifest
 
     def rollback(self, snapshot_id: str) -> SnapshotManifest:
         """Make a stored snapshot's model the current one (a manual rollback)."""

@@ -452,6 +452,21 @@ def test_a_checkpoint_heals_a_model_whose_next_update_would_fail(tmp_path):
     assert engine.state.labelled == 3
 
 
+def test_a_checkpoint_that_heals_after_its_trial_update_takes_the_number_it_would_have_had(tmp_path):
+    """The trial update runs after the state is numbered and pickled; when it fails, the snapshot
+    that is saved (after the heal) is numbered as if no other had been begun, its parent the last
+    one saved."""
+    engine = _fragile_engine(tmp_path)
+    _feed(engine, A, A)
+    first = engine.checkpoint("checkpoint")
+    _feed(engine, A, {"a": 1.0, "breaks_updates": 1.0, "id": "poison"})
+    healed = engine.checkpoint("checkpoint")
+    assert [origin for origin, _ in engine.take_unlearned()] == ["poison"]
+    assert (healed.sequence, healed.parent) == (first.sequence + 1, first.id)
+    assert engine.state.next_sequence == healed.sequence + 1
+    assert [m.id for m in engine.store.list()] == [first.id, healed.id]
+
+
 def test_errors_counted_before_a_refusal_or_a_heal_stay_counted(tmp_path):
     """A refusal and a heal rebuild the state from the good one; the errors counted since (records
     that could not be decoded, events refused or unlearned) are not learning and stay counted."""
