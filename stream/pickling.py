@@ -9,7 +9,10 @@ through its ``__dict__``. So a River model unpickled, or one merely pickled (a c
 and predicts markedly slower than one built by learning: ``python -m benchmarks.unpickling``
 measures how much. :func:`loads` sets each attribute of a plain object as its constructor
 would, so the objects it builds keep their attributes inline; the engine continues after a
-checkpoint with the state :func:`loads` makes of the checkpoint's pickle.
+checkpoint with the state :func:`loads` makes of the checkpoint's pickle. A class's own
+``__setstate__`` is left to do its work, unless all it does is fill the instance's dict (River's
+scalers: ``self.__dict__.update(state)``), which then runs on a stand-in whose attributes are
+set inline on the object.
 
 >>> from river import linear_model
 >>> model = linear_model.LogisticRegression()
@@ -24,6 +27,7 @@ from __future__ import annotations
 import io
 import pickle
 import threading
+import types
 from typing import Any
 
 _PATCHING = threading.Lock()  # one load at a time adds and removes the classes' __setstate__
@@ -44,8 +48,11 @@ def loads(payload: bytes) -> Any:
         try:
             return unpickler.load()
         finally:
-            for cls in unpickler.patched:
-                del cls.__setstate__
+            for cls, own in unpickler.patched:
+                if own is None:
+                    del cls.__setstate__
+                else:
+                    cls.__setstate__ = own
 
 
 def _data_descriptors(cls: type) -> frozenset[str]:
@@ -80,20 +87,63 @@ def _inline_setstate(cls: type) -> Any:
     return __setstate__
 
 
+# All a class's own ``__setstate__`` may name to count as one that only fills the instance's dict
+# from the state: River's scalers default a missing key (``state.setdefault``), then
+# ``self.__dict__.update(state)``.
+_DICT_FILLING_NAMES = frozenset({"__dict__", "update", "setdefault"})
+
+
+def _only_fills_its_dict(setstate: Any) -> bool:
+    """Whether ``setstate`` touches nothing but the state and the instance's dict: it calls no
+    other function or method (by name, through a closure or a nested function), so running it on
+    a stand-in and moving what it set onto the object does the same."""
+    code = getattr(setstate, "__code__", None)
+    return (
+        isinstance(code, types.CodeType)
+        and set(code.co_names) <= _DICT_FILLING_NAMES
+        and not code.co_freevars
+        and not any(isinstance(const, types.CodeType) for const in code.co_consts)
+    )
+
+
+def _inline_after(setstate: Any, cls: type) -> Any:
+    """A ``__setstate__`` for ``cls`` that runs its own dict-filling one (see
+    :func:`_only_fills_its_dict`) on a stand-in, then sets what it set as :func:`_inline_setstate`
+    does: the object's attributes stay inline."""
+    inline = _inline_setstate(cls)
+
+    def __setstate__(obj: Any, state: Any) -> None:
+        stand_in = types.SimpleNamespace()
+        setstate(stand_in, state)
+        inline(obj, vars(stand_in))
+
+    return __setstate__
+
+
 class _InlineUnpickler(pickle.Unpickler):
-    """Gives each class it finds that has no ``__setstate__`` an inline one for the length of the
-    load (the caller removes them)."""
+    """Gives each class it finds an inline ``__setstate__`` for the length of the load: one that
+    has none, or whose own only fills the instance's dict. The caller puts back what was there
+    (``patched``: each class and its own ``__setstate__``, None if it had none)."""
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file)
-        self.patched: list[type] = []
+        self.patched: list[tuple[type, Any]] = []
 
     def find_class(self, module: str, name: str) -> Any:
         found = super().find_class(module, name)
-        if isinstance(found, type) and not any("__setstate__" in vars(k) for k in found.__mro__):
-            try:
-                found.__setstate__ = _inline_setstate(found)  # type: ignore[attr-defined]
-            except (TypeError, AttributeError):  # a built-in or extension type takes no attributes
-                return found
-            self.patched.append(found)
+        if not isinstance(found, type):
+            return found
+        own = next((vars(k)["__setstate__"] for k in found.__mro__ if "__setstate__" in vars(k)), None)
+        if own is None:
+            setstate = _inline_setstate(found)
+        elif _only_fills_its_dict(own):
+            setstate = _inline_after(own, found)
+        else:
+            return found
+        before = vars(found).get("__setstate__")
+        try:
+            found.__setstate__ = setstate  # type: ignore[attr-defined]
+        except (TypeError, AttributeError):  # a built-in or extension type takes no attributes
+            return found
+        self.patched.append((found, before))
         return found

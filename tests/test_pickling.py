@@ -61,6 +61,20 @@ class WithSetstate:
         self.__dict__.update(state, restored=True)
 
 
+class WithSetstateDoingMore:
+    """Its ``__setstate__`` calls a method of its own: it runs on the object itself."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.note_restored()
+
+    def note_restored(self) -> None:
+        self.restored_on = id(self)
+
+
 def test_objects_it_loads_keep_their_attributes_inline_where_pickle_loads_puts_them_in_a_dict():
     payload = pickling.dumps(Plain())
     assert has_attribute_dict(pickle.loads(payload), "name")  # what this module is for
@@ -77,6 +91,28 @@ def test_properties_slots_and_own_setstate_load_as_pickle_loads_them():
     assert (with_slots.a, with_slots.b) == (1, [2])
     assert vars(with_setstate) == {"value": 1, "restored": True}
     assert not any(hasattr(cls, "__setstate__") for cls in (WithProperty, WithSlots))
+
+
+def test_an_own_setstate_that_only_fills_the_dict_loads_inline_and_is_put_back():
+    """River's scalers default a missing key, then update their dict: run on a stand-in, what it
+    set is moved onto the object inline (a scaler unpickled learned ~20% slower without this)."""
+    own = WithSetstate.__setstate__
+    loaded = pickling.loads(pickling.dumps(WithSetstate()))
+    assert not has_attribute_dict(loaded, "restored") and (loaded.value, loaded.restored) == (1, True)
+    assert WithSetstate.__setstate__ is own
+    scaler, scalers_own = preprocessing.StandardScaler(), vars(preprocessing.StandardScaler)["__setstate__"]
+    scaler.learn_one({"a": 1.0})
+    copy = pickling.loads(pickling.dumps(scaler))
+    assert not has_attribute_dict(copy, "means") and copy.window_size is None
+    assert vars(preprocessing.StandardScaler)["__setstate__"] is scalers_own
+    assert has_attribute_dict(pickle.loads(pickle.dumps(scaler)), "means")  # what it would be
+
+
+def test_an_own_setstate_that_does_more_runs_on_the_object_itself():
+    own = WithSetstateDoingMore.__setstate__
+    loaded = pickling.loads(pickling.dumps(WithSetstateDoingMore()))
+    assert (loaded.value, loaded.restored_on) == (1, id(loaded))
+    assert WithSetstateDoingMore.__setstate__ is own
 
 
 @pytest.mark.parametrize(
