@@ -232,16 +232,25 @@ EQUIVALENT: dict[str, Equivalent] = {
     "stream.prequential.xǁEngineǁ_relearn__mutmut_7": Equivalent(
         "event = Event(x=entry.x, y=entry.y, )", "the same, the id left out (None by default)"
     ),
-    "stream.prequential.xǁEngineǁheal_if_broken__mutmut_3": Equivalent(
-        "if not self._answers(None, self._last_answered) or not self._survives_an_update():",
+    "stream.prequential.xǁEngineǁ_survives_an_update__mutmut_7": Equivalent(
+        "self.state.model = copy.deepcopy(model) if (spare is None) or True else spare",
+        "always a deep copy, never the spare: the same trial, only slower (checkpoint__mutmut_7)",
+    ),
+    "stream.prequential.xǁEngineǁcheckpoint__mutmut_1": Equivalent(
+        "if self._answers(None, self._last_answered):",
         "only what the model answered last is asked before a checkpoint, not what its good state "
         "answered: the next check, _survives_an_update, asks the good state's input after one more "
         "update (a non-finite model stays non-finite), so it heals all the same, with the same "
-        "symptom",
+        "symptom (the snapshot pickled meanwhile is taken back: its number, and the heal rebuilds "
+        "the rest)",
     ),
-    "stream.prequential.xǁEngineǁheal_if_broken__mutmut_5": Equivalent(
-        "if not self._answers(self._last_answered) or not self._survives_an_update():",
-        "the same, that input left out of the call",
+    "stream.prequential.xǁEngineǁcheckpoint__mutmut_3": Equivalent(
+        "if self._answers(self._last_answered):", "the same, that input left out of the call"
+    ),
+    "stream.prequential.xǁEngineǁcheckpoint__mutmut_7": Equivalent(
+        "if self._survives_an_update(spare=None):",
+        "the trial update on a deep copy of the model rather than on the state left behind: the same "
+        "model, the same trial, the same answer, only slower (what the spare is for)",
     ),
     "stream.prequential.xǁEngineǁlearn_joined__mutmut_16": Equivalent(
         "self._learn_or_refuse(event, prediction, origin, 1, prediction)",
