@@ -7,7 +7,7 @@ configuration): CPython's full collections then no longer scan it. This measures
 process holding what the service holds (its modules imported, the events only as bytes, which the
 collector does not track): decode, ``Engine.process``, encode, a checkpoint every
 ``--checkpoint-every`` events, in alternating pairs, once as it ran before (nothing frozen) and
-once frozen first (``gc.collect(); gc.freeze()``, undone after). Prints events/s, the seconds
+once frozen first (``gc.freeze()``, undone after). Prints events/s, the seconds
 spent in collections of each generation (``gc.callbacks``), and the ratio of the frozen run's
 rate to the other's, medians of the pairs.
 """
@@ -55,8 +55,7 @@ def _run(
 ) -> tuple[float, CollectionTimer]:
     """Events/s of the loop over ``lines`` and the time collections took, frozen first or not."""
     if frozen:
-        gc.collect()
-        gc.freeze()
+        gc.freeze()  # as ``stream serve`` does (the previous run ended with a full collection)
     timer = CollectionTimer()
     gc.callbacks.append(timer)
     try:
