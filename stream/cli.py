@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import sys
@@ -469,7 +468,6 @@ def serve(
         server = ApiServer(service)
         port = server.start()
         logging.getLogger("stream.api").info("API and dashboard at http://%s:%d/", config.api.host, port)
-    _freeze_what_lives_for_good()
     try:
         code = service.run()
     except ConfigError as error:  # found only once the broker answers (say, a label topic's partitions)
@@ -478,16 +476,6 @@ def serve(
         if server is not None:
             server.stop()
     raise typer.Exit(code)
-
-
-def _freeze_what_lives_for_good() -> None:
-    """Leave what the process holds before the service starts (modules, classes, configuration:
-    over 100,000 objects) out of the garbage collector's full collections, which would otherwise
-    scan it all again every few thousand events for as long as the service runs (``gc.freeze``;
-    ``python -m benchmarks.collector`` measures it). Models are built after this, so whatever they
-    leave behind is still collected. No collection first: after the imports it finds next to
-    nothing to free (5 objects) and takes ~0.1 s, which a restart would wait for."""
-    gc.freeze()
 
 
 def _supervise(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import gc
 import json
 import logging
 
@@ -300,20 +299,3 @@ def test_serve_refuses_at_start_a_signing_key_file_others_may_change(tmp_path):
     assert result.exit_code == 2 and "chmod 600" in result.output
     key_file.chmod(0o600)
     assert CliRunner().invoke(app, ["config", "-c", str(config), "--check"]).exit_code == 0
-
-
-def test_serve_leaves_what_the_process_holds_at_start_out_of_full_collections(tmp_path, monkeypatch):
-    """``gc.freeze`` before the service runs: the modules and configuration are not scanned again by
-    every full collection (``benchmarks/collector.py`` measures what that wins)."""
-    from stream.service import Service
-
-    frozen_when_run: list[int] = []
-    monkeypatch.setattr(Service, "run", lambda self: frozen_when_run.append(gc.get_freeze_count()) or 0)
-    config = tmp_path / "config.yaml"
-    config.write_text(f"snapshots:\n  directory: {tmp_path / 'snapshots'}\napi:\n  enabled: false\n")
-    try:
-        result = runner.invoke(app, ["serve", "-c", str(config)])
-    finally:
-        gc.unfreeze()
-    assert result.exit_code == 0, result.output
-    assert frozen_when_run[0] > 10_000  # the modules alone are tens of thousands of objects

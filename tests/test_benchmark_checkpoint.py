@@ -1,5 +1,5 @@
-"""The checkpoint and garbage-collector benchmarks run and print what they measure, side by side
-with their baseline from the same process."""
+"""The checkpoint benchmark runs and prints what it measures, beside its baseline from the same
+process."""
 
 from __future__ import annotations
 
@@ -30,14 +30,3 @@ def test_the_checkpoint_benchmark_times_a_checkpoint_and_the_former_deep_copy_at
     for _, now_ms, before_ms, ratio, size_mb in rows:
         assert float(now_ms) > 0 and float(before_ms) > 0 and float(size_mb) > 0
         assert float(ratio) == pytest.approx(float(now_ms) / float(before_ms), abs=0.02)
-
-
-def test_the_collector_benchmark_runs_the_loop_frozen_and_not_and_times_each_generation():
-    output = _run("benchmarks.collector", "--events", "3000", "--pairs", "2", "--models", "lr")
-    tracked = int(re.search(r"(\d+) objects tracked before the first run", output).group(1))
-    assert tracked > 50_000  # it holds what the service holds: the modules
-    for label in ("nothing frozen", "frozen at start"):
-        (row,) = re.findall(rf"^\s+{label}\s+(\d+) ev/s; in collections: (.*)$", output, re.MULTILINE)
-        assert int(row[0]) > 0 and len(re.findall(r"gen\d \d+ x [\d.]+ s", row[1])) == 3
-    pairs = re.search(r"frozen / nothing frozen: ([\d.]+) \(pairs: (.*)\)", output)
-    assert float(pairs.group(1)) > 0 and len(pairs.group(2).split(", ")) == 2
