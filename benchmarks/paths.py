@@ -54,6 +54,7 @@ COMMIT_INTERVAL = 0.2
 # A path that shows no progress for this long has failed (start-up and a group join take seconds).
 STALL_SECONDS = 120.0
 LOG_TAIL_LINES = 30
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def engine_config(model: str, snapshots: str, **service: Any) -> dict[str, Any]:
@@ -239,6 +240,21 @@ def _children(pid: int | str) -> list[str]:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # the thread has ended
             children += (task / "children").read_text().split()
     return children
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU time (user + system) a process and its live children (a supervisor's workers) have used
+    so far, in seconds; 0.0 once it has gone."""
+    return _cpu_seconds(pid) + sum(_cpu_seconds(child) for child in _children(pid))
+
+
+def _cpu_seconds(pid: int | str) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 def rss_mb(pid: int | str = "self") -> float:

@@ -54,7 +54,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import confluent_kafka
 import kafka
@@ -70,6 +70,7 @@ from benchmarks.paths import (
     WORKER_PARTITIONS,
     WORKER_PATHS,
     Run,
+    cpu_seconds,
     engine_config,
     peak_rss_mb,
     take,
@@ -120,8 +121,19 @@ def in_child(function: Any, *args: Any) -> tuple[float, float]:
 # -- Kafka paths -------------------------------------------------------------------------------
 
 
-def throughput(run: Run, lines: list[bytes]) -> tuple[float, float]:
-    """Events/s from the first prediction produced to the last committed, and peak RSS."""
+class Throughput(NamedTuple):
+    """One throughput run of a Kafka path."""
+
+    events_per_second: float
+    peak_rss_mb: float
+    cpu_us_per_event: float  # the process's CPU (user + system) over the timed span, per event
+    broker_cpu_us_per_event: float  # the broker's, over the same span
+
+
+def throughput(run: Run, lines: list[bytes], broker_pid: int) -> Throughput:
+    """Events/s from the first prediction produced to the last committed, peak RSS, and the CPU
+    the process and the broker used over that span, per event: on two cores shared by the broker,
+    the harness and the process, events/s moves with what else runs; CPU per event much less."""
     run.create_topics()
     run.publish(lines)
     produced, committed = run.reader("read_uncommitted"), run.reader("read_committed")
@@ -133,19 +145,26 @@ def throughput(run: Run, lines: list[bytes]) -> tuple[float, float]:
             rss = max(rss, peak_rss_mb(process.pid))  # sampled while it runs (it may exit by itself)
             if take(produced, 0.02):
                 first_at = time.monotonic()
+                cpu_at_first, broker_cpu_at_first = cpu_seconds(process.pid), cpu_seconds(broker_pid)
             run.check_progress(progress_at, "no prediction yet")
         while seen < len(lines):
             rss = max(rss, peak_rss_mb(process.pid))
             arrived = len(take(committed, 0.2))
             if arrived:
                 seen, progress_at = seen + arrived, time.monotonic()
+                # Read as the records arrive: a peer exits once it has processed them all.
+                cpu, broker_cpu = cpu_seconds(process.pid), cpu_seconds(broker_pid)
             run.check_progress(progress_at, f"{seen} of {len(lines)} predictions committed")
         last_at = time.monotonic()
     finally:
         rss = max(rss, run.stop())
         produced.close()
         committed.close()
-    return len(lines) / (last_at - first_at), rss
+    per_event = 1e6 / len(lines)
+    return Throughput(
+        len(lines) / (last_at - first_at), rss,
+        max(cpu - cpu_at_first, 0.0) * per_event, (broker_cpu - broker_cpu_at_first) * per_event,
+    )  # fmt: skip
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -157,7 +176,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for model in args.models:
             count = args.events // 10 if model == "arf" else args.events
             records = [as_event(r) for r in recurring_concepts(count // 3 + 1, (0, 2, 0), seed=42)][:count]
-            rows = _throughputs(args, model, records, broker.bootstrap_servers, workdir)
+            rows = _throughputs(args, model, records, broker, workdir)
             report["results"] += rows
             services = [r["events_per_second"] for r in rows if r["path"] in SERVICE_PATHS]
             if services and args.latency_seconds:
@@ -173,29 +192,37 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def _throughputs(
-    args: argparse.Namespace, model: str, records: list[dict], bootstrap: str, workdir: Path
+    args: argparse.Namespace, model: str, records: list[dict], broker: LocalBroker, workdir: Path
 ) -> list[dict[str, Any]]:
     lines = [json.dumps(record).encode() for record in records]
     runs: dict[str, list[tuple[float, float]]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}  # Kafka paths: the process's and the broker's, per event
     for _ in range(args.repeats):
         runs.setdefault("bare", []).append(in_child(_bare, model, records))  # every ratio's base
         if "replay" in args.paths:
             runs.setdefault("replay", []).append(in_child(_replay, model, lines))
         for path in (p for p in KAFKA_PATHS if p in args.paths):
-            run = Run(path, model, bootstrap, workdir, len(lines))
-            rate, rss = throughput(run, lines)
-            runs.setdefault(path, []).append((rate, rss))
-            print(f"  {LABELS[model]} {path}: {rate:.0f}/s", flush=True)
+            run = Run(path, model, broker.bootstrap_servers, workdir, len(lines))
+            measured = throughput(run, lines, broker.process.pid)
+            runs.setdefault(path, []).append(measured[:2])
+            cpu.setdefault(path, []).append(measured[2:])
+            print(f"  {LABELS[model]} {path}: {measured.events_per_second:.0f}/s, CPU per event "
+                  f"{measured.cpu_us_per_event:.1f} us (broker {measured.broker_cpu_us_per_event:.1f} us)",
+                  flush=True)  # fmt: skip
     bare = statistics.median(rate for rate, _ in runs["bare"])
     rows = []
     for path, measured in runs.items():
         rate = statistics.median(r for r, _ in measured)
         rss = statistics.median(m for _, m in measured)
-        rows.append({
+        row: dict[str, Any] = {
             "model": LABELS[model], "path": path, "events": len(lines), "events_per_second": round(rate),
             "ratio_to_bare": round(rate / bare, 3), "peak_rss_mb": round(rss, 1),
             "runs": [round(r) for r, _ in measured],
-        })  # fmt: skip
+        }  # fmt: skip
+        if path in cpu:
+            row["cpu_us_per_event"] = round(statistics.median(c for c, _ in cpu[path]), 1)
+            row["broker_cpu_us_per_event"] = round(statistics.median(b for _, b in cpu[path]), 1)
+        rows.append(row)
         print(f"{LABELS[model]:34} {path:22} {rate:9.0f}/s  x{rate / bare:5.2f}  {rss:7.1f} MB", flush=True)
     one_worker = next((r["events_per_second"] for r in rows if WORKER_PATHS.get(r["path"]) == 1), None)
     for row in (r for r in rows if WORKER_PATHS.get(r["path"], 1) > 1 and one_worker):
@@ -278,8 +305,8 @@ def tables(report: dict[str, Any]) -> str:
     recovery = {(r["model"], r["path"]): r for r in report["recovery"]}
     rows = [
         "| model | path | events/s | ratio to bare | p50 / p99 latency (ms) at offered load | "
-        "SIGKILL to new prediction (s) | peak RSS (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "SIGKILL to new prediction (s) | CPU us per event: process / broker | peak RSS (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["results"]:
         key = (r["model"], r["path"])
@@ -290,8 +317,10 @@ def tables(report: dict[str, Any]) -> str:
         rec = recovery.get(key)
         rec_text = rec["seconds"] if rec else ""
         scaling = f" (x{r['ratio_to_one_worker']:.2f} of 1 worker)" if "ratio_to_one_worker" in r else ""
+        cpu = f"{r['cpu_us_per_event']} / {r['broker_cpu_us_per_event']}" if "cpu_us_per_event" in r else ""
         rows.append(f"| {_escape(r['model'])} | {r['path']} | {r['events_per_second']}{scaling} | "
-                    f"{r['ratio_to_bare']:.2f} | {lat_text} | {rec_text} | {r['peak_rss_mb']} |")  # fmt: skip
+                    f"{r['ratio_to_bare']:.2f} | {lat_text} | {rec_text} | {cpu} | "
+                    f"{r['peak_rss_mb']} |")  # fmt: skip
     memory = report["memory"]
     if memory:
         rows.append("")

@@ -32,6 +32,9 @@ def test_the_benchmark_measures_throughput_on_every_path_and_writes_its_files(tm
     assert [r["path"] for r in report["results"]] == ["bare", "replay", *KAFKA_PATHS]
     for row in report["results"]:
         assert row["events_per_second"] > 0 and row["peak_rss_mb"] > 0
+    kafka = [row for row in report["results"] if row["path"] in KAFKA_PATHS]
+    assert all(row["cpu_us_per_event"] >= 0 and row["broker_cpu_us_per_event"] >= 0 for row in kafka)
+    assert any(row["cpu_us_per_event"] > 0 for row in kafka)  # clock ticks of 10 ms: some may read 0
     assert report["results"][0]["ratio_to_bare"] == 1.0
     assert (tmp_path / "results.png").stat().st_size > 10_000
     assert "| StandardScaler\\|LogisticRegression | service-eos-confluent |" in stdout
