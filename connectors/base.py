@@ -20,8 +20,9 @@ Position = tuple[int, str]
 
 
 class Message(NamedTuple):
-    """One consumed record. A tuple of plain values: the garbage collector does not track it, so
-    the records an engine keeps in its journal (:mod:`stream.journal`) cost it nothing."""
+    """One consumed record. The garbage collector tracks it for as long as it lives (CPython never
+    stops tracking an instance of a tuple subclass), so the engine's journal keeps it as a plain
+    tuple (:mod:`stream.journal`)."""
 
     topic: str
     partition: int

@@ -13,8 +13,14 @@ a window that outgrew ``max_entries`` or ``budget_bytes`` without a checkpoint, 
 That matters beyond the pickle's own time: on CPython 3.11 pickling an object materializes its
 attribute dict, and the object's attribute reads are slower ever after (measured in the README).
 
-The events are kept as tuples of plain values (features, label, id, and where they came from),
-which the garbage collector does not track: thousands of them cost the loop nothing.
+The events are kept in one flat list, their values one after the other (features, label, id,
+where they came from), and none of them is an object the garbage collector goes on tracking: the
+features are a dict of plain values, which it never tracks, and an origin that is a NamedTuple
+(the service's consumed records) is kept as a plain tuple and named again when read. A tuple per
+entry would be tracked for as long as it is kept (CPython never stops tracking a tuple that holds
+a dict, nor an instance of a tuple subclass), and thousands of them would make every full
+collection of the heap longer and more frequent: the service made 6 per 100,000 events with them,
+Quix Streams 2 (README, "Measured cost of the engine").
 
 >>> from stream.pickling import dumps
 >>> journal = Journal()
@@ -55,6 +61,9 @@ from stream import pickling
 MAX_ENTRIES = 50_000
 # The bytes of events kept at most (large events start a new window sooner).
 BUDGET_BYTES = 64 * 1024 * 1024
+# The values an entry takes in the journal's list: x, y, id, origin, prediction, and the index of
+# the origin's NamedTuple class (-1: the origin is kept as it came).
+_VALUES = 6
 
 
 class JournalEntry(NamedTuple):
@@ -77,12 +86,15 @@ class Journal:
         self._bytes = 0
         self._load_base: Callable[[], Any] | None = None
         self.answered: dict[str, Any] | None = None  # features the good state gave a finite output for
-        self._kept: list[tuple[Any, ...]] = []  # plain tuples: a NamedTuple costs the loop a call
+        self._kept: list[Any] = []  # _VALUES values an entry, oldest first
+        self._origin_kinds: list[type] = []  # the NamedTuple classes of origins kept as plain tuples
 
     def due(self) -> bool:
         """Whether a new good state should be kept (none yet, or the window is full)."""
         return (
-            self._load_base is None or len(self._kept) >= self.max_entries or self._bytes >= self.budget_bytes
+            self._load_base is None
+            or len(self._kept) >= self.max_entries * _VALUES
+            or self._bytes >= self.budget_bytes
         )
 
     def start(self, base: bytes | Callable[[], Any], answered: dict[str, Any] | None) -> None:
@@ -103,22 +115,37 @@ class Journal:
     ) -> None:
         """Keep a learned event; ``size``: the bytes it came as, held against the budget;
         ``prediction``: the one it was learned with, if an earlier state made it."""
-        self._kept.append((x, y, event_id, origin, prediction))
+        self._kept += self._plain(x, y, event_id, origin, prediction)
         self._bytes += size
+
+    def _plain(self, x: dict[str, Any], y: Any, event_id: str | None, origin: Any, prediction: Any) -> tuple:
+        kind = type(origin)
+        if kind is tuple or not isinstance(origin, tuple):
+            return x, y, event_id, origin, prediction, -1
+        kinds = self._origin_kinds
+        if kind not in kinds:
+            kinds.append(kind)
+        return x, y, event_id, tuple(origin), prediction, kinds.index(kind)
+
+    def _entry(self, start: int) -> JournalEntry:
+        x, y, event_id, origin, prediction, kind = self._kept[start : start + _VALUES]
+        return JournalEntry(
+            x, y, event_id, origin if kind < 0 else self._origin_kinds[kind]._make(origin), prediction
+        )
 
     @property
     def entries(self) -> list[JournalEntry]:
         """The events learned since the good state, oldest first."""
-        return [JournalEntry._make(kept) for kept in self._kept]
+        return [self._entry(start) for start in range(0, len(self._kept), _VALUES)]
 
     @property
     def latest(self) -> JournalEntry | None:
         """The event learned last, if any since the good state."""
-        return JournalEntry._make(self._kept[-1]) if self._kept else None
+        return self._entry(len(self._kept) - _VALUES) if self._kept else None
 
     @entries.setter
     def entries(self, entries: list[JournalEntry]) -> None:
-        self._kept = list(entries)
+        self._kept = [value for entry in entries for value in self._plain(*entry)]
 
     @property
     def started(self) -> bool:
