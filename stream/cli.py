@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -79,6 +80,9 @@ class LogLevel(StrEnum):
 # This project's loggers follow --log-level; every other one (kafka-python's connection and
 # metadata chatter, uvicorn, httpx) stays at WARNING unless the level is debug.
 OWN_LOGGERS = ("stream", "connectors", "kafka_local")
+# `stream serve`'s first garbage-collector threshold (CPython's: 700); see
+# _collect_young_objects_less_often.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 def configure_logging(level: LogLevel) -> None:
@@ -468,6 +472,7 @@ def serve(
         server = ApiServer(service)
         port = server.start()
         logging.getLogger("stream.api").info("API and dashboard at http://%s:%d/", config.api.host, port)
+    _collect_young_objects_less_often()
     try:
         code = service.run()
     except ConfigError as error:  # found only once the broker answers (say, a label topic's partitions)
@@ -476,6 +481,20 @@ def serve(
         if server is not None:
             server.stop()
     raise typer.Exit(code)
+
+
+def _collect_young_objects_less_often() -> None:
+    """Raise the garbage collector's first threshold from CPython's 700 to ``GC_YOUNG_THRESHOLD``.
+
+    The loop works on batches of consumed records, each record an object the collector tracks
+    while the batch lives. At the default, a young collection came every ~140 events and the
+    middle one every ~1,400, each promoting the batch's live records to the oldest generation as
+    if they were long-lived; that counted towards the next full collection of the whole heap
+    (~115,000 objects, 60-90 ms), made 2-4 times per 100,000 events for nothing. With the young
+    generation 14 times larger, the service's collections over 100,000 events took 0.10 s against
+    0.38 s, with no full collection (README, "What the garbage collector costs")."""
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _supervise(

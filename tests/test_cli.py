@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import logging
 
@@ -299,3 +300,22 @@ def test_serve_refuses_at_start_a_signing_key_file_others_may_change(tmp_path):
     assert result.exit_code == 2 and "chmod 600" in result.output
     key_file.chmod(0o600)
     assert CliRunner().invoke(app, ["config", "-c", str(config), "--check"]).exit_code == 0
+
+
+def test_serve_collects_young_objects_less_often_than_python_does_by_default(tmp_path, monkeypatch):
+    """``stream serve`` raises the collector's first threshold: at CPython's 700, a consumed batch's
+    live records were promoted towards needless full collections of the heap."""
+    from stream.cli import GC_YOUNG_THRESHOLD
+    from stream.service import Service
+
+    thresholds_when_run: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(Service, "run", lambda self: thresholds_when_run.append(gc.get_threshold()) or 0)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"snapshots:\n  directory: {tmp_path / 'snapshots'}\napi:\n  enabled: false\n")
+    before = gc.get_threshold()
+    try:
+        result = runner.invoke(app, ["serve", "-c", str(config)])
+    finally:
+        gc.set_threshold(*before)
+    assert result.exit_code == 0, result.output
+    assert thresholds_when_run == [(GC_YOUNG_THRESHOLD, *before[1:])] and before[0] < GC_YOUNG_THRESHOLD
