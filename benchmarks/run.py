@@ -21,14 +21,18 @@ Paths, for each model (``benchmarks/models.py``), on the same pre-generated Agra
   peer-quix-eos        the model in a Quix Streams application, processing_guarantee exactly-once
   peer-quix-alos       the same, at-least-once
 
-Four measurements:
+First, ``--warm-up-events`` go through the fresh broker, not reported (its JVM compiles its hot
+code as records come: whichever path ran first was measured against a slower broker). Then four
+measurements:
 
 - Throughput: events pre-produced; N events over the time from the first prediction being
   produced (seen by a ``read_uncommitted`` reader) to the last one being committed (seen by a
   ``read_committed`` reader): start-up and the group join are left out, and transactional paths,
   whose output appears in bursts at each commit, are timed fairly. The service and Quix commit
   every 0.2 s (the service's default; Quix's is 5 s). Medians of ``--repeats``; ratios are
-  events/s over the bare loop's in the same run. Peak RSS is each process's VmHWM.
+  events/s over the bare loop's in the same run. Peak RSS is each process's VmHWM. Beside it, the
+  CPU the process and the broker used over the same span, per event: on two cores shared by the
+  broker, the harness and the process, events/s moves with what else runs, CPU per event less.
 - Latency: each Kafka path offered a fixed load, half the best service path's median
   throughput for that model, for ``--latency-seconds``; p50/p99 from produce to the prediction
   seen by a ``read_committed`` reader, after 200 warm-up events; medians of ``--repeats`` runs.
@@ -84,6 +88,9 @@ from stream.snapshots import SnapshotStore
 
 PATHS = ("bare", "replay", *KAFKA_PATHS)
 THROUGHPUT_ONLY = (*DELAYED_PATHS, *WORKER_PATHS)
+# What warms the fresh broker up: transactions, read_committed consumers and group commits, as
+# every path uses them, at a good rate.
+WARM_UP_PATH = "service-eos-confluent"
 SERVICE_PATHS = tuple(p for p in KAFKA_PATHS if p.startswith("service") and p not in THROUGHPUT_ONLY)
 
 
@@ -173,6 +180,8 @@ def throughput(run: Run, lines: list[bytes], broker_pid: int) -> Throughput:
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"results": [], "latency": [], "recovery": [], "memory": {}}
     with LocalBroker(data_dir=workdir / "broker") as broker:
+        if args.warm_up_events and any(path in KAFKA_PATHS for path in args.paths):
+            report["warm_up"] = _warm_up(args.warm_up_events, broker, workdir)
         for model in args.models:
             count = args.events // 10 if model == "arf" else args.events
             records = [as_event(r) for r in recurring_concepts(count // 3 + 1, (0, 2, 0), seed=42)][:count]
@@ -189,6 +198,23 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.memory_events:
             report["memory"] = _memory(args, report["results"], broker.bootstrap_servers, workdir)
     return report
+
+
+def _warm_up(events: int, broker: LocalBroker, workdir: Path) -> dict[str, Any]:
+    """One run through the fresh broker, not reported. Its JVM compiles its hot code as records
+    come: in the first runs it used 3-5 times the CPU per event it used later (64-92 us against
+    16-30), on the two cores the process measured shares with it, so whichever path ran first was
+    measured against a slower broker."""
+    records = [as_event(r) for r in recurring_concepts(events // 3 + 1, (0, 2, 0), seed=1)][:events]
+    lines = [json.dumps(record).encode() for record in records]
+    measured = throughput(Run(WARM_UP_PATH, "lr", broker.bootstrap_servers, workdir, len(lines)), lines,
+                          broker.process.pid)  # fmt: skip
+    print(f"warm-up, not reported: {len(lines)} events through {WARM_UP_PATH} at "
+          f"{measured.events_per_second:.0f}/s, the broker's CPU {measured.broker_cpu_us_per_event:.1f} us "
+          "per event", flush=True)  # fmt: skip
+    rate, broker_cpu = round(measured.events_per_second), round(measured.broker_cpu_us_per_event, 1)
+    return {"path": WARM_UP_PATH, "events": len(lines), "events_per_second": rate,
+            "broker_cpu_us_per_event": broker_cpu}  # fmt: skip
 
 
 def _throughputs(
@@ -391,6 +417,10 @@ def main() -> None:
         "--latency-seconds", type=float, default=5.0, help="per run, path and model; 0 = skip"
     )
     parser.add_argument("--memory-events", type=int, default=1_000_000, help="0 = skip the memory run")
+    parser.add_argument(
+        "--warm-up-events", type=int, default=200_000,
+        help="through the fresh broker before anything is measured (its JVM compiles as it goes); 0 = none",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if unknown := set(args.models) - MODELS.keys():

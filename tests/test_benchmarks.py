@@ -28,7 +28,10 @@ def _benchmark(out, *options: str) -> tuple[dict, str]:
 
 
 def test_the_benchmark_measures_throughput_on_every_path_and_writes_its_files(tmp_path):
-    report, stdout = _benchmark(tmp_path, "--events", "600", "--latency-seconds", "0", "--memory-events", "0")
+    sizes = ("--events", "600", "--latency-seconds", "0", "--memory-events", "0", "--warm-up-events", "300")
+    report, stdout = _benchmark(tmp_path, *sizes)
+    assert report["warm_up"]["events"] == 300 and report["warm_up"]["events_per_second"] > 0
+    assert "warm-up, not reported: 300 events" in stdout
     assert [r["path"] for r in report["results"]] == ["bare", "replay", *KAFKA_PATHS]
     for row in report["results"]:
         assert row["events_per_second"] > 0 and row["peak_rss_mb"] > 0
@@ -43,8 +46,10 @@ def test_the_benchmark_measures_throughput_on_every_path_and_writes_its_files(tm
 def test_the_benchmark_measures_latency_recovery_and_memory(tmp_path):
     paths = "service-alos-confluent,peer-quix-alos"
     report, stdout = _benchmark(
-        tmp_path, "--events", "2000", "--paths", paths, "--latency-seconds", "1", "--memory-events", "3000"
-    )
+        tmp_path, "--events", "2000", "--paths", paths, "--latency-seconds", "1", "--memory-events", "3000",
+        "--warm-up-events", "0",
+    )  # fmt: skip
+    assert "warm_up" not in report
     assert [(r["path"], r["missing"]) for r in report["latency"]] == [(p, 0) for p in paths.split(",")]
     for row in report["latency"]:
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
