@@ -66,6 +66,7 @@ import river
 from river import metrics
 
 from benchmarks import REPO_ROOT
+from benchmarks.engine import concept_records
 from benchmarks.latency import measure_latency, measure_memory, measure_recovery
 from benchmarks.models import LABELS, MODELS
 from benchmarks.paths import (
@@ -184,7 +185,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             report["warm_up"] = _warm_up(args.warm_up_events, broker, workdir)
         for model in args.models:
             count = args.events // 10 if model == "arf" else args.events
-            records = [as_event(r) for r in recurring_concepts(count // 3 + 1, (0, 2, 0), seed=42)][:count]
+            records = concept_records(count)
             rows = _throughputs(args, model, records, broker, workdir)
             report["results"] += rows
             services = [r["events_per_second"] for r in rows if r["path"] in SERVICE_PATHS]
@@ -205,8 +206,7 @@ def _warm_up(events: int, broker: LocalBroker, workdir: Path) -> dict[str, Any]:
     come: in the first runs it used 3-5 times the CPU per event it used later (64-92 us against
     16-30), on the two cores the process measured shares with it, so whichever path ran first was
     measured against a slower broker."""
-    records = [as_event(r) for r in recurring_concepts(events // 3 + 1, (0, 2, 0), seed=1)][:events]
-    lines = [json.dumps(record).encode() for record in records]
+    lines = [json.dumps(record).encode() for record in concept_records(events)]
     measured = throughput(Run(WARM_UP_PATH, "lr", broker.bootstrap_servers, workdir, len(lines)), lines,
                           broker.process.pid)  # fmt: skip
     print(f"warm-up, not reported: {len(lines)} events through {WARM_UP_PATH} at "
