@@ -35,9 +35,12 @@ measurements:
   broker, the harness and the process, events/s moves with what else runs, CPU per event less.
 - Latency: each Kafka path offered a fixed load, half the best service path's median
   throughput for that model, for ``--latency-seconds``; p50/p99 from produce to the prediction
-  seen by a ``read_committed`` reader, after 200 warm-up events; medians of ``--repeats`` runs.
+  seen by a ``read_committed`` reader, after 200 warm-up events; medians of ``--repeats`` runs,
+  taken in rounds (each path once per round) after one unreported run of
+  ``--latency-warm-up-seconds`` at the same load (the broker warms up to small requests too).
 - Recovery (service paths): under the same load, SIGKILL and restart at once; seconds to the
-  first prediction of the new process that a ``read_committed`` reader sees; median of runs.
+  first prediction of the new process that a ``read_committed`` reader sees; median of runs,
+  one per round.
 - Memory: the best service path with the linear model (fixed size, so any growth is the
   service's) over ``--memory-events`` events; resident memory sampled every 0.5 s.
 
@@ -191,11 +194,13 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             services = [r["events_per_second"] for r in rows if r["path"] in SERVICE_PATHS]
             if services and args.latency_seconds:
                 offered = 0.5 * max(services)
-                for path in (p for p in KAFKA_PATHS if p in args.paths and p not in THROUGHPUT_ONLY):
-                    latency, recovery = _latency(args, path, model, records, offered, broker, workdir)
-                    report["latency"].append(latency)
-                    if recovery:
-                        report["recovery"].append(recovery)
+                if args.latency_warm_up_seconds:
+                    run = Run(WARM_UP_PATH, model, broker.bootstrap_servers, workdir, 0)
+                    warm_up = _latency_warm_up(run, records, offered, args.latency_warm_up_seconds)
+                    report.setdefault("latency_warm_up", []).append(warm_up)
+                latency, recovery = _latencies(args, model, records, offered, broker, workdir)
+                report["latency"] += latency
+                report["recovery"] += recovery
         if args.memory_events:
             report["memory"] = _memory(args, report["results"], broker.bootstrap_servers, workdir)
     return report
@@ -259,42 +264,63 @@ def _throughputs(
     return rows
 
 
-def _latency(
+def _latency_warm_up(run: Run, records: list[dict], offered: float, seconds: float) -> dict[str, Any]:
+    """One latency run (of :data:`WARM_UP_PATH`) at ``offered`` events/s, not reported. The broker's
+    JVM compiles the code of small produce and fetch requests only when it gets them: the
+    throughput warm-up (large batches of pre-produced events) leaves it cold, and whichever path
+    was measured first at a fixed load had a p50 five to ten times the later ones (measured: 1,519
+    and 1,168 ms for the service's first two runs against 126 and 125 ms for its next two)."""
+    measured = measure_latency(run, records, offered, seconds)
+    print(f"latency warm-up, not reported: {run.path} at {measured['offered_per_second']}/s for "
+          f"{seconds:g} s: p50 {measured['p50_ms']}, p99 {measured['p99_ms']}", flush=True)  # fmt: skip
+    return {"model": LABELS[run.model], "path": run.path, "seconds": seconds, **measured}
+
+
+def _latencies(
     args: argparse.Namespace,
-    path: str,
     model: str,
     records: list[dict],
     offered: float,
     broker: LocalBroker,
     workdir: Path,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Latency at ``offered`` events/s; for the service, recovery from SIGKILL at that load too.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Latency at ``offered`` events/s of each Kafka path; for the service, recovery from SIGKILL
+    at that load too.
 
-    ``--repeats`` runs of each; the medians are reported (one broker hiccup of 200 ms, a JVM pause
-    say, sets a whole run's p99 at this load), with every run's figures kept in the JSON.
+    ``--repeats`` rounds, each path once per round, so that what changes over the run (the broker
+    warming, other work on the machine) falls on every path alike; the medians are reported (one
+    broker hiccup of 200 ms, a JVM pause say, sets a whole run's p99 at this load), with every
+    run's figures kept in the JSON.
     """
-    label, names = f"{LABELS[model]:34} {path:22}", {"model": LABELS[model], "path": path}
+    paths = [p for p in KAFKA_PATHS if p in args.paths and p not in THROUGHPUT_ONLY]
+    runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+    kills: dict[str, list[float]] = {path: [] for path in paths if path in SERVICE_PATHS}
     bootstrap = broker.bootstrap_servers
-    runs = [
-        measure_latency(Run(path, model, bootstrap, workdir, 0), records, offered, args.latency_seconds)
-        for _ in range(args.repeats)
-    ]
-    row = {
-        "offered_per_second": runs[0]["offered_per_second"],
-        **{key: statistics.median(r[key] for r in runs) for key in ("p50_ms", "p99_ms", "max_ms")},
-        "missing": max(r["missing"] for r in runs),
-        "runs": runs,
-    }
-    print(f"{label} at {row['offered_per_second']}/s: p50 {row['p50_ms']}, p99 {row['p99_ms']}", flush=True)
-    if path not in SERVICE_PATHS:
-        return {**names, **row}, None
-    seconds = [
-        measure_recovery(Run(path, model, bootstrap, workdir, 0), records, offered)
-        for _ in range(args.repeats)
-    ]
-    print(f"{label} SIGKILL to a new prediction: {statistics.median(seconds)} s", flush=True)
-    recovery = {"offered_per_second": round(offered), "seconds": statistics.median(seconds), "runs": seconds}
-    return {**names, **row}, {**names, **recovery}
+    for _ in range(args.repeats):
+        for path in paths:
+            run = Run(path, model, bootstrap, workdir, 0)
+            runs[path].append(measure_latency(run, records, offered, args.latency_seconds))
+            if path in kills:
+                killed = Run(path, model, bootstrap, workdir, 0)
+                kills[path].append(measure_recovery(killed, records, offered))
+    latency, recovery = [], []
+    for path in paths:
+        label, names = f"{LABELS[model]:34} {path:22}", {"model": LABELS[model], "path": path}
+        row = {
+            "offered_per_second": runs[path][0]["offered_per_second"],
+            **{key: statistics.median(r[key] for r in runs[path]) for key in ("p50_ms", "p99_ms", "max_ms")},
+            "missing": max(r["missing"] for r in runs[path]),
+            "runs": runs[path],
+        }
+        print(f"{label} at {row['offered_per_second']}/s: p50 {row['p50_ms']}, p99 {row['p99_ms']}",
+              flush=True)  # fmt: skip
+        latency.append({**names, **row})
+        if path in kills:
+            seconds = statistics.median(kills[path])
+            print(f"{label} SIGKILL to a new prediction: {seconds} s", flush=True)
+            recovery.append({**names, "offered_per_second": round(offered), "seconds": seconds,
+                             "runs": kills[path]})  # fmt: skip
+    return latency, recovery
 
 
 def _memory(args: argparse.Namespace, results: list[dict], bootstrap: str, workdir: Path) -> dict[str, Any]:
@@ -416,6 +442,10 @@ def main() -> None:
     parser.add_argument(
         "--latency-seconds", type=float, default=5.0, help="per run, path and model; 0 = skip"
     )
+    parser.add_argument(
+        "--latency-warm-up-seconds", type=float, default=20.0,
+        help="per model, an unreported latency run first (the broker warms up to small requests); 0 = none",
+    )  # fmt: skip
     parser.add_argument("--memory-events", type=int, default=1_000_000, help="0 = skip the memory run")
     parser.add_argument(
         "--warm-up-events", type=int, default=200_000,

@@ -47,9 +47,12 @@ def test_the_benchmark_measures_latency_recovery_and_memory(tmp_path):
     paths = "service-alos-confluent,peer-quix-alos"
     report, stdout = _benchmark(
         tmp_path, "--events", "2000", "--paths", paths, "--latency-seconds", "1", "--memory-events", "3000",
-        "--warm-up-events", "0",
+        "--warm-up-events", "0", "--latency-warm-up-seconds", "1",
     )  # fmt: skip
     assert "warm_up" not in report
+    (warm_up,) = report["latency_warm_up"]  # one per model, before its latency runs, not among them
+    assert warm_up["path"] == "service-eos-confluent" and warm_up["seconds"] == 1 and warm_up["p50_ms"] > 0
+    assert "latency warm-up, not reported: service-eos-confluent" in stdout
     assert [(r["path"], r["missing"]) for r in report["latency"]] == [(p, 0) for p in paths.split(",")]
     for row in report["latency"]:
         assert 0 < row["p50_ms"] <= row["p99_ms"] <= row["max_ms"]
