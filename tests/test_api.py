@@ -51,6 +51,16 @@ def _service_with_api(kafka, workdir: Path) -> Iterator[tuple[httpx.Client, dict
             wait_until(
                 lambda: client.get("/api/stats").json()["predictions"] == 6_000, 60, "stats never caught up"
             )
+            # Idle from here: the checkpoint of the last events (a second after them) rotates the
+            # oldest checkpoint out, so a test that listed it first would find it gone.
+            wait_until(
+                lambda: any(
+                    m["reason"] == "checkpoint" and m["events_seen"] == 6_000
+                    for m in client.get("/api/snapshots").json()
+                ),
+                60,
+                "the last events were never checkpointed",
+            )
             yield client, config, service
     finally:
         assert service.stop() == 0, service.log()
