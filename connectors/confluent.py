@@ -136,7 +136,9 @@ class ConfluentSource(Source):
         assigned = self.consumer.assignment()
         self.consumer.pause(assigned)
         try:
-            self.poll(timeout=0.1, max_records=1)  # paused partitions return nothing new
+            # At once: librdkafka runs the group protocol on its own threads; the poll serves its
+            # callbacks and restarts max.poll.interval.ms. Paused partitions return nothing new.
+            self.poll(timeout=0, max_records=1)
         finally:
             current = set(_partitions(self.consumer.assignment()))
             self.consumer.resume([tp for tp in assigned if (tp.topic, tp.partition) in current])

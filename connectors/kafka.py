@@ -116,8 +116,10 @@ class KafkaSource(Source):
         assigned = self.consumer.assignment()
         self.consumer.pause(*assigned)
         try:
-            # Long enough for a rejoin to make progress; paused partitions return nothing.
-            self.poll(timeout=0.1, max_records=1)
+            # At once: a rejoin takes its next step with whatever the broker has answered since
+            # the last keep-alive; waiting here would take the re-learning's time (a wait of 0.1 s
+            # every 0.5 s made restores a sixth slower). Paused partitions return nothing.
+            self.poll(timeout=0, max_records=1)
         finally:
             self.consumer.resume(*(assigned & self.consumer.assignment()))
 

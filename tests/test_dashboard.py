@@ -66,9 +66,18 @@ def test_dashboard_charts_the_metric_and_rolls_back_through_the_page(kafka, tmp_
 
         stats = httpx.get(url + "/api/stats").json()
         version = next(iter(stats["partitions"].values()))["model_version"]
-        row = browser.find_element(By.XPATH, "//tbody/tr[td[3][text()='drift']]")
-        target = row.get_attribute("data-id")
-        row.find_element(By.CSS_SELECTOR, "button.rollback").click()
+
+        def click_rollback_of_a_drift(b: webdriver.Chrome) -> str:
+            row = b.find_element(By.XPATH, "//tbody/tr[td[3][text()='drift']]")
+            target = row.get_attribute("data-id")
+            row.find_element(By.CSS_SELECTOR, "button.rollback").click()
+            return target
+
+        # The table is rebuilt every 2 s: a row found just before may be detached, and its click
+        # (which then never fired) is tried again.
+        target = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+            click_rollback_of_a_drift
+        )
         prompt = wait.until(lambda b: b.switch_to.alert)
         prompt.send_keys(TOKEN)
         prompt.accept()
