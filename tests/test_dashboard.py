@@ -54,7 +54,9 @@ def test_dashboard_charts_the_metric_and_rolls_back_through_the_page(kafka, tmp_
         wait_for_records(kafka.bootstrap_servers, topics["predictions_topic"], 6_000, timeout=120)
         url = service.api_url()
         browser.get(url + "/")
-        wait = WebDriverWait(browser, 30)
+        # The snapshot table is rebuilt every 2 s: a row found just before may be detached, and
+        # what was tried on it (a click that then never fired) is tried again.
+        wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
         wait.until(
             lambda b: b.execute_script("return window.dashboard && window.dashboard.metricPoints()") >= 10
         )
@@ -73,11 +75,7 @@ def test_dashboard_charts_the_metric_and_rolls_back_through_the_page(kafka, tmp_
             row.find_element(By.CSS_SELECTOR, "button.rollback").click()
             return target
 
-        # The table is rebuilt every 2 s: a row found just before may be detached, and its click
-        # (which then never fired) is tried again.
-        target = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
-            click_rollback_of_a_drift
-        )
+        target = wait.until(click_rollback_of_a_drift)
         prompt = wait.until(lambda b: b.switch_to.alert)
         prompt.send_keys(TOKEN)
         prompt.accept()
