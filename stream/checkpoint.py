@@ -13,7 +13,9 @@ The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Chec
 
 1. **Claim.** Before an event is processed its offset is recorded in the state as learned, so a
    snapshot taken while learning it (warning, drift) never makes a restore learn it twice.
-2. **Commit** (every ``service.commit_every_seconds``). ``exactly_once``: the open Kafka
+2. **Commit** (every ``service.commit_every_seconds``, looked at after every record, so a slow
+   model's batch holds no output back; the first outputs after a rebalance at once, as a restore
+   may have kept them waiting). ``exactly_once``: the open Kafka
    transaction holds every prediction and dead letter since the last commit; the consumer
    offsets are added to it (``send_offsets_to_transaction``) and it commits, so a
    ``read_committed`` reader sees an event's output exactly when its offset is committed.
@@ -73,6 +75,7 @@ and a restore point is chosen as described in 4:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -239,7 +242,7 @@ class Checkpointer:
         # Where a checkpoint sends the events its healing unlearned (in the transaction it commits).
         self.dead_letter = dead_letter
         self.partitions: dict[TopicPartition, OwnedPartition] = {}  # keyed by PartitionId
-        self._last_checkpoint = self._last_commit = time.monotonic()
+        self._last_checkpoint = self.last_commit = time.monotonic()
 
     def owner(self, message: Message) -> OwnedPartition | None:
         """The owned partition of ``message`` (an event's or a label's); None if it was revoked
@@ -298,6 +301,8 @@ class Checkpointer:
         if self._paused:
             self.source.resume(sorted(self._paused))
             self._paused = set()
+        # The restores' commit held no outputs: the first ones after them are committed at once.
+        self.last_commit = -math.inf
         logger.info("assignment: %s", sorted(owned.id.key for owned in self.partitions.values()))
 
     def _restore(self, partition: PartitionId) -> tuple[OwnedPartition, int]:
@@ -450,7 +455,7 @@ class Checkpointer:
             pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
         ):
             self.checkpoint("checkpoint")
-        elif now - self._last_commit >= service.commit_every_seconds and any(
+        elif now - self.last_commit >= service.commit_every_seconds and any(
             owned.uncommitted for owned in self.partitions.values()
         ):
             self.commit()
@@ -498,6 +503,10 @@ class Checkpointer:
     def checkpoint(self, reason: Reason) -> None:
         """Snapshot every partition that learned since its last checkpoint (durably; all of them at
         shutdown), then commit."""
+        if reason == "shutdown" and any(owned.uncommitted for owned in self.partitions.values()):
+            # Outputs first, once: the examples they include then lie below the end offset the
+            # snapshot records (:meth:`_checkpoint`), and a restart reads none of them again.
+            self.commit()
         snapshotted = []
         for owned in self.partitions.values():
             if owned.since_checkpoint or reason == "shutdown":
@@ -540,7 +549,7 @@ class Checkpointer:
                 self.source.commit(positions)
         for owned in self.partitions.values():
             owned.uncommitted = False
-        self._last_commit = time.monotonic()
+        self.last_commit = time.monotonic()
         self.counters.commits += 1
 
     def _write_join_changes(self, owned: OwnedPartition) -> None:

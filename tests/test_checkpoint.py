@@ -10,6 +10,7 @@ and the model is the same. The broker tests (tests/test_service.py) prove the sa
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import re
@@ -466,17 +467,22 @@ def test_a_batch_polled_with_a_rebalance_is_fetched_again_from_the_partitions_ke
 
 
 def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_once(tmp_path):
-    """A crash right after such a restore re-learns nothing again; the restore counts as one more
-    checkpoint."""
+    """A crash after such a restore re-learns none of what it re-learned; the restore counts as
+    one more checkpoint."""
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
-    # Checkpointed at 200, committed at 300: the partition given back re-learns 100 events.
+    # Checkpointed once (at the first commit due after 200 events), committed up to 300 or just
+    # before: the partition given back re-learns the events in between.
     config = _config(tmp_path, "exactly_once", service={"checkpoint_every_events": 200})
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
     service = Service(config, kafka.connector(), "test")
-    counted: list[tuple[int, int]] = []
+    counted: list[tuple[int, int, int, int]] = []
 
     def count() -> None:
-        counted.append((service.counters.checkpoints, service.counters.relearned))
+        """Checkpoints and re-learned events so far, the committed offset and its checkpoint's."""
+        offset, named = kafka.group_offsets[("stream", ("events", 0))]
+        checkpointed = store.get(named).offsets["events:0"]
+        counted.append((service.counters.checkpoints, service.counters.relearned, offset, checkpointed))
 
     def die() -> None:
         count()
@@ -490,13 +496,12 @@ def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_once(tmp_pat
     kafka.on_idle = lambda: next(steps)(service.checkpointer.source)
     with pytest.raises(Killed):
         service.run()
-    (checkpoints_before, relearned_before), (checkpoints_after, relearned_after) = counted
-    assert (checkpoints_before, relearned_after - relearned_before) == (1, 100)
-    assert checkpoints_after == checkpoints_before + 1
-    offset, named = kafka.group_offsets[("stream", ("events", 0))]
-    store = SnapshotStore.from_config(config.snapshots, "events-0")
-    assert offset == 300 and store.get(named).offsets == {"events:0": 300}
-    assert _run(kafka, config).counters.relearned == 0
+    (checkpoints, relearned, committed, checkpointed), after = counted
+    assert checkpoints == 1 and 200 <= checkpointed < committed <= 300
+    assert after[:2] == (checkpoints + 1, relearned + committed - checkpointed)
+    offset, restores_checkpoint = after[2:]
+    assert restores_checkpoint == committed  # and commits after it name it
+    assert _run(kafka, config).counters.relearned == offset - committed
 
 
 def _delayed_broker_of_two_partitions(events: list[dict], labels: list[dict]) -> FakeKafka:
@@ -584,12 +589,9 @@ def test_with_a_long_commit_interval_only_checkpoints_commit(tmp_path):
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS])
     config = _config(tmp_path, "exactly_once", service={"commit_every_seconds": 3600})
     service = _run(kafka, config)
-    assert (
-        service.counters.commits
-        == service.counters.checkpoints
-        == kafka.plan.calls["transaction.committed"]
-        == 4
-    )
+    # And the first output, at once.
+    assert service.counters.commits == kafka.plan.calls["transaction.committed"] == 5
+    assert service.counters.checkpoints == 4
 
 
 def test_an_idle_service_commits_nothing(tmp_path):
@@ -671,7 +673,8 @@ def test_snapshots_a_crashed_run_wrote_beyond_its_last_commit_change_nothing_aft
         tmp_path, "exactly_once", {"checkpoint_every_events": 500, "commit_every_seconds": 3600},
         keep_last=2, detector="drift.binary.EDDM",
     )  # fmt: skip
-    kafka.plan.step, kafka.plan.at = "transaction.commit", commits_before_the_crash + 1
+    # (Its first commit is its first output's, at once.)
+    kafka.plan.step, kafka.plan.at = "transaction.commit", commits_before_the_crash + 2
     with pytest.raises(Killed):
         _run(kafka, crashed)
     kafka.plan.step = ""
@@ -687,7 +690,7 @@ def test_snapshots_a_crashed_run_wrote_beyond_its_last_commit_change_nothing_aft
     assert kafka.values("predictions") == expected
     assert _decisions(_final_model(config)) == _decisions(reference.state)
     assert any(d["action"] == "rollback" for d in reference.state.decisions)
-    if committed:  # restored from the committed checkpoint: everything after it was discarded
+    if checkpoint_id:  # restored from the committed checkpoint: everything after it was discarded
         (line,) = [m for m in caplog.messages if "discarded" in m]
         assert line == (
             f"events:0: discarded {len(leftovers)} snapshots written after {checkpoint_id}: "
@@ -709,15 +712,20 @@ def test_a_crash_loop_re_learns_only_what_the_last_run_did(tmp_path, caplog):
     )
     expected, reference = _reference(config)
     caplog.set_level("INFO", logger="stream.checkpoint")
+    committed = [0]
     for _ in range(4):
-        # Killed at its fourth poll: it has processed and committed two batches of 100.
+        # Killed at its fourth poll: it has processed two batches of 100 and committed them (up to
+        # the last commit due: the last few events may be left over).
         kafka.plan.step, kafka.plan.at = "poll", kafka.plan.calls.get("poll", 0) + 4
         with pytest.raises(Killed):
             _run(kafka, config)
+        committed.append(kafka.group_offsets[("stream", ("events", 0))][0])
     kafka.plan.step = ""
     _run(kafka, config)
-    # Each restart re-learns the two batches of the run before it, never those of earlier runs.
-    assert _relearned(caplog.messages) == [0, 200, 200, 200, 200]
+    # Each restart re-learns what the run before it committed, never what earlier runs did.
+    run_by_run = [after - before for before, after in itertools.pairwise(committed)]
+    assert all(100 <= count <= 200 for count in run_by_run), committed
+    assert _relearned(caplog.messages) == [0, *run_by_run]
     # The commits before any checkpoint named none, so no restart looked for one in vain.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert kafka.values("predictions") == expected
@@ -786,7 +794,7 @@ def test_a_manual_snapshot_is_committed_at_once_as_the_checkpoint_a_restart_rest
     assert f"{restored}; re-learned 0 events up to the committed offset 300" in caplog.messages
 
 
-def test_outputs_wait_for_commit_every_seconds_before_they_are_committed(tmp_path):
+def test_outputs_wait_for_commit_every_seconds_but_the_first_after_a_restore(tmp_path):
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
     config = _config(
@@ -794,10 +802,43 @@ def test_outputs_wait_for_commit_every_seconds_before_they_are_committed(tmp_pat
         "exactly_once",
         {"commit_every_seconds": 3600, "checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600},
     )
+    visible_at_commits = _visible_at_commits(kafka)
     service = _run(kafka, config)
-    # Three batches processed, none committed on its own: the shutdown's checkpoint commits them all.
-    assert service.counters.commits == kafka.plan.calls["transaction.committed"] == 1
-    assert len(kafka.values("predictions")) == 300
+    # The first output at once (the first after a restore); the rest of the three batches is not
+    # committed on its own: the shutdown commits it, then its checkpoint.
+    assert service.counters.commits == kafka.plan.calls["transaction.committed"] == 3
+    assert visible_at_commits == [1, 300, 300]
+
+
+def test_a_slow_models_batch_is_committed_on_time_not_after_the_batch(tmp_path):
+    kafka = FakeKafka(batch=25)  # a batch learned in 25 x 4 ms = 0.1 s, five commit intervals
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:100]])
+    config = Config.model_validate({
+        "model": {"task": "binary", "factory": "tests.slow_models:slow_tree"},
+        "kafka": {"input_topic": "events", "predictions_topic": "predictions", "dead_letter_topic": "dead"},
+        "snapshots": {"directory": str(tmp_path / "snapshots")},
+        "service": {"checkpoint_every_events": 10**6, "checkpoint_every_seconds": 3600,
+                    "commit_every_seconds": 0.02},
+    })  # fmt: skip
+    visible_at_commits = _visible_at_commits(kafka)
+    _run(kafka, config)
+    # Committed between batches only, every count would be a multiple of 25.
+    assert any(count % 25 for count in visible_at_commits), visible_at_commits
+    assert visible_at_commits[-1] == 100 and visible_at_commits == sorted(visible_at_commits)
+
+
+def _visible_at_commits(kafka: FakeKafka) -> list[int]:
+    """How many predictions a reader sees after each transaction commit, from now on."""
+    visible: list[int] = []
+    reached = kafka.plan.reached
+
+    def note_commits(step: str) -> None:
+        reached(step)
+        if step == "transaction.committed":
+            visible.append(len(kafka.values("predictions")))
+
+    kafka.plan.reached = note_commits  # type: ignore[method-assign]
+    return visible
 
 
 def test_a_snapshot_without_a_labels_offset_counts_as_having_read_none_of_them(tmp_path, caplog):
