@@ -8,9 +8,8 @@ import logging
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 import yaml
 from rich.console import Console
@@ -31,6 +30,9 @@ from stream.snapshots import (
     validate_snapshot_id,
 )
 from stream.supervisor import worker_count
+
+if TYPE_CHECKING:
+    import httpx
 
 app = typer.Typer(
     help="Online learning on Kafka event streams with River: predict, publish, then learn.",
@@ -203,6 +205,8 @@ class _Snapshots:
         self.client = self._connect() if api or directory is None else None
 
     def _connect(self) -> httpx.Client | None:
+        import httpx  # here: 0.15 s of every start of the service, which never calls its own API
+
         client = httpx.Client(base_url=self.url, timeout=30.0)
         try:
             client.get("/health", timeout=1.0).raise_for_status()
