@@ -41,7 +41,8 @@ The protocol, per owned partition (:class:`OwnedPartition`), run by :class:`Chec
    What a restore costs, and what bounds it: one snapshot load, plus re-learning the events since
    the checkpoint the commit names — at most ``service.checkpoint_every_events``, or what arrived
    in ``service.checkpoint_every_seconds`` — at the model's learning speed. A partition that
-   re-learned anything is checkpointed and committed at once, so a crash loop never re-learns
+   re-learned anything is checkpointed and committed at the first tick after the restore (after
+   committing the first outputs, which wait for no snapshot), so a crash loop never re-learns
    the same events again and again. While it re-learns, the member stays in its group (a
    paused poll every :data:`KEEP_ALIVE_SECONDS`), however long that takes; a rebalance that
    adds partitions commits the kept ones' outputs first, so no transaction stays open through a
@@ -243,6 +244,7 @@ class Checkpointer:
         self.dead_letter = dead_letter
         self.partitions: dict[TopicPartition, OwnedPartition] = {}  # keyed by PartitionId
         self._last_checkpoint = self.last_commit = time.monotonic()
+        self._relearned: list[PartitionId] = []  # restored by re-learning events no checkpoint holds
 
     def owner(self, message: Message) -> OwnedPartition | None:
         """The owned partition of ``message`` (an event's or a label's); None if it was revoked
@@ -272,22 +274,18 @@ class Checkpointer:
             if self.sink.transactional:
                 self.sink.abort()
                 self.sink.begin()
-            self.partitions = {}
+            self.partitions, self._relearned = {}, []
         elif any(owned.uncommitted for owned in self.partitions.values()):
             # The partitions kept are still ours: commit what they did before the new ones
             # re-learn, however long that takes, so that no transaction stays open meanwhile.
             self.commit()
-        relearned = []
         for partition in sorted(assignment - self.partitions.keys()):
             owned, count = self._restore(partition)
             self.partitions[partition] = owned
             if count:
-                # The next restore starts here: a crash loop does not re-learn the same events again.
-                self._checkpoint(owned, "checkpoint")
-                relearned.append(partition)
-        if relearned:
-            self.counters.checkpoints += 1
-            self.commit(relearned)
+                # Checkpointed at the next tick, after the first outputs are committed: the next
+                # restore starts there, and a crash loop does not re-learn the same events again.
+                self._relearned.append(partition)
         # A rebalance noted while re-learning may have taken partitions away since; the next
         # round of the loop acts on it.
         assigned = self.source.assignment()
@@ -451,13 +449,18 @@ class Checkpointer:
         if self.label_topic is not None:
             self._expire_waiting()
         pending = sum(owned.since_checkpoint for owned in self.partitions.values())
-        if pending >= service.checkpoint_every_events or (
+        commit_due = now - self.last_commit >= service.commit_every_seconds and any(
+            owned.uncommitted for owned in self.partitions.values()
+        )
+        if self._relearned:
+            if commit_due:
+                self.commit()  # the first outputs since the restores wait for no snapshot
+            self._checkpoint_relearned()
+        elif pending >= service.checkpoint_every_events or (
             pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
         ):
             self.checkpoint("checkpoint")
-        elif now - self.last_commit >= service.commit_every_seconds and any(
-            owned.uncommitted for owned in self.partitions.values()
-        ):
+        elif commit_due:
             self.commit()
 
     def in_time_order(self, messages: list[Message], now: float) -> list[Message]:
@@ -515,6 +518,15 @@ class Checkpointer:
         self._last_checkpoint = time.monotonic()
         self.counters.checkpoints += 1
         self.commit(snapshotted)
+
+    def _checkpoint_relearned(self) -> None:
+        """Checkpoint the partitions whose restore re-learned events (protocol step 4), then commit."""
+        relearned, self._relearned = [p for p in dict.fromkeys(self._relearned) if p in self.partitions], []
+        for partition in relearned:
+            self._checkpoint(self.partitions[partition], "checkpoint")
+        if relearned:
+            self.counters.checkpoints += 1
+            self.commit(relearned)
 
     def _checkpoint(self, owned: OwnedPartition, reason: Reason) -> SnapshotManifest:
         if owned.join is not None:

@@ -10,7 +10,6 @@ and the model is the same. The broker tests (tests/test_service.py) prove the sa
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import logging
 import re
@@ -374,8 +373,9 @@ def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_say
     }
     caplog.clear()
     # No periodic checkpoint until it stops: a partition that re-learned nothing goes on naming
-    # the restored checkpoint; one that re-learned is checkpointed at its committed offset at once,
-    # so that the next restore (a crash loop, say) starts there.
+    # the restored checkpoint; one that re-learned is checkpointed at the first tick after its
+    # restore (its first output committed first), so that the next restore (a crash loop, say)
+    # starts there.
     unhurried = _config(tmp_path, "exactly_once", service={"checkpoint_every_events": 10**6})
     restarted = Service(unhurried, kafka.connector(), "test")
     at_idle: list = []
@@ -394,16 +394,17 @@ def test_each_partition_is_restored_from_the_checkpoint_its_commit_names_and_say
         ) in caplog.messages
         now_offset, now_named = at_idle[0][partition]
         assert now_offset > offset
+        checkpointed = stores[partition].get(now_named).offsets[f"events:{partition}"]
         if offset > start:
-            assert (
-                now_named != named
-                and stores[partition].get(now_named).offsets[f"events:{partition}"] == offset
-            )
+            assert now_named != named and offset <= checkpointed < now_offset
         else:
             assert now_named == named
     assert {offset > start for _, start, offset in expected.values()} == {True, False}
-    # Counted from the restore: the events processed since, not those re-learned.
-    assert at_idle[1] == at_idle[0][0][0] - committed[0][0]
+    # Counted from the restore or the checkpoint after it: the events processed since, not those
+    # re-learned.
+    now_offset, now_named = at_idle[0][0]
+    checkpointed = stores[0].get(now_named).offsets["events:0"]
+    assert at_idle[1] == now_offset - max(committed[0][0], checkpointed)
     assert restarted.counters.relearned == sum(offset - start for _, start, offset in expected.values()) > 0
 
 
@@ -466,9 +467,9 @@ def test_a_batch_polled_with_a_rebalance_is_fetched_again_from_the_partitions_ke
     _check_each_partition_as_if_uninterrupted(kafka, config, 900, exactly_once=guarantee == "exactly_once")
 
 
-def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_once(tmp_path):
-    """A crash after such a restore re-learns none of what it re-learned; the restore counts as
-    one more checkpoint."""
+def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_the_next_tick(tmp_path):
+    """A crash after such a restore's next tick re-learns none of what it re-learned; the restore
+    counts as one more checkpoint."""
     kafka = FakeKafka()
     kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
     # Checkpointed once (at the first commit due after 200 events), committed up to 300 or just
@@ -488,9 +489,10 @@ def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_once(tmp_pat
         count()
         raise Killed("right after the restore")
 
-    steps = iter([  # the partition taken away, given back, then the process dies
+    steps = iter([  # the partition taken away, given back, one more tick, then the process dies
         lambda source: source.rebalance([]),
         lambda source: (count(), source.rebalance([("events", 0)])),
+        lambda source: None,
         lambda source: die(),
     ])  # fmt: skip
     kafka.on_idle = lambda: next(steps)(service.checkpointer.source)
@@ -500,8 +502,9 @@ def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_once(tmp_pat
     assert checkpoints == 1 and 200 <= checkpointed < committed <= 300
     assert after[:2] == (checkpoints + 1, relearned + committed - checkpointed)
     offset, restores_checkpoint = after[2:]
-    assert restores_checkpoint == committed  # and commits after it name it
-    assert _run(kafka, config).counters.relearned == offset - committed
+    # At the first tick after the restore: after the first event it processed, if any came.
+    assert committed <= restores_checkpoint <= committed + 1
+    assert _run(kafka, config).counters.relearned == offset - restores_checkpoint
 
 
 def _delayed_broker_of_two_partitions(events: list[dict], labels: list[dict]) -> FakeKafka:
@@ -712,20 +715,30 @@ def test_a_crash_loop_re_learns_only_what_the_last_run_did(tmp_path, caplog):
     )
     expected, reference = _reference(config)
     caplog.set_level("INFO", logger="stream.checkpoint")
-    committed = [0]
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    committed, checkpointed = [0], [0]
     for _ in range(4):
         # Killed at its fourth poll: it has processed two batches of 100 and committed them (up to
         # the last commit due: the last few events may be left over).
         kafka.plan.step, kafka.plan.at = "poll", kafka.plan.calls.get("poll", 0) + 4
         with pytest.raises(Killed):
             _run(kafka, config)
-        committed.append(kafka.group_offsets[("stream", ("events", 0))][0])
+        offset, named = kafka.group_offsets[("stream", ("events", 0))]
+        committed.append(offset)
+        checkpointed.append(store.get(named).offsets["events:0"] if named else 0)
     kafka.plan.step = ""
     _run(kafka, config)
-    # Each restart re-learns what the run before it committed, never what earlier runs did.
-    run_by_run = [after - before for before, after in itertools.pairwise(committed)]
-    assert all(100 <= count <= 200 for count in run_by_run), committed
-    assert _relearned(caplog.messages) == [0, *run_by_run]
+    # Each restart re-learns from a checkpoint the run before it made after its own restore,
+    # never what earlier runs did.
+    assert all(
+        before <= start <= before + 1 and 100 <= end - before <= 200
+        for before, start, end in zip(committed, checkpointed[1:], committed[1:], strict=False)
+        if before
+    ), (committed, checkpointed)
+    assert _relearned(caplog.messages) == [
+        0,
+        *(end - start for start, end in zip(checkpointed[1:], committed[1:], strict=True)),
+    ]
     # The commits before any checkpoint named none, so no restart looked for one in vain.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert kafka.values("predictions") == expected
