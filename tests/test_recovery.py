@@ -104,9 +104,10 @@ def test_a_re_learning_longer_than_the_poll_interval_finishes_once_and_moves_the
     assert len(restores) == 3, service.log()[-5000:]
     _, _, _, long_relearn, long_committed = restores[1]
     assert int(long_relearn) >= 1_500
-    # The third start restored from the checkpoint the second took right after its re-learning.
+    # The third start restored from the checkpoint the second took at its first tick after its
+    # re-learning: after the first event it processed, if one came.
     _, named, start, _, _ = restores[2]
-    assert named.endswith("-checkpoint") and int(start) == int(long_committed)
+    assert named.endswith("-checkpoint") and int(long_committed) <= int(start) <= int(long_committed) + 1
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
