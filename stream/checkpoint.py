@@ -176,7 +176,7 @@ class OwnedPartition:
     id: PartitionId
     engine: Engine
     checkpoint_id: str = ""  # what commits name: restore from it, then re-learn up to the commit
-    since_checkpoint: int = 0  # records claimed since the last checkpoint
+    since_checkpoint: int = 0  # records learned (or re-learned by its restore) since its checkpoint
     uncommitted: bool = False  # a record was claimed since the last commit
     labels: PartitionId | None = None
     join: Join | None = None
@@ -244,7 +244,8 @@ class Checkpointer:
         self.dead_letter = dead_letter
         self.partitions: dict[TopicPartition, OwnedPartition] = {}  # keyed by PartitionId
         self._last_checkpoint = self.last_commit = time.monotonic()
-        self._relearned: list[PartitionId] = []  # restored by re-learning events no checkpoint holds
+        # A restore re-learned events no checkpoint holds: checkpoint at the next tick.
+        self._checkpoint_at_next_tick = False
 
     def owner(self, message: Message) -> OwnedPartition | None:
         """The owned partition of ``message`` (an event's or a label's); None if it was revoked
@@ -274,7 +275,7 @@ class Checkpointer:
             if self.sink.transactional:
                 self.sink.abort()
                 self.sink.begin()
-            self.partitions, self._relearned = {}, []
+            self.partitions, self._checkpoint_at_next_tick = {}, False
         elif any(owned.uncommitted for owned in self.partitions.values()):
             # The partitions kept are still ours: commit what they did before the new ones
             # re-learn, however long that takes, so that no transaction stays open meanwhile.
@@ -285,7 +286,7 @@ class Checkpointer:
             if count:
                 # Checkpointed at the next tick, after the first outputs are committed: the next
                 # restore starts there, and a crash loop does not re-learn the same events again.
-                self._relearned.append(partition)
+                self._checkpoint_at_next_tick = True
         # A rebalance noted while re-learning may have taken partitions away since; the next
         # round of the loop acts on it.
         assigned = self.source.assignment()
@@ -351,7 +352,7 @@ class Checkpointer:
         else:
             relearned = self._relearn_examples(owned)
             self._restore_join(owned)
-        owned.since_checkpoint, owned.uncommitted = 0, False
+        owned.since_checkpoint, owned.uncommitted = relearned, False
         # Events healing unlearned were dead-lettered when they were first processed.
         engine.take_unlearned()
         for key, offset in committed.items():
@@ -452,10 +453,10 @@ class Checkpointer:
         commit_due = now - self.last_commit >= service.commit_every_seconds and any(
             owned.uncommitted for owned in self.partitions.values()
         )
-        if self._relearned:
+        if self._checkpoint_at_next_tick:
             if commit_due:
                 self.commit()  # the first outputs since the restores wait for no snapshot
-            self._checkpoint_relearned()
+            self.checkpoint("checkpoint")
         elif pending >= service.checkpoint_every_events or (
             pending and now - self._last_checkpoint >= service.checkpoint_every_seconds
         ):
@@ -504,8 +505,8 @@ class Checkpointer:
                 owned.uncommitted = True
 
     def checkpoint(self, reason: Reason) -> None:
-        """Snapshot every partition that learned since its last checkpoint (durably; all of them at
-        shutdown), then commit."""
+        """Snapshot every partition that learned (or re-learned) since its last checkpoint (durably;
+        all of them at shutdown), then commit."""
         if reason == "shutdown" and any(owned.uncommitted for owned in self.partitions.values()):
             # Outputs first, once: the examples they include then lie below the end offset the
             # snapshot records (:meth:`_checkpoint`), and a restart reads none of them again.
@@ -515,18 +516,9 @@ class Checkpointer:
             if owned.since_checkpoint or reason == "shutdown":
                 self._checkpoint(owned, reason)
                 snapshotted.append(owned.id)
-        self._last_checkpoint = time.monotonic()
+        self._last_checkpoint, self._checkpoint_at_next_tick = time.monotonic(), False
         self.counters.checkpoints += 1
         self.commit(snapshotted)
-
-    def _checkpoint_relearned(self) -> None:
-        """Checkpoint the partitions whose restore re-learned events (protocol step 4), then commit."""
-        relearned, self._relearned = [p for p in dict.fromkeys(self._relearned) if p in self.partitions], []
-        for partition in relearned:
-            self._checkpoint(self.partitions[partition], "checkpoint")
-        if relearned:
-            self.counters.checkpoints += 1
-            self.commit(relearned)
 
     def _checkpoint(self, owned: OwnedPartition, reason: Reason) -> SnapshotManifest:
         if owned.join is not None:

@@ -507,6 +507,37 @@ def test_a_restore_that_re_learned_is_checkpointed_and_committed_at_the_next_tic
     assert _run(kafka, config).counters.relearned == offset - restores_checkpoint
 
 
+def test_a_restore_that_re_learned_is_checkpointed_though_no_event_follows(tmp_path):
+    """Every event committed, the last checkpoint before them: the partition given back re-learns
+    the events after it, and its checkpoint at the next tick holds them all."""
+    kafka = FakeKafka()
+    kafka.append("events", [json.dumps(event).encode() for event in EVENTS[:300]])
+    config = _config(tmp_path, "exactly_once", service={"checkpoint_every_events": 200})
+    store = SnapshotStore.from_config(config.snapshots, "events-0")
+    service = Service(config, kafka.connector(), "test")
+    seen: list[tuple[int, int]] = []  # the committed offset and its checkpoint's
+    idle_after_restore = 0
+
+    def at_idle() -> None:
+        nonlocal idle_after_restore
+        offset, named = kafka.group_offsets[("stream", ("events", 0))]
+        source = service.checkpointer.source
+        if not seen and offset == 300:  # all committed: the partition taken away, then given back
+            seen.append((offset, store.get(named).offsets["events:0"]))
+            source.rebalance([])
+            source.rebalance([("events", 0)])
+        elif service.counters.relearned and (idle_after_restore := idle_after_restore + 1) == 2:
+            seen.append((offset, store.get(named).offsets["events:0"]))  # one tick after the restore
+            service.request_stop()
+
+    kafka.on_idle = at_idle
+    service.run()
+    (committed, checkpointed), after = seen
+    assert committed == 300 and 200 <= checkpointed < committed
+    assert service.counters.relearned == committed - checkpointed
+    assert after == (300, 300)
+
+
 def _delayed_broker_of_two_partitions(events: list[dict], labels: list[dict]) -> FakeKafka:
     kafka = FakeKafka(partitions=2, batch=60)
     kafka.interleave = 7  # every batch holds records of all four partitions
